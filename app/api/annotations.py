@@ -1,0 +1,5 @@
+"""REST API v1: annotations."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["annotations"])

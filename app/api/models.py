@@ -1,0 +1,5 @@
+"""REST API v1: models."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["models"])

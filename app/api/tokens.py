@@ -1,0 +1,5 @@
+"""REST API v1: tokens."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["tokens"])

@@ -1,0 +1,252 @@
+"""Database tables (SQLAlchemy 2 declarative). Created only by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A personal API token. Only its SHA-256 is stored (tokens are 256-bit random, so no slow hash is needed)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    user: Mapped[User] = relationship()
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[list[Any]] = mapped_column(JSON, default=list)  # ordered class names
+    backbone: Mapped[str] = mapped_column(String(50), default="tiny")
+    image_size: Mapped[int] = mapped_column(Integer, default=64)
+    training: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # default TrainConfig overrides
+    # Retraining policy: beat starts a run once `retrain_min_new` annotations changed since the active model.
+    retrain_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    retrain_min_new: Mapped[int] = mapped_column(Integer, default=20)
+    activation_policy: Mapped[str] = mapped_column(String(20), default="auto")  # auto | manual
+    next_policy: Mapped[str] = mapped_column(String(20), default="sequential")
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ProjectMember(Base):
+    __tablename__ = "project_members"
+    __table_args__ = (UniqueConstraint("project_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(20))  # manager | annotator | viewer
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship()
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("project_id", "sha256"),
+        Index("ix_images_project_split_id", "project_id", "split", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(255))
+    original_name: Mapped[str] = mapped_column(String(255), default="")
+    format: Mapped[str] = mapped_column(String(10))  # png | jpeg | tiff | bmp
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    split: Mapped[str | None] = mapped_column(String(10), default=None)  # train | val | test | None
+    import_label: Mapped[str | None] = mapped_column(String(100), default=None)
+    # Denormalised counters so list filters and `next` stay index-only at 100k images.
+    annotation_count: Mapped[int] = mapped_column(Integer, default=0)
+    uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Annotation(Base):
+    """One annotator's current label and saliency map for one image; history in AnnotationRevision."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        UniqueConstraint("image_id", "author_id"),
+        Index("ix_annotations_author_image", "author_id", "image_id"),
+        Index("ix_annotations_project_updated", "project_id", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    label: Mapped[str | None] = mapped_column(String(100), default=None)
+    saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    author: Mapped[User] = relationship()
+
+
+class AnnotationRevision(Base):
+    __tablename__ = "annotation_revisions"
+    __table_args__ = (UniqueConstraint("annotation_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(100), default=None)
+    saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainingRun(Base):
+    """A training run. The database, not the broker, is the source of truth for its state."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (
+        Index("ix_training_runs_project_status", "project_id", "status"),
+        Index("ix_training_runs_status_heartbeat", "status", "heartbeat_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(
+        String(20), default="queued"
+    )  # queued|running|succeeded|failed|cancelled
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # annotation revisions trained on
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    reason: Mapped[str] = mapped_column(String(20), default="manual")  # manual | scheduled
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # The model this run produced. No foreign key: model_versions.run_id already points back, and a
+    # cycle of foreign keys would make SQLite batch migrations and deletes order-dependent.
+    model_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class TrainingEvent(Base):
+    """Progress events of a run, in order, for the server-sent event stream and the curves."""
+
+    __tablename__ = "training_events"
+    __table_args__ = (Index("ix_training_events_run_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))  # status | progress | epoch | log
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("project_id", "version"),
+        Index("ix_model_versions_project_active", "project_id", "active"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id", ondelete="SET NULL"))
+    version: Mapped[int] = mapped_column(Integer)
+    artifact_key: Mapped[str] = mapped_column(String(255))
+    checksum: Mapped[str] = mapped_column(String(64))
+    backbone: Mapped[str] = mapped_column(String(50))
+    labels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Prediction(Base):
+    """A stored prediction of one model version for one project image."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_id"),
+        Index("ix_predictions_model_uncertainty", "model_id", "uncertainty"),
+        Index("ix_predictions_model_alignment", "model_id", "alignment"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(100))
+    confidence: Mapped[float] = mapped_column(Float)
+    uncertainty: Mapped[float] = mapped_column(Float)  # 1 - (p_top1 - p_top2): higher is less certain
+    probabilities: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    heatmap_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    alignment: Mapped[float | None] = mapped_column(Float, default=None)  # soft IoU with consensus saliency
+    alignment_detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

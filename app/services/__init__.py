@@ -1,0 +1,1 @@
+"""Business logic as plain functions taking a session: called by routes, the CLI and the worker alike."""

@@ -1,0 +1,90 @@
+"""Application settings, read from `SAGE_*` environment variables (one place for every knob)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "dev-insecure-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """Every setting has an environment variable `SAGE_<NAME>` (case-insensitive).
+
+    Defaults give the embedded mode: SQLite and a file-system Celery broker under `data_dir`,
+    no servers needed. Point `database_url` at PostgreSQL and `broker_url` at Redis for production.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SAGE_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production", "test"] = "development"
+    data_dir: Path = Path("./data")
+    database_url: str = ""  # default: sqlite:///<data_dir>/sage.db
+    broker_url: str = ""  # default: filesystem:// under <data_dir>/broker
+    result_backend: str = ""  # default: db+sqlite:///<data_dir>/celery-results.db, or the Redis broker
+    secret_key: str = DEV_SECRET
+
+    # Uploads and images
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_import_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=50_000_000, gt=0)
+
+    # Auth
+    session_cookie: str = "sage_session"
+    session_max_age_s: int = 14 * 24 * 3600
+    access_token_ttl_s: int = 24 * 3600
+    login_attempts_per_minute: int = 10
+
+    # Worker
+    broker_polling_interval_s: float = 0.05
+    heartbeat_interval_s: float = 5.0
+    heartbeat_stale_s: float = 60.0
+    max_run_attempts: int = 3
+    retrain_check_interval_s: float = 60.0
+    predict_timeout_s: float = 30.0
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if self.env == "production" and self.secret_key == DEV_SECRET:
+            raise ValueError(
+                "SAGE_SECRET_KEY is still the development default; set it to a long random value "
+                "(for example `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)."
+            )
+        return self
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_data_dir / 'sage.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.resolved_data_dir / "broker"
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+    @property
+    def resolved_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.is_embedded_broker:
+            return f"db+sqlite:///{self.resolved_data_dir / 'celery-results.db'}"
+        return self.resolved_broker_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
