@@ -20,7 +20,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.processes import serve
 
-    return serve(get_settings(), args.host, args.port)
+    return serve(get_settings(), args.host, args.port, web_only=args.web_only)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the web server (embedded mode: with workers and beat)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--web-only", action="store_true", help="start only the web server (workers and beat run elsewhere)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="start a Celery worker")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from app.settings import Settings
 
 
-def serve(settings: Settings, host: str, port: int) -> int:
+def serve(settings: Settings, host: str, port: int, web_only: bool = False) -> int:
+    """Web server; unless web_only, also a worker per queue and beat (embedded mode default)."""
     import uvicorn
 
     from app.main import create_app

@@ -1,0 +1,282 @@
+"""Every training knob in one validated, JSON-serialisable dataclass (`TrainConfig`).
+
+The worker, the CLI and the benchmark all build a `TrainConfig` through `TrainConfig.from_dict`, so a
+typo in a project's training options fails loudly with the offending key instead of silently
+training with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("ce", "blur", "cyborg", "rrr", "gradia", "sage", "sage-inverted")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "onecycle", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+DEGRADATIONS = ("blur", "noise", "mean", "mix")
+DISTANCES = ("euclidean", "cosine")
+SALIENCY_MODES = ("continuous", "threshold")
+BATCHNORM_MODES = ("clean", "joint")
+
+
+@dataclass
+class SageOptions:
+    """SAGE knobs (DESIGN.md section 4). Defaults were chosen on the ablation in bench/ml.md.
+
+    degradation: D(x) used to build the views: "blur", "noise", "mean" (fill with the image's
+        channel means) or "mix" (one of the three drawn per image), so that no single degradation
+        becomes a cue that tells the views apart.
+    strength_min/strength_max: D's strength is drawn uniformly per image from this range (0..1).
+    saliency_mode: "continuous" uses S as painted; "threshold" uses S >= threshold.
+    margin, distance, normalize: the triplet max(0, d(e,e+) - d(e,e-) + margin) on the pooled
+        embedding, L2-normalised when `normalize`.
+    temperature: T of the logit check softmax(z/T).
+    lambda_trip, lambda_js: weights of the triplet and Jensen-Shannon terms.
+    lambda_hinge, hinge_margin: optional hinge relu(softmax(z-/T)[y] - 1/K - hinge_margin) that
+        stops the saliency-degraded view from still answering confidently.
+    batchnorm: "clean" normalises all three views with the clean view's batch statistics (and
+        only the clean view updates the running statistics); "joint" uses the statistics of the
+        whole three-view batch.
+    """
+
+    degradation: str = "mix"
+    strength_min: float = 0.6
+    strength_max: float = 1.0
+    saliency_mode: str = "continuous"
+    threshold: float = 0.5
+    margin: float = 0.5
+    distance: str = "euclidean"
+    normalize: bool = True
+    temperature: float = 1.0
+    lambda_trip: float = 1.0
+    lambda_js: float = 1.0
+    lambda_hinge: float = 1.0
+    hinge_margin: float = 0.0
+    batchnorm: str = "clean"
+
+
+@dataclass
+class BaselineOptions:
+    """Knobs of the baselines.
+
+    blur_sigma: Gaussian sigma, as a fraction of the image side, that degrades non-salient pixels
+        for `blur` (Boyd et al. 2022).
+    cyborg_alpha: CYBORG's loss is (1 - alpha) * CE + alpha * MSE(CAM, S) (Boyd et al. 2023).
+    rrr_lambda: weight of RRR's squared input-gradient penalty on non-salient pixels.
+    gradia_lambda: weight of GRADIA's L1 between Grad-CAM and S.
+    """
+
+    blur_sigma: float = 0.125
+    cyborg_alpha: float = 0.5
+    rrr_lambda: float = 10.0
+    gradia_lambda: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """One training run, fully specified.
+
+    method: one of ce, blur, cyborg, rrr, gradia, sage, sage-inverted.
+    backbone: a name from `sage.models.available_models()`.
+    image_size: square input side in pixels; images and saliency maps are resized to it.
+    labels: ordered class names; when empty, the sorted labels found in labels.csv.
+    epochs, batch_size, lr, weight_decay, momentum (SGD only), optimizer, schedule,
+    warmup_epochs: the optimisation recipe (schedules step per batch).
+    seed, deterministic: one seed for everything; `deterministic` also asks PyTorch for
+        deterministic kernels (slower on CUDA).
+    device: auto (CUDA when available), cpu or cuda. amp: bf16 autocast on CUDA (ignored on CPU).
+    grad_clip: max global gradient norm, 0 disables.
+    early_stopping_patience: stop after this many epochs without a better validation loss and
+        keep the best epoch's weights; 0 disables.
+    val_fraction: share of the train split held out (stratified, seeded) when labels.csv has no
+        val split.
+    saliency_fraction: keep saliency maps on only this seeded share of the training images
+        (the rest train with cross-entropy alone); 1.0 keeps all.
+    augment: none, flip, crop, crop+flip (applied identically to image and saliency map).
+    pretrained_path: local weights file (torchvision state dict or a SAGE model.pt).
+    num_workers: data loader processes; 0 loads in the training process.
+    checkpoint: also write out_dir/checkpoint.pt after every epoch, for exact resume.
+    progress_every: call `progress` every this many steps (and at each epoch end).
+    """
+
+    method: str = "sage"
+    backbone: str = "tiny"
+    image_size: int = 64
+    labels: list[str] = field(default_factory=list)
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: bool = True
+    grad_clip: float = 5.0
+    early_stopping_patience: int = 0
+    val_fraction: float = 0.2
+    saliency_fraction: float = 1.0
+    augment: str = "flip"
+    pretrained_path: str | None = None
+    num_workers: int = 0
+    checkpoint: bool = False
+    progress_every: int = 10
+    sage: SageOptions = field(default_factory=SageOptions)
+    baselines: BaselineOptions = field(default_factory=BaselineOptions)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad value and what is allowed."""
+        from sage.models import available_models  # late: models imports torch
+
+        _choice("method", self.method, METHODS)
+        _choice("backbone", self.backbone, available_models())
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("device", self.device, DEVICES)
+        _choice("augment", self.augment, AUGMENTATIONS)
+        _at_least("image_size", self.image_size, 8)
+        _at_least("epochs", self.epochs, 1)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("warmup_epochs", self.warmup_epochs, 0)
+        _at_least("early_stopping_patience", self.early_stopping_patience, 0)
+        _at_least("num_workers", self.num_workers, 0)
+        _at_least("progress_every", self.progress_every, 1)
+        _positive("lr", self.lr)
+        _at_least("weight_decay", self.weight_decay, 0)
+        _at_least("grad_clip", self.grad_clip, 0)
+        _in_range("val_fraction", self.val_fraction, 0.0, 0.9)
+        _in_range("saliency_fraction", self.saliency_fraction, 0.0, 1.0)
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be unique, got {self.labels}")
+        if any(not isinstance(x, str) or not x for x in self.labels):
+            raise ValueError(f"labels must be non-empty strings, got {self.labels}")
+        s = self.sage
+        _choice("sage.degradation", s.degradation, DEGRADATIONS)
+        _choice("sage.distance", s.distance, DISTANCES)
+        _choice("sage.saliency_mode", s.saliency_mode, SALIENCY_MODES)
+        _choice("sage.batchnorm", s.batchnorm, BATCHNORM_MODES)
+        _in_range("sage.strength_min", s.strength_min, 0.0, 1.0)
+        _in_range("sage.strength_max", s.strength_max, s.strength_min, 1.0)
+        _in_range("sage.threshold", s.threshold, 0.0, 1.0)
+        _positive("sage.temperature", s.temperature)
+        for name in ("margin", "lambda_trip", "lambda_js", "lambda_hinge", "hinge_margin"):
+            _at_least(f"sage.{name}", getattr(s, name), 0)
+        b = self.baselines
+        _in_range("baselines.blur_sigma", b.blur_sigma, 0.0, 1.0)
+        _in_range("baselines.cyborg_alpha", b.cyborg_alpha, 0.0, 1.0)
+        _at_least("baselines.rrr_lambda", b.rrr_lambda, 0)
+        _at_least("baselines.gradia_lambda", b.gradia_lambda, 0)
+
+    # -- (de)serialisation ------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
+        """Build a config from a plain dict, rejecting unknown keys, wrong types and bad values.
+
+        SAGE and baseline knobs may be nested (`{"sage": {"margin": 0.3}}`) or flat with their
+        group as prefix (`{"sage_margin": 0.3, "baselines_cyborg_alpha": 0.3}`). Missing keys take
+        their defaults.
+        """
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError(f"training options must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        nested: dict[str, dict[str, Any]] = {}
+        for group in ("sage", "baselines"):
+            value = data.pop(group, None) or {}
+            if not isinstance(value, dict):
+                raise ValueError(f"'{group}' must be an object of options, got {value!r}")
+            nested[group] = dict(value)
+            for key in list(data):
+                if key.startswith(group + "_"):
+                    nested[group][key[len(group) + 1 :]] = data.pop(key)
+        kwargs = _typed_kwargs(cls, data, "")
+        kwargs["sage"] = SageOptions(**_typed_kwargs(SageOptions, nested["sage"], "sage."))
+        kwargs["baselines"] = BaselineOptions(
+            **_typed_kwargs(BaselineOptions, nested["baselines"], "baselines.")
+        )
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict that `from_dict` turns back into an equal config."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some top-level fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _typed_kwargs(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)} - {"sage", "baselines"}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(
+            f"unknown training option(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known: {', '.join(prefix + k for k in sorted(fields))}"
+        )
+    return {key: _coerce(prefix + key, value, hints[key]) for key, value in data.items()}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        return [_coerce(f"{name}[]", v, typing.get_args(hint)[0]) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _choice(name: str, value: Any, allowed: typing.Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _in_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
