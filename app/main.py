@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from app import pages
 from app.api import annotations, auth, images, models, predictions, projects, tokens, training
 from app.db import check_ready, make_engine, make_session_factory
+from app.metrics import install_metrics
 from app.queue import check_broker, make_celery
 from app.settings import Settings, get_settings
 
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = make_session_factory(engine)
     app.state.celery = make_celery(settings, name="sage-studio-web")
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+
+    install_metrics(app)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:

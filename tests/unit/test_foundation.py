@@ -100,3 +100,12 @@ def test_dockerfile_is_multistage_and_runs_as_non_root():
     assert text.count("FROM ") >= 2
     assert "ARG BASE_IMAGE" in text or "ARG VARIANT" in text
     assert "\nUSER " in text
+
+
+def test_metrics_count_requests_by_route_template(client):
+    client.get("/healthz")
+    client.get("/healthz")
+    body = client.get("/metrics").text
+    assert 'sage_http_requests_total{method="GET",route="/healthz",status="200"} 2.0' in body
+    assert "sage_http_request_duration_seconds_bucket" in body
+    assert "# TYPE sage_training_runs gauge" in body

@@ -1,0 +1,66 @@
+"""Prometheus metrics for /metrics: request counts and latencies per route, training runs by status."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+from app.models import TrainingRun
+
+
+class _RunsCollector:
+    """Training runs by status, read from the database at scrape time (the database is the truth)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def collect(self):
+        gauge = GaugeMetricFamily("sage_training_runs", "Training runs by status", labels=["status"])
+        try:
+            with self.app.state.session_factory() as session:
+                rows = session.execute(
+                    select(TrainingRun.status, func.count()).group_by(TrainingRun.status)
+                ).all()
+        except Exception:  # noqa: BLE001 - an unreachable database must not break the scrape
+            rows = []
+        for status, count in rows:
+            gauge.add_metric([status], count)
+        yield gauge
+
+
+def install_metrics(app: FastAPI) -> None:
+    registry = CollectorRegistry()
+    requests = Counter(
+        "sage_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+    )
+    latency = Histogram(
+        "sage_http_request_duration_seconds",
+        "HTTP request latency",
+        ["method", "route"],
+        registry=registry,
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    )
+    registry.register(_RunsCollector(app))
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            # Label by the route template, not the raw path, so ids do not explode cardinality.
+            name = getattr(route, "path", "unmatched")
+            requests.labels(request.method, name, str(status)).inc()
+            latency.labels(request.method, name).observe(time.perf_counter() - start)
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
