@@ -109,3 +109,20 @@ def test_metrics_count_requests_by_route_template(client):
     assert 'sage_http_requests_total{method="GET",route="/healthz",status="200"} 2.0' in body
     assert "sage_http_request_duration_seconds_bucket" in body
     assert "# TYPE sage_training_runs gauge" in body
+
+
+def test_web_process_imports_neither_worker_nor_torch(tmp_path):
+    """DESIGN.md section 1: app/ never imports worker/, and the web process never loads torch/CUDA."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from app.main import create_app\n"
+        "from app.settings import Settings\n"
+        f"create_app(Settings(env='test', data_dir={str(tmp_path)!r}, secret_key='k'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('worker', 'torch', 'torchvision'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "", f"the web process imported: {out.stdout.strip()}"
