@@ -46,13 +46,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if settings.is_embedded_broker:
         folder = settings.broker_folder
-        for sub in ("out", "processed"):
+        for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         conf["broker_transport_options"] = {
             # One folder for in and out: producers and consumers share the same queue files.
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
+            # Exchange tables; the transport's default is ./control in the current directory.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": settings.broker_polling_interval_s,
         }
