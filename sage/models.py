@@ -276,22 +276,21 @@ class ReferenceBatchNorm2d(nn.BatchNorm2d):
         n = self.reference_rows
         if n is None or not self.training or n >= x.shape[0]:
             return super().forward(x)
-        ref = x[:n].float()
-        mean = ref.mean(dim=(0, 2, 3))
-        var = ref.var(dim=(0, 2, 3), unbiased=False)
+        var, mean = torch.var_mean(x[:n], dim=(0, 2, 3), unbiased=False)
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                count = ref.numel() / ref.shape[1]
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(var.detach() * count / max(count - 1, 1), momentum)
+                count = n * x.shape[2] * x.shape[3]
+                self.running_mean.lerp_(mean.detach().float(), momentum)
+                self.running_var.lerp_(var.detach().float() * count / max(count - 1, 1), momentum)
         scale = torch.rsqrt(var + self.eps)
         shift = -mean * scale
         if self.affine:
             scale = scale * self.weight
             shift = shift * self.weight + self.bias
-        return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
+        # one fused multiply-add over the whole three-view batch
+        return torch.addcmul(shift[None, :, None, None], x, scale[None, :, None, None])
 
 
 def use_reference_batchnorm(model: nn.Module) -> int:

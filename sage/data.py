@@ -1,0 +1,255 @@
+"""Reader for the dataset folder format (DESIGN.md section 3) and the tensors training reads.
+
+DATASET/labels.csv (image,label[,split]), DATASET/images/<image>, DATASET/saliency/<stem>.png.
+`read_dataset` checks every row and raises one `DatasetError` listing each bad row with its file
+and line; nothing is dropped silently. `load_split` decodes a split once into uint8 tensors at the
+training size; an image without a saliency map gets an all-zero map and `has_saliency = False`,
+which the methods use as a per-sample weight.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from sage.transforms import image_to_tensor, saliency_to_tensor
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used; `errors` lists every problem found."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        shown = "\n  ".join(self.errors[:20])
+        more = f"\n  ... and {len(self.errors) - 20} more" if len(self.errors) > 20 else ""
+        super().__init__(f"{len(self.errors)} problem(s) in the dataset:\n  {shown}{more}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: str  # file name under images/
+    label: str
+    split: str
+    line: int  # line in labels.csv, for error messages
+    saliency: str | None = None  # file name under saliency/, when the image has a map
+
+
+@dataclass
+class DatasetIndex:
+    root: Path
+    samples: list[Sample]
+    labels: list[str]  # ordered class names; a sample's class index is labels.index(sample.label)
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+
+def read_dataset(root: str | Path, labels: list[str] | None = None, check_files: bool = True) -> DatasetIndex:
+    """Parse and check DATASET/labels.csv.
+
+    labels: the ordered class names to use; a row with a label outside them is an error. When not
+    given, the sorted set of labels in the file. check_files: open each image and map header to
+    check it is decodable and that the map has the image's size.
+    """
+    root = Path(root)
+    csv_path = root / "labels.csv"
+    if not csv_path.is_file():
+        raise DatasetError([f"{csv_path}: missing (a dataset folder needs labels.csv with header image,label[,split])"])
+    errors: list[str] = []
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip().lower() for h in next(reader, [])]
+        if header[:2] != ["image", "label"] or len(header) > 3 or (len(header) == 3 and header[2] != "split"):
+            raise DatasetError([f"{csv_path}:1: header must be image,label[,split], got {','.join(header) or '(empty)'}"])
+        for line, row in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in row):
+                continue
+            where = f"{csv_path}:{line}"
+            if len(row) < 2 or len(row) > len(header):
+                errors.append(f"{where}: expected {len(header)} columns, got {len(row)}")
+                continue
+            image, label = row[0].strip(), row[1].strip()
+            split = (row[2].strip().lower() if len(row) > 2 else "") or "train"
+            if not image or Path(image).name != image:
+                errors.append(f"{where}: image must be a plain file name, got {image!r}")
+                continue
+            if image in seen:
+                errors.append(f"{where}: {image} already listed on line {seen[image]}")
+                continue
+            seen[image] = line
+            if not label:
+                errors.append(f"{where}: {image} has no label")
+                continue
+            if labels and label not in labels:
+                errors.append(f"{where}: {image} has label {label!r}, not one of {labels}")
+                continue
+            if split not in SPLITS:
+                errors.append(f"{where}: {image} has unknown split {split!r} (use train, val or test)")
+                continue
+            image_path = root / "images" / image
+            if not image_path.is_file():
+                errors.append(f"{where}: image file {image_path} not found")
+                continue
+            saliency_path = root / "saliency" / f"{Path(image).stem}.png"
+            saliency = saliency_path.name if saliency_path.is_file() else None
+            if check_files:
+                problem = _check_files(image_path, saliency_path if saliency else None)
+                if problem:
+                    errors.append(f"{where}: {problem}")
+                    continue
+            samples.append(Sample(image, label, split, line, saliency))
+    if errors:
+        raise DatasetError(errors)
+    if not samples:
+        raise DatasetError([f"{csv_path}: no rows"])
+    names = list(labels) if labels else sorted({s.label for s in samples})
+    if len(names) < 2:
+        raise DatasetError([f"{csv_path}: needs at least 2 classes, found {names}"])
+    return DatasetIndex(root, samples, names)
+
+
+def _check_files(image_path: Path, saliency_path: Path | None) -> str | None:
+    try:
+        with Image.open(image_path) as im:
+            size = im.size
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"cannot decode image {image_path}: {exc}"
+    if saliency_path is None:
+        return None
+    try:
+        with Image.open(saliency_path) as sm:
+            if sm.size != size:
+                return f"saliency map {saliency_path} is {sm.size[0]}x{sm.size[1]}, its image is {size[0]}x{size[1]}"
+            sm.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"cannot decode saliency map {saliency_path}: {exc}"
+    return None
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """The one image decoder: any Pillow-readable file as an RGB image, fully loaded."""
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def load_saliency(path: str | Path) -> Image.Image:
+    """A saliency PNG as an 8-bit grayscale image (0 = irrelevant, 255 = most salient)."""
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("L")
+
+
+@dataclass
+class SplitTensors:
+    """A split decoded at the training size; everything stays uint8 until the device."""
+
+    images: torch.Tensor  # (N, 3, P, P) uint8
+    saliency: torch.Tensor  # (N, 1, P, P) uint8, zeros where has_saliency is False
+    has_saliency: torch.Tensor  # (N,) bool
+    labels: torch.Tensor  # (N,) int64
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows: np.ndarray | list[int]) -> SplitTensors:
+        idx = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        return SplitTensors(
+            self.images[idx], self.saliency[idx], self.has_saliency[idx], self.labels[idx],
+            [self.names[i] for i in idx.tolist()],
+        )  # fmt: skip
+
+
+_CACHE: OrderedDict[tuple, SplitTensors] = OrderedDict()
+_CACHE_SIZE = 8
+
+
+def load_split(index: DatasetIndex, samples: list[Sample], image_size: int, cache: bool = True) -> SplitTensors:
+    """Decode `samples` into uint8 tensors at image_size (memoised per file set and size)."""
+    root = index.root
+    key = (
+        str(root.resolve()), image_size, tuple(index.labels),
+        tuple((s.image, s.saliency, _mtime(root / "images" / s.image)) for s in samples),
+    )  # fmt: skip
+    if cache and key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    n = len(samples)
+    images = torch.zeros(n, 3, image_size, image_size, dtype=torch.uint8)
+    saliency = torch.zeros(n, 1, image_size, image_size, dtype=torch.uint8)
+    has = torch.zeros(n, dtype=torch.bool)
+    labels = torch.tensor([index.labels.index(s.label) for s in samples], dtype=torch.int64)
+    errors = []
+    for i, s in enumerate(samples):
+        where = f"{root / 'labels.csv'}:{s.line}"
+        try:
+            images[i] = image_to_tensor(load_image(root / "images" / s.image), image_size)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            errors.append(f"{where}: cannot decode image {s.image}: {exc}")
+            continue
+        if s.saliency:
+            try:
+                saliency[i] = saliency_to_tensor(load_saliency(root / "saliency" / s.saliency), image_size)
+                has[i] = True
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                errors.append(f"{where}: cannot decode saliency map {s.saliency}: {exc}")
+    if errors:
+        raise DatasetError(errors)
+    tensors = SplitTensors(images, saliency, has, labels, [s.image for s in samples])
+    if cache:
+        _CACHE[key] = tensors
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return tensors
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (keep, held_out): `fraction` of each class held out, at least one per class
+    that has two or more rows. Seeded and independent of row order within a class."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        rows = rows[rng.permutation(len(rows))]
+        k = int(round(fraction * len(rows)))
+        if fraction > 0 and len(rows) >= 2:
+            k = min(max(k, 1), len(rows) - 1)
+        held.extend(rows[:k].tolist())
+        keep.extend(rows[k:].tolist())
+    return np.sort(np.array(keep, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
+
+
+def limit_saliency(tensors: SplitTensors, fraction: float, seed: int) -> SplitTensors:
+    """A copy in which only a seeded `fraction` of the images that have maps keep them."""
+    if fraction >= 1.0:
+        return tensors
+    rows = np.flatnonzero(tensors.has_saliency.numpy())
+    rng = np.random.default_rng(seed + 7919)
+    keep = set(rows[rng.permutation(len(rows))][: int(round(fraction * len(rows)))].tolist())
+    drop = torch.tensor([i for i in rows.tolist() if i not in keep], dtype=torch.int64)
+    has = tensors.has_saliency.clone()
+    saliency = tensors.saliency.clone()
+    if len(drop):
+        has[drop] = False
+        saliency[drop] = 0
+    return SplitTensors(tensors.images, saliency, has, tensors.labels, tensors.names)

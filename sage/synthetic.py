@@ -1,0 +1,208 @@
+"""Synthetic datasets with a shortcut, in the dataset folder format, for demos, tests and the benchmark.
+
+Every kind has a true feature (an object) and a decoy that goes with the class in the train and
+val splits and is random in the test split, so test accuracy shows whether a model learned the
+object or the decoy. Saliency maps are soft and human-like: the object's mask dilated, blurred and
+shifted by a pixel or two, never pixel-exact.
+
+- decoy-shapes: circle/square/triangle/cross on a noisy background, plus a small square patch whose
+  corner and colour code the class (a local shortcut).
+- decoy-digits: scikit-learn's bundled 8x8 digits, upscaled and placed at random, plus a corner patch
+  whose grey level codes the class, as in Decoy MNIST (Ross et al. 2017); here the corner codes it too
+  (class mod 4), since at 32 px a grey level alone is too faint a shortcut to dominate.
+- decoy-texture: the shapes again, with a background whose stripe orientation and colour cast code
+  the class (a global shortcut, like a scanner's texture or a site's colour cast).
+
+`clean=True` writes the same images with the decoy present but random in every split, so the
+shortcut carries no information: training on it gives the ceiling. For a given seed the clean and
+decoy datasets have identical objects and an identical test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+SHAPES = ("circle", "square", "triangle", "cross")
+PATCH_COLOURS = ((255, 40, 40), (40, 255, 40), (60, 90, 255), (255, 255, 40))
+TINTS = ((40, 0, 0), (0, 40, 0), (0, 0, 40), (30, 30, 0))
+SPLIT_SHARES = (("train", 0.6), ("val", 0.2), ("test", 0.2))
+
+
+@dataclass
+class Drawn:
+    image: np.ndarray  # (P, P, 3) uint8
+    mask: np.ndarray  # (P, P) float in [0, 1]: where the true feature is
+
+
+def make_dataset(
+    kind: str, out_dir: str | Path, n: int = 600, seed: int = 0, clean: bool = False, image_size: int = 64
+) -> Path:
+    """Write a synthetic dataset folder (labels.csv, images/, saliency/) and return its path.
+
+    kind: one of `KINDS`. n: number of images (60% train, 20% val, 20% test, classes balanced).
+    clean: the decoy carries no class information in any split (the ceiling). The folder is
+    replaced if it exists and holds a previous synthetic dataset (a labels.csv); a non-empty folder
+    without one is refused rather than overwritten.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    if n < 10:
+        raise ValueError(f"n must be at least 10, got {n}")
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16, got {image_size}")
+    out = Path(out_dir)
+    if out.exists():
+        if any(out.iterdir()) and not (out / "labels.csv").is_file():
+            raise ValueError(f"{out} exists, is not empty and is not a dataset folder; choose another path")
+        shutil.rmtree(out)
+    (out / "images").mkdir(parents=True)
+    (out / "saliency").mkdir()
+    draw, classes = KINDS[kind]
+    rng = np.random.default_rng(seed)
+    ys = np.arange(n) % len(classes)
+    rng.shuffle(ys)
+    splits = _split_names(n)
+    digits = _digits() if kind == "decoy-digits" else None
+    rows = []
+    for i in range(n):
+        y = int(ys[i])
+        split = splits[i]
+        random_class = int(rng.integers(len(classes)))  # the decoy's class when it is uninformative
+        decoy = y if split != "test" and not clean else random_class
+        drawn = draw(rng, image_size, y, decoy, digits)
+        name = f"{kind}-{i:05d}"
+        Image.fromarray(drawn.image).save(out / "images" / f"{name}.png")
+        Image.fromarray(_human_saliency(drawn.mask, rng)).save(out / "saliency" / f"{name}.png")
+        rows.append((f"{name}.png", classes[y], split))
+    with (out / "labels.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "label", "split"])
+        writer.writerows(rows)
+    return out
+
+
+def _split_names(n: int) -> list[str]:
+    names = []
+    for name, share in SPLIT_SHARES:
+        names += [name] * int(round(share * n))
+    return (names + ["train"] * n)[:n]
+
+
+def _noise_background(rng: np.random.Generator, p: int) -> np.ndarray:
+    base = rng.uniform(30, 80)
+    noise = rng.normal(0, 24, (p, p, 3))
+    return np.clip(base + noise, 0, 255)
+
+
+def _shape_mask(rng: np.random.Generator, p: int, shape: str, margin: float) -> np.ndarray:
+    """Anti-aliased mask (P, P) in [0,1] of one shape with random size, position and rotation."""
+    s = 4  # supersampling
+    r = rng.uniform(0.15, 0.24) * p
+    lo, hi = margin + r, p - margin - r
+    cx, cy = rng.uniform(lo, hi), rng.uniform(lo, hi)
+    angle = rng.uniform(-0.35, 0.35)
+    canvas = Image.new("L", (p * s, p * s), 0)
+    d = ImageDraw.Draw(canvas)
+
+    def pts(points):
+        c, sn = math.cos(angle), math.sin(angle)
+        return [((cx + x * c - y * sn) * s, (cy + x * sn + y * c) * s) for x, y in points]
+
+    if shape == "circle":
+        d.ellipse([(cx - r) * s, (cy - r) * s, (cx + r) * s, (cy + r) * s], fill=255)
+    elif shape == "square":
+        q = r * 0.85
+        d.polygon(pts([(-q, -q), (q, -q), (q, q), (-q, q)]), fill=255)
+    elif shape == "triangle":
+        d.polygon(pts([(0, -r), (r * 0.95, r * 0.75), (-r * 0.95, r * 0.75)]), fill=255)
+    else:  # cross
+        t = r * 0.33
+        d.polygon(pts([(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t), (-r, t), (-r, -t), (-t, -t)]), fill=255)
+    return np.asarray(canvas.resize((p, p), Image.Resampling.BOX), dtype=np.float32) / 255.0
+
+
+def _object_colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(110, 200, 3)
+
+
+def _paint(background: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    return background * (1 - mask[..., None]) + colour[None, None, :] * mask[..., None]
+
+
+def _corner_patch(image: np.ndarray, corner: int, colour, size: int) -> None:
+    p = image.shape[0]
+    y0 = 1 if corner in (0, 1) else p - size - 1
+    x0 = 1 if corner in (0, 2) else p - size - 1
+    image[y0 : y0 + size, x0 : x0 + size] = colour
+
+
+def _draw_decoy_shapes(rng, p, y, decoy, digits) -> Drawn:
+    patch = max(3, p // 6)
+    mask = _shape_mask(rng, p, SHAPES[y], margin=patch + 2)
+    image = _paint(_noise_background(rng, p), mask, _object_colour(rng))
+    _corner_patch(image, decoy % 4, PATCH_COLOURS[decoy], patch)
+    return Drawn(np.clip(image, 0, 255).astype(np.uint8), mask)
+
+
+def _draw_decoy_texture(rng, p, y, decoy, digits) -> Drawn:
+    mask = _shape_mask(rng, p, SHAPES[y], margin=2)
+    yy, xx = np.mgrid[0:p, 0:p].astype(np.float32)
+    theta = decoy * math.pi / 4 + rng.uniform(-0.15, 0.15)
+    period = p / rng.uniform(5.0, 7.0)
+    stripes = np.sin(2 * math.pi * (xx * math.cos(theta) + yy * math.sin(theta)) / period + rng.uniform(0, 6.3))
+    background = _noise_background(rng, p) + 22 * stripes[..., None] + np.array(TINTS[decoy])[None, None, :]
+    image = _paint(background, mask, _object_colour(rng))
+    return Drawn(np.clip(image, 0, 255).astype(np.uint8), mask)
+
+
+def _draw_decoy_digits(rng, p, y, decoy, digits) -> Drawn:
+    images, targets = digits
+    candidates = np.flatnonzero(targets == y)
+    glyph = images[candidates[rng.integers(len(candidates))]] / 16.0  # (8, 8) in [0, 1]
+    patch = max(3, p // 6)
+    side = int(round(rng.uniform(0.45, 0.58) * p))
+    glyph_img = Image.fromarray((glyph * 255).astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC)
+    glyph_arr = np.asarray(glyph_img, dtype=np.float32) / 255.0
+    lo, hi = patch + 2, p - patch - 2 - side
+    x0, y0 = int(rng.integers(lo, max(lo, hi) + 1)), int(rng.integers(lo, max(lo, hi) + 1))
+    mask = np.zeros((p, p), dtype=np.float32)
+    mask[y0 : y0 + side, x0 : x0 + side] = glyph_arr
+    gray = np.clip(rng.uniform(20, 50) + rng.normal(0, 22, (p, p)) + rng.uniform(110, 170) * mask, 0, 255)
+    image = np.repeat(gray[..., None], 3, axis=2)
+    _corner_patch(image, decoy % 4, 255 - 20 * decoy, patch)
+    return Drawn(np.clip(image, 0, 255).astype(np.uint8), (mask > 0.25).astype(np.float32))
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+
+    bunch = load_digits()
+    return bunch.images.astype(np.float32), bunch.target
+
+
+def _human_saliency(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A soft map like an expert's brush stroke: dilated, blurred, slightly off target."""
+    p = mask.shape[0]
+    im = Image.fromarray((mask * 255).astype(np.uint8))
+    grow = max(3, (p // 16) | 1)
+    im = im.filter(ImageFilter.MaxFilter(grow))
+    dx, dy = rng.integers(-max(1, p // 32), max(1, p // 32) + 1, size=2)
+    im = im.transform(im.size, Image.Transform.AFFINE, (1, 0, -int(dx), 0, 1, -int(dy)), fillcolor=0)
+    im = im.filter(ImageFilter.GaussianBlur(max(1.0, p / 32)))
+    arr = np.asarray(im, dtype=np.float32)
+    return np.clip(arr / max(arr.max(), 1.0) * 255, 0, 255).astype(np.uint8)
+
+
+KINDS: dict[str, tuple[Callable[..., Drawn], tuple[str, ...]]] = {
+    "decoy-shapes": (_draw_decoy_shapes, SHAPES),
+    "decoy-digits": (_draw_decoy_digits, tuple(str(d) for d in range(10))),
+    "decoy-texture": (_draw_decoy_texture, SHAPES),
+}

@@ -1,0 +1,361 @@
+"""The training loop (torchvision-references style): `fit` reads a dataset folder, trains one task,
+evaluates, and writes `model.pt` atomically.
+
+Read top to bottom: `fit` -> `prepare_data` -> `train_one_epoch` (per step: cancel check, device-side
+augmentation, task forward, backward, clip, step) -> `evaluate` -> `save_model`. Randomness is
+re-seeded from (seed, epoch) at the start of every epoch, so a run resumed from its epoch checkpoint
+continues bit-for-bit as the uninterrupted run would (on the same device and software).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sage import __version__
+from sage.config import TrainConfig
+from sage.data import SplitTensors, limit_saliency, load_split, read_dataset, stratified_holdout
+from sage.evaluation import evaluate
+from sage.methods import Batch, Task, create_task
+from sage.models import Classifier, create_model
+from sage.transforms import IMAGENET_MEAN, IMAGENET_STD, augment_batch, normalize
+
+MODEL_FORMAT = "sage-model/1"
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class Cancelled(Exception):  # noqa: N818 - the name the worker catches
+    """`should_cancel()` returned True; nothing was written."""
+
+
+@dataclass
+class TrainingData:
+    labels: list[str]
+    train: SplitTensors
+    val: SplitTensors
+    test: SplitTensors | None
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; cuda without a GPU is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """The one place seeds and determinism switches are set."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
+    """Read and decode the dataset; hold out a stratified val split when labels.csv has none."""
+    index = read_dataset(data_dir, config.labels or None)
+    train_samples, val_samples, test_samples = (index.split(s) for s in ("train", "val", "test"))
+    if not train_samples:
+        raise ValueError(f"{data_dir}: no training images (rows with split train or no split)")
+    train = load_split(index, train_samples, config.image_size)
+    if val_samples:
+        val = load_split(index, val_samples, config.image_size)
+    else:
+        keep, held = stratified_holdout(train.labels.numpy(), config.val_fraction, config.seed)
+        if len(held) == 0 or len(keep) == 0:
+            raise ValueError(f"{data_dir}: too few training images to hold out a validation split; add a val split")
+        train, val = train.subset(keep), train.subset(held)
+    train = limit_saliency(train, config.saliency_fraction, config.seed)
+    test = load_split(index, test_samples, config.image_size) if test_samples else None
+    return TrainingData(index.labels, train, val, test)
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    total = config.epochs * steps_per_epoch
+    warmup = config.warmup_epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 1))
+    else:
+        cosine = config.schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            t = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, scheduler
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled index batches; a last batch of one row is dropped (batch norm needs two)."""
+    order = torch.randperm(n, generator=generator)
+    chunks = list(order.split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks.pop()
+    return chunks
+
+
+def to_batch(split: SplitTensors, rows: torch.Tensor, device: torch.device, augment: str) -> Batch:
+    images = split.images[rows].to(device, non_blocking=True).float().div_(255)
+    saliency = split.saliency[rows].to(device, non_blocking=True).float().div_(255)
+    images, saliency = augment_batch(images, saliency, augment)
+    has = split.has_saliency[rows].to(device)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return Batch(normalize(images), saliency, has, split.labels[rows].to(device))
+
+
+def train_one_epoch(
+    task: Task, optimizer, scheduler, data: SplitTensors, config: TrainConfig, device: torch.device,
+    epoch: int, report: Callable[[int, int, dict[str, float], int], None], should_cancel: Callable[[], bool] | None,
+) -> dict[str, float]:  # fmt: skip
+    """One pass over the training split; returns the mean of each loss term and the accuracy."""
+    task.train()
+    generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
+    chunks = batches(len(data), config.batch_size, generator)
+    amp = config.amp and device.type == "cuda"
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    for step, rows in enumerate(chunks, start=1):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled(f"cancelled at epoch {epoch}, step {step}")
+        batch = to_batch(data, rows, device, config.augment)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            result = task(batch)
+        loss = result["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; lower lr or enable grad_clip")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(task.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        for key, value in result.items():
+            if key != "output":
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+        correct += int((result["output"].argmax(1) == batch.labels).sum())
+        seen += len(rows)
+        report(step, len(chunks), {k: v / step for k, v in sums.items()}, len(rows))
+    means = {k: v / max(len(chunks), 1) for k, v in sums.items()}
+    means["accuracy"] = correct / max(seen, 1)
+    return means
+
+
+def validation_loss(model: Classifier, data: SplitTensors, device: torch.device, batch_size: int = 256) -> dict[str, float]:
+    """Cross-entropy and accuracy on a split (the per-epoch check; the full report is `evaluate`)."""
+    model.eval()
+    total = correct = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            x = normalize(data.images[start : start + batch_size].to(device))
+            y = data.labels[start : start + batch_size].to(device)
+            logits = model(x).float()
+            total += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += float((logits.argmax(1) == y).sum())
+    n = max(len(data), 1)
+    return {"loss": total / n, "accuracy": correct / n}
+
+
+def fit(
+    config: TrainConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    progress: ProgressFn | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train `config.method` on the dataset folder `data_dir` and write `out_dir/model.pt`.
+
+    progress(event) is called every `config.progress_every` steps and at the end of every epoch
+    with {"epoch", "epochs", "step", "steps", "losses": {term: running mean}, "val": {"loss",
+    "accuracy"} at epoch ends else None, "eta_s", "images_per_s"}. should_cancel() is checked before
+    every step; when it returns True, `Cancelled` is raised and model.pt is not written (an opt-in
+    per-epoch checkpoint.pt from earlier epochs is left for resuming). resume=True continues from
+    out_dir/checkpoint.pt (written when config.checkpoint is set) when it exists.
+
+    model.pt is written to a temporary file and renamed into place. Returns the metrics: val_accuracy,
+    val_loss, epochs_run, best_epoch, train_seconds, seconds_per_epoch, images_per_s, num_train,
+    num_val, num_test, num_train_with_saliency, val (full report), and test_accuracy + test when the
+    dataset has a test split.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    device = resolve_device(config.device)
+    seed_everything(config.seed, config.deterministic)
+    data = prepare_data(config, data_dir)
+    model = create_model(config.backbone, len(data.labels), config.pretrained_path, config.image_size).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    task = create_task(model, config)
+    steps = len(batches(len(data.train), config.batch_size, torch.Generator().manual_seed(0)))
+    optimizer, scheduler = build_optimizer(config, model, steps)
+
+    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
+    best_weights = None
+    checkpoint_path = out_dir / "checkpoint.pt"
+    if resume and checkpoint_path.is_file():
+        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if ckpt["config"] != config.to_dict():
+            raise ValueError(f"{checkpoint_path} was written with another configuration; resume with the same one")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        state = ckpt["state"]
+        best_weights = ckpt["best_weights"]
+
+    images_done = 0
+    train_clock = time.perf_counter()
+    total_steps = config.epochs * steps
+
+    start_epoch = state["epoch"] + 1
+    for epoch in range(start_epoch, config.epochs + 1):
+        torch.manual_seed(_epoch_seed(config.seed, epoch))  # views, augmentation, dropout
+        epoch_start = time.perf_counter()
+
+        def report(step: int, n_steps: int, losses: dict[str, float], batch_images: int, epoch=epoch) -> None:
+            nonlocal images_done
+            images_done += batch_images
+            if progress is None or (step % config.progress_every and step != n_steps):
+                return
+            elapsed = time.perf_counter() - train_clock
+            done_steps = (epoch - start_epoch) * steps + step
+            remaining = total_steps - ((epoch - 1) * steps + step)
+            progress(_event(epoch, config.epochs, step, n_steps, losses, None, elapsed / max(done_steps, 1) * remaining, images_done / max(elapsed, 1e-9)))
+
+        losses = train_one_epoch(task, optimizer, scheduler, data.train, config, device, epoch, report, should_cancel)
+        state["train_seconds"] += time.perf_counter() - epoch_start
+        val = validation_loss(model, data.val, device)
+        state["epoch"] = epoch
+        state["history"].append({"epoch": epoch, "train": losses, "val": val})
+        if val["loss"] < state["best_val_loss"] - 1e-6:
+            state.update(best_val_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
+            if config.early_stopping_patience:
+                best_weights = copy.deepcopy(model.state_dict())
+        else:
+            state["bad_epochs"] += 1
+        if progress is not None:
+            elapsed = time.perf_counter() - train_clock
+            eta = elapsed / (epoch - start_epoch + 1) * (config.epochs - epoch)
+            progress(_event(epoch, config.epochs, steps, steps, losses, val, eta, images_done / max(elapsed, 1e-9)))
+        if config.checkpoint:
+            _atomic_save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+                 "state": state, "best_weights": best_weights, "config": config.to_dict()},
+                checkpoint_path,
+            )  # fmt: skip
+        if config.early_stopping_patience and state["bad_epochs"] >= config.early_stopping_patience:
+            break
+
+    if should_cancel is not None and should_cancel():
+        raise Cancelled("cancelled after the last epoch")
+    if config.early_stopping_patience and best_weights is not None:
+        model.load_state_dict(best_weights)
+
+    metrics = _final_metrics(model, data, device, state)
+    metrics["total_seconds"] = time.perf_counter() - started
+    save_model(out_dir / "model.pt", model, config, data.labels, metrics)
+    return metrics
+
+
+def _event(epoch, epochs, step, steps, losses, val, eta, ips) -> dict[str, Any]:
+    return {
+        "epoch": epoch, "epochs": epochs, "step": step, "steps": steps,
+        "losses": {k: float(v) for k, v in losses.items()}, "val": val,
+        "eta_s": float(max(eta, 0.0)), "images_per_s": float(ips),
+    }  # fmt: skip
+
+
+def _final_metrics(model, data: TrainingData, device, state) -> dict[str, Any]:
+    val = evaluate(model, data.val, data.labels, device)
+    epochs_run = len(state["history"]) and state["history"][-1]["epoch"]
+    metrics: dict[str, Any] = {
+        "val_accuracy": val["accuracy"],
+        "val_loss": val["loss"],
+        "epochs_run": epochs_run,
+        "best_epoch": state["best_epoch"],
+        "train_seconds": state["train_seconds"],
+        "seconds_per_epoch": state["train_seconds"] / max(epochs_run, 1),
+        "images_per_s": len(data.train) * epochs_run / max(state["train_seconds"], 1e-9),
+        "num_train": len(data.train),
+        "num_val": len(data.val),
+        "num_test": len(data.test) if data.test is not None else 0,
+        "num_train_with_saliency": int(data.train.has_saliency.sum()),
+        "labels": data.labels,
+        "val": val,
+        "history": state["history"],
+    }
+    if data.test is not None:
+        test = evaluate(model, data.test, data.labels, device)
+        metrics["test_accuracy"] = test["accuracy"]
+        metrics["test"] = test
+    return metrics
+
+
+def save_model(path: Path, model: Classifier, config: TrainConfig, labels: list[str], metrics: dict) -> None:
+    """Write the model artifact: everything `Predictor.load` needs to rebuild and run the model."""
+    _atomic_save(
+        {
+            "format": MODEL_FORMAT,
+            "sage_version": __version__,
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "backbone": config.backbone,
+            "num_classes": len(labels),
+            "image_size": config.image_size,
+            "labels": list(labels),
+            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "config": config.to_dict(),
+            "metrics": metrics,
+        },
+        path,
+    )
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
