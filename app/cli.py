@@ -41,6 +41,139 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return seed_demo(get_settings(), if_missing=args.if_missing)
 
 
+def _session(settings):
+    from app.db import make_engine, make_session_factory
+
+    engine = make_engine(settings.resolved_database_url)
+    return engine, make_session_factory(engine)()
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from app.services.errors import ServiceError
+    from app.services.users import create_user
+
+    password = args.password or getpass.getpass("password: ")
+    engine, session = _session(get_settings())
+    try:
+        user = create_user(session, args.username, password, is_admin=args.admin)
+    except ServiceError as exc:
+        return _fail(str(exc))
+    finally:
+        session.close()
+        engine.dispose()
+    print(f"created {'site admin' if user.is_admin else 'user'} {user.username!r} (id {user.id})")
+    return 0
+
+
+def cmd_create_token(args: argparse.Namespace) -> int:
+    from app.services.errors import ServiceError
+    from app.services.users import create_token, get_by_username
+
+    engine, session = _session(get_settings())
+    try:
+        user = get_by_username(session, args.username)
+        if user is None:
+            return _fail(f"no user named {args.username!r}")
+        _, token = create_token(session, user, args.name, args.expires_in_days)
+    except ServiceError as exc:
+        return _fail(str(exc))
+    finally:
+        session.close()
+        engine.dispose()
+    print(token)  # alone on stdout, for scripts: TOKEN=$(sage-studio create-token ...)
+    print("store this token now: it is not shown again", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import csv
+    import json
+    from pathlib import Path
+
+    from app.services import datasets
+    from app.services.errors import NotFound, ServiceError
+    from app.services.projects import create_project, find_project
+    from app.services.users import get_by_username
+    from app.storage import get_storage
+
+    settings = get_settings()
+    engine, session = _session(settings)
+    try:
+        user = None
+        if args.user:
+            user = get_by_username(session, args.user)
+            if user is None:
+                return _fail(f"no user named {args.user!r}")
+        source = datasets.open_source(Path(args.source), settings)
+        try:
+            project = find_project(session, args.project)
+        except NotFound:
+            if not args.create:
+                return _fail(f"no project {args.project!r}; pass --create to make it from labels.csv")
+            root = datasets.dataset_root(source.names())
+            text = source.read(root + datasets.LABELS_CSV, 64 * 1024 * 1024).decode("utf-8-sig")
+            labels = sorted({(r.get("label") or "").strip() for r in csv.DictReader(text.splitlines())} - {""})
+            if not labels:
+                return _fail("labels.csv names no label; create the project with its labels first")
+            project = create_project(session, user, name=args.project, labels=labels)
+            print(f"created project {project.name!r} (id {project.id}) with labels {labels}", file=sys.stderr)
+        report = datasets.import_dataset(session, get_storage(settings), settings, project, user, source)
+    except datasets.ImportRejected as exc:
+        for e in exc.errors:
+            print(f"  {e['file']}" + (f":{e['line']}" if e.get("line") else "") + f": {e['error']}", file=sys.stderr)
+        return _fail("import rejected; nothing was imported")
+    except (ServiceError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    finally:
+        session.close()
+        engine.dispose()
+    report.pop("image_ids", None)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from app.services import datasets
+    from app.services.errors import ServiceError
+    from app.services.projects import find_project
+    from app.storage import get_storage
+
+    settings = get_settings()
+    storage = get_storage(settings)
+    engine, session = _session(settings)
+    out = Path(args.out)
+    try:
+        project = find_project(session, args.project)
+        if out.suffix.lower() == ".zip":
+            entries, lineage = datasets.dataset_entries(session, project, only_labelled=args.only_labelled)
+            tmp = out.with_name(out.name + ".part")
+            with open(tmp, "wb") as f:
+                for chunk in datasets.export_zip_stream(storage, entries, folder=out.stem):
+                    f.write(chunk)
+            os.replace(tmp, out)
+        else:
+            lineage = datasets.write_dataset_folder(session, storage, project, out, only_labelled=args.only_labelled)
+    except ServiceError as exc:
+        return _fail(str(exc))
+    finally:
+        session.close()
+        engine.dispose()
+    lineage.pop("annotations", None)
+    print(json.dumps({"out": str(out), **lineage}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sage-studio", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +196,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("beat", help="start the periodic scheduler (stale-run reaper, retraining)")
     p.set_defaults(func=cmd_beat)
+
+    p = sub.add_parser("create-user", help="create an account (--admin: a site admin)")
+    p.add_argument("--username", required=True)
+    p.add_argument("--password", help="prompted for when omitted")
+    p.add_argument("--admin", action="store_true", help="site admin: manages users and every project")
+    p.set_defaults(func=cmd_create_user)
+
+    p = sub.add_parser("create-token", help="create a personal API token; prints it once")
+    p.add_argument("--username", required=True)
+    p.add_argument("--name", default="cli", help="what the token is for")
+    p.add_argument("--expires-in-days", type=int, default=None)
+    p.set_defaults(func=cmd_create_token)
+
+    p = sub.add_parser("import", help="import a dataset folder or zip (labels.csv, images/, saliency/)")
+    p.add_argument("source", help="dataset folder or .zip")
+    p.add_argument("--project", required=True, help="project name or id")
+    p.add_argument("--create", action="store_true", help="create the project (labels from labels.csv)")
+    p.add_argument("--user", help="username recorded as uploader (and manager of a created project)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="export a project as a dataset folder, or a .zip")
+    p.add_argument("--project", required=True, help="project name or id")
+    p.add_argument("--out", required=True, help="an empty folder, or a file name ending in .zip")
+    p.add_argument("--only-labelled", action="store_true", help="leave out images without a label")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="seed the demo project and admin account")
     p.add_argument("--if-missing", action="store_true", help="do nothing when the demo project exists")

@@ -106,6 +106,11 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "sha256"),
         Index("ix_images_project_split_id", "project_id", "split", "id"),
+        # Keyset pagination and `next` walk a project's images in id order.
+        Index("ix_images_project_id_id", "project_id", "id"),
+        # Deleting a file after its row is gone: is any other row still using the object?
+        Index("ix_images_storage_key", "storage_key"),
+        Index("ix_images_import_saliency_key", "import_saliency_key"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -119,8 +124,17 @@ class Image(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     split: Mapped[str | None] = mapped_column(String(10), default=None)  # train | val | test | None
     import_label: Mapped[str | None] = mapped_column(String(100), default=None)
+    # Saliency map that came with an import (dataset folder saliency/<stem>.png): the consensus
+    # when no annotator has painted one, so import -> export round-trips.
+    import_saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     # Denormalised counters so list filters and `next` stay index-only at 100k images.
     annotation_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The image's label: majority of its annotators' current labels, else import_label. Kept in
+    # step by app.services.annotations on every write.
+    label: Mapped[str | None] = mapped_column(String(100), default=None)
+    # Agreement of the annotators' current maps (None below two maps); project agreement averages these.
+    agreement_iou: Mapped[float | None] = mapped_column(Float, default=None)
+    agreement_r: Mapped[float | None] = mapped_column(Float, default=None)
     uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -150,7 +164,10 @@ class Annotation(Base):
 
 class AnnotationRevision(Base):
     __tablename__ = "annotation_revisions"
-    __table_args__ = (UniqueConstraint("annotation_id", "revision"),)
+    __table_args__ = (
+        UniqueConstraint("annotation_id", "revision"),
+        Index("ix_annotation_revisions_saliency_key", "saliency_key"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id", ondelete="CASCADE"))

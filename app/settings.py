@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_import_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=50_000_000, gt=0)
+    # Zip import guards against zip bombs: total uncompressed bytes, members, and the
+    # uncompressed/compressed ratio of any member larger than 1 MiB.
+    max_import_uncompressed_bytes: int = Field(default=8 * 1024 * 1024 * 1024, gt=0)
+    max_import_files: int = Field(default=500_000, gt=0)
+    max_zip_ratio: float = Field(default=200.0, gt=1)
 
     # Auth
     session_cookie: str = "sage_session"
@@ -46,6 +51,22 @@ class Settings(BaseSettings):
     max_run_attempts: int = 3
     retrain_check_interval_s: float = 60.0
     predict_timeout_s: float = 30.0
+    # How often a training run's owner refreshes its heartbeat and reads the cancel flag; bounds
+    # how long `POST /training-runs/{rid}/cancel` takes to stop a run (plus one training step).
+    cancel_poll_interval_s: float = Field(default=1.0, gt=0)
+    reap_interval_s: float = Field(default=15.0, gt=0)  # beat: how often stale runs are reaped
+    # `serve` also starts one worker per queue and beat: None = only in embedded mode.
+    serve_workers: bool | None = None
+    # Grace a child process gets to stop on SIGTERM before it is killed (serve, multi-queue worker).
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Predict worker: concurrent requests (threads) and how they are batched into one forward pass.
+    predict_concurrency: int = Field(default=8, ge=1)
+    predict_batch_max: int = Field(default=16, ge=1)
+    predict_batch_wait_ms: float = Field(default=2.0, ge=0)
+    predict_cache_models: int = Field(default=4, ge=1)  # loaded model versions kept per predict worker
+    # Training worker processes run at this `nice` level, so on a shared CPU the predict worker
+    # keeps its latency while a run trains (0 = same priority).
+    train_nice: int = Field(default=10, ge=0, le=19)
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

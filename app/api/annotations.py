@@ -1,5 +1,165 @@
-"""REST API v1: annotations."""
+"""REST API v1: annotations (optimistic PUT with If-Match), their history, consensus and agreement."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Response, UploadFile, status
+from sqlalchemy import select
+
+from app.api.images import NoControl, read_upload
+from app.deps import (
+    AnnotationViewer,
+    CurrentUser,
+    ImageAnnotator,
+    ImageViewer,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+)
+from app.models import Project, User
+from app.schemas import (
+    API,
+    Agreement,
+    AnnotationOut,
+    Consensus,
+    ImageAnnotations,
+    RevisionOut,
+    annotation_out,
+)
+from app.services import annotations as annotation_service
 
 router = APIRouter(tags=["annotations"])
+
+PNG = {"content": {"image/png": {}}, "description": "an 8-bit grayscale PNG"}
+
+
+@router.put(
+    "/images/{iid}/annotation",
+    response_model=AnnotationOut,
+    responses={
+        201: {"description": "your first annotation of this image"},
+        409: {"description": "stale If-Match"},
+    },
+)
+def put_annotation(
+    response: Response,
+    image: ImageAnnotator,
+    user: CurrentUser,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    label: Annotated[str | None, Form(max_length=100, pattern=NoControl)] = None,
+    saliency: Annotated[
+        UploadFile | None, File(description="8-bit grayscale PNG of the image's size")
+    ] = None,
+    if_match: Annotated[str | None, Header(max_length=64)] = None,
+) -> AnnotationOut:
+    """Store your label and saliency map for this image as a new revision (annotators, managers).
+
+    Send `If-Match: <revision>` with the revision you last saw; omit it only for your first
+    annotation of the image. A stale revision answers 409 and changes nothing; every revision
+    is kept. The whole annotation is replaced: send both label and map. 422 for an unknown label
+    or a map that is not an 8-bit grayscale PNG of the image's size."""
+    project = session.get(Project, image.project_id)
+    png = (
+        read_upload(saliency, settings.max_upload_bytes, "the saliency map") if saliency is not None else None
+    )
+    annotation, created = annotation_service.put_annotation(
+        session,
+        storage,
+        image,
+        project,
+        user,
+        label=label or None,
+        saliency_png=png,
+        if_match=annotation_service.parse_if_match(if_match),
+    )
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    response.headers["ETag"] = f'"{annotation.revision}"'
+    return annotation_out(annotation, user.username)
+
+
+@router.get("/images/{iid}/annotation", response_model=AnnotationOut)
+def get_my_annotation(
+    image: ImageViewer, user: CurrentUser, session: SessionDep, response: Response
+) -> AnnotationOut:
+    """Your current annotation of this image (404 when you have none); ETag is its revision."""
+    for a in annotation_service.list_annotations(session, image):
+        if a.author_id == user.id:
+            response.headers["ETag"] = f'"{a.revision}"'
+            return annotation_out(a, user.username)
+    raise HTTPException(status.HTTP_404_NOT_FOUND, detail="you have not annotated this image yet")
+
+
+@router.get("/images/{iid}/annotations", response_model=ImageAnnotations)
+def list_annotations(image: ImageViewer, session: SessionDep) -> ImageAnnotations:
+    """Every annotator's current annotation, the consensus map's availability and their agreement."""
+    annotations = annotation_service.list_annotations(session, image)
+    ids = {a.author_id for a in annotations}
+    names = {uid: name for uid, name in session.execute(select(User.id, User.username).where(User.id.in_(ids)))}
+    n_maps = sum(1 for a in annotations if a.saliency_key)
+    source = "annotators" if n_maps else ("import" if image.import_saliency_key else "none")
+    return ImageAnnotations(
+        image_id=image.id,
+        label=image.label,
+        annotations=[annotation_out(a, names.get(a.author_id, "")) for a in annotations],
+        consensus=Consensus(
+            available=source != "none",
+            maps=n_maps or (1 if source == "import" else 0),
+            source=source,
+            url=f"{API}/images/{image.id}/saliency.png" if source != "none" else None,
+        ),
+        agreement=Agreement(iou=image.agreement_iou, pearson=image.agreement_r),
+        pairs=n_maps * (n_maps - 1) // 2,
+    )
+
+
+@router.get("/images/{iid}/saliency.png", response_class=Response, responses={200: PNG})
+def consensus_png(image: ImageViewer, session: SessionDep, storage: StorageDep) -> Response:
+    """The consensus saliency map (mean of the annotators' maps, else the imported map); 404 if none."""
+    png = annotation_service.consensus_png(session, storage, image)
+    if png is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no saliency map for this image yet")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-cache"})
+
+
+@router.get("/annotations/{aid}/revisions", response_model=list[RevisionOut])
+def list_revisions(annotation: AnnotationViewer, session: SessionDep) -> list[RevisionOut]:
+    """Every revision of an annotation, oldest first."""
+    return [
+        RevisionOut(
+            revision=r.revision,
+            label=r.label,
+            has_saliency=r.saliency_key is not None,
+            saliency_url=f"{API}/annotations/{annotation.id}/saliency.png?revision={r.revision}"
+            if r.saliency_key
+            else None,
+            author_id=r.author_id,
+            created_at=r.created_at,
+        )
+        for r in annotation_service.list_revisions(session, annotation)
+    ]
+
+
+@router.get("/annotations/{aid}/saliency.png", response_class=Response, responses={200: PNG})
+def annotation_png(
+    annotation: AnnotationViewer,
+    session: SessionDep,
+    storage: StorageDep,
+    revision: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="default: the current one")] = None,
+) -> Response:
+    """One annotator's saliency map, of the current or an earlier revision."""
+    key = annotation.saliency_key
+    if revision is not None:
+        rev = annotation_service.get_revision(session, annotation, revision)
+        if rev is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no revision {revision}")
+        key = rev.saliency_key
+    if key is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this revision has no saliency map")
+    return Response(
+        storage.read_bytes(key),
+        media_type="image/png",
+        headers={"Cache-Control": "private, max-age=31536000, immutable"},
+    )

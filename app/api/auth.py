@@ -1,5 +1,77 @@
-"""REST API v1: auth."""
+"""REST API v1: sign in (access tokens), the current user, and site-admin user management."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Path, Request, Response, status
+
+from app import security
+from app.deps import MAX_ID, AdminUser, CurrentUser, SessionDep, SettingsDep
+from app.models import User
+from app.schemas import AccessToken, PasswordChange, UserCreate, UserOut, UserUpdate
+from app.services import users as user_service
 
 router = APIRouter(tags=["auth"])
+
+FormText = Annotated[str, Form(min_length=1, max_length=1024, pattern=r"^[^\x00]*$")]
+
+
+@router.post("/auth/token", response_model=AccessToken)
+def issue_access_token(
+    request: Request, session: SessionDep, settings: SettingsDep, username: FormText, password: FormText
+) -> AccessToken:
+    """Exchange a username and password (form fields) for a bearer access token.
+
+    401 for a wrong pair; 429 after too many failed attempts in a minute (see Retry-After)."""
+    user = security.login_with_password(request, session, username, password)
+    return AccessToken(
+        access_token=security.create_access_token(user, settings), expires_in=settings.access_token_ttl_s
+    )
+
+
+@router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
+def logout(response: Response, settings: SettingsDep) -> Response:
+    """End the browser session (clears the session cookie; bearer tokens are unaffected)."""
+    out = Response(status_code=status.HTTP_204_NO_CONTENT)
+    security.logout_session(out, settings)
+    return out
+
+
+@router.get("/users/me", response_model=UserOut)
+def me(user: CurrentUser) -> User:
+    return user
+
+
+@router.post("/users/me/password", status_code=status.HTTP_204_NO_CONTENT)
+def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep) -> Response:
+    """Change your password; every session and access token issued before ends (API tokens stay)."""
+    if not security.verify_password(user.password_hash, body.current_password):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="the current password is wrong")
+    user_service.update_user(session, user, password=body.new_password)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/users", response_model=list[UserOut])
+def list_users(admin: AdminUser, session: SessionDep) -> list[User]:
+    """Every account (site admins only)."""
+    return user_service.list_users(session)
+
+
+@router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)
+def create_user(body: UserCreate, admin: AdminUser, session: SessionDep) -> User:
+    """Create an account (site admins only). 409 when the username is taken."""
+    return user_service.create_user(session, body.username, body.password, is_admin=body.is_admin)
+
+
+@router.patch("/users/{uid}", response_model=UserOut)
+def update_user(
+    uid: Annotated[int, Path(ge=1, le=MAX_ID)], body: UserUpdate, admin: AdminUser, session: SessionDep
+) -> User:
+    """Reset a password, grant or revoke site admin, (de)activate an account (site admins only)."""
+    user = session.get(User, uid)
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no user {uid}")
+    return user_service.update_user(
+        session, user, password=body.password, is_admin=body.is_admin, is_active=body.is_active
+    )

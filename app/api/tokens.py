@@ -1,5 +1,38 @@
-"""REST API v1: tokens."""
+"""REST API v1: personal API tokens (created and shown once, listed, revoked)."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
+
+from app.deps import MAX_ID, CurrentUser, SessionDep
+from app.models import ApiToken
+from app.schemas import ApiTokenCreate, ApiTokenCreated, ApiTokenOut
+from app.services import users as user_service
 
 router = APIRouter(tags=["tokens"])
+
+
+@router.post("/tokens", response_model=ApiTokenCreated, status_code=status.HTTP_201_CREATED)
+def create_token(body: ApiTokenCreate, user: CurrentUser, session: SessionDep) -> ApiTokenCreated:
+    """A new personal API token for scripts: send it as `Authorization: Bearer <token>`.
+
+    The token is in this answer only; the server keeps its SHA-256."""
+    row, token = user_service.create_token(session, user, body.name, body.expires_in_days)
+    return ApiTokenCreated(**ApiTokenOut.model_validate(row).model_dump(), token=token)
+
+
+@router.get("/tokens", response_model=list[ApiTokenOut])
+def list_tokens(user: CurrentUser, session: SessionDep) -> list[ApiToken]:
+    """Your tokens (without the secrets)."""
+    return user_service.list_tokens(session, user)
+
+
+@router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=MAX_ID)], user: CurrentUser, session: SessionDep
+) -> Response:
+    """Revoke one of your tokens; it stops working at once."""
+    user_service.revoke_token(session, user, token_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

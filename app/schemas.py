@@ -1,0 +1,379 @@
+"""Request and answer bodies of the REST API v1 (pydantic). DESIGN.md section 6 shapes are a contract."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def _no_control_chars(value: str) -> str:
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# Text that goes into the database: no NUL or other control characters (PostgreSQL refuses NUL).
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_control_chars),
+]
+LabelName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(_no_control_chars),
+]
+Description = Annotated[
+    str, StringConstraints(max_length=10_000), AfterValidator(lambda v: v.replace("\x00", ""))
+]
+Split = Literal["train", "val", "test"]
+RoleName = Literal["viewer", "annotator", "manager"]
+NextPolicy = Literal["sequential", "random", "uncertainty", "misalignment"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- auth, users, tokens -----------------------------------------------------------------------
+
+
+class AccessToken(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    is_admin: bool
+    is_active: bool
+    created_at: datetime
+
+
+class UserCreate(Strict):
+    username: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    password: Annotated[str, StringConstraints(min_length=8, max_length=1024)]
+    is_admin: bool = False
+
+
+class UserUpdate(Strict):
+    password: Annotated[str, StringConstraints(min_length=8, max_length=1024)] | None = None
+    is_admin: bool | None = None
+    is_active: bool | None = None
+
+
+class PasswordChange(Strict):
+    current_password: Annotated[str, StringConstraints(max_length=1024)]
+    new_password: Annotated[str, StringConstraints(min_length=8, max_length=1024)]
+
+
+class ApiTokenCreate(Strict):
+    name: Annotated[Name, StringConstraints(max_length=100)]
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class ApiTokenOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiTokenCreated(ApiTokenOut):
+    token: str = Field(description="the token itself; shown only in this answer, store it now")
+
+
+# --- projects ------------------------------------------------------------------------------------
+
+
+class TrainingOptions(BaseModel):
+    """Overrides of the default training configuration (the worker validates the full set).
+
+    Known keys are checked here; other keys pass through to the worker's TrainConfig."""
+
+    model_config = ConfigDict(extra="allow")
+
+    method: Literal["ce", "blur", "cyborg", "rrr", "gradia", "sage", "sage-inverted"] | None = None
+    backbone: (
+        Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)]
+        | None
+    ) = None
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+    epochs: int | None = Field(default=None, ge=1, le=10_000)
+    batch_size: int | None = Field(default=None, ge=1, le=4096)
+    lr: float | None = Field(default=None, gt=0, le=10)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, mode="json")
+
+
+def _unique_labels(labels: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for label in labels:
+        if label in seen:
+            raise ValueError(f"label {label!r} appears twice")
+        seen.add(label)
+    return labels
+
+
+Labels = Annotated[list[LabelName], Field(min_length=1, max_length=1000), AfterValidator(_unique_labels)]
+
+
+class ProjectCreate(Strict):
+    name: Name
+    description: Description = ""
+    labels: Labels
+    backbone: Annotated[
+        str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)
+    ] = "tiny"
+    image_size: int = Field(default=64, ge=8, le=1024)
+    training: TrainingOptions = Field(default_factory=TrainingOptions)
+    retrain_enabled: bool = True
+    retrain_min_new: int = Field(default=20, ge=1, le=1_000_000)
+    activation_policy: Literal["auto", "manual"] = "auto"
+    next_policy: NextPolicy = "sequential"
+
+
+class ProjectUpdate(Strict):
+    name: Name | None = None
+    description: Description | None = None
+    labels: Labels | None = None
+    backbone: (
+        Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)]
+        | None
+    ) = None
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+    training: TrainingOptions | None = None
+    retrain_enabled: bool | None = None
+    retrain_min_new: int | None = Field(default=None, ge=1, le=1_000_000)
+    activation_policy: Literal["auto", "manual"] | None = None
+    next_policy: NextPolicy | None = None
+
+
+class Agreement(BaseModel):
+    iou: float | None = Field(description="mean pairwise soft IoU of the annotators' maps")
+    pearson: float | None = Field(description="mean pairwise Pearson correlation of the maps")
+
+
+class ProjectAgreement(Agreement):
+    images: int = Field(description="images with at least two annotators' maps")
+
+
+class ProjectSummary(BaseModel):
+    images: int
+    labelled: int
+    annotated: int = Field(description="images with at least one annotation")
+    annotations: int
+    labels: dict[str, int] = Field(description="images per label")
+    agreement: ProjectAgreement
+
+
+class ProjectOut(BaseModel):
+    id: int
+    name: str
+    description: str
+    labels: list[str]
+    backbone: str
+    image_size: int
+    training: dict[str, Any]
+    retrain_enabled: bool
+    retrain_min_new: int
+    activation_policy: str
+    next_policy: str
+    created_at: datetime
+    updated_at: datetime
+    role: RoleName = Field(description="the caller's role (site admins: manager)")
+    summary: ProjectSummary
+
+
+class MemberIn(Strict):
+    username: Annotated[
+        str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_control_chars)
+    ]
+    role: RoleName
+
+
+class MemberOut(BaseModel):
+    user_id: int
+    username: str
+    role: RoleName
+    created_at: datetime
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+class ImageOut(BaseModel):
+    id: int
+    project_id: int
+    sha256: str
+    width: int
+    height: int
+    format: str
+    size_bytes: int
+    original_name: str
+    split: str | None
+    import_label: str | None
+    label: str | None = Field(description="majority of the annotators' labels, else the import label")
+    annotation_count: int
+    has_import_saliency: bool
+    agreement: Agreement
+    created_at: datetime
+    file_url: str
+
+
+class UploadedImage(ImageOut):
+    created: bool = Field(description="false when the same bytes were already in the project")
+
+
+class UploadResult(BaseModel):
+    images: list[UploadedImage]
+    created: int
+    existing: int
+
+
+class ImagePage(BaseModel):
+    items: list[ImageOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
+
+
+class ImageUpdate(Strict):
+    split: Split | None = None
+    import_label: LabelName | None = None
+    clear_import_label: bool = False
+
+
+class NextImage(BaseModel):
+    image: ImageOut | None = Field(description="null when the caller has annotated every image")
+    policy: NextPolicy = Field(description="the ordering actually used")
+    done: bool
+
+
+# --- annotations ---------------------------------------------------------------------------------
+
+
+class AnnotationOut(BaseModel):
+    id: int
+    image_id: int
+    project_id: int
+    author_id: int
+    author: str
+    label: str | None
+    revision: int
+    has_saliency: bool
+    saliency_url: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RevisionOut(BaseModel):
+    revision: int
+    label: str | None
+    has_saliency: bool
+    saliency_url: str | None
+    author_id: int
+    created_at: datetime
+
+
+class Consensus(BaseModel):
+    available: bool
+    maps: int = Field(description="number of maps averaged (annotators', or the imported map)")
+    source: Literal["annotators", "import", "none"]
+    url: str | None
+
+
+class ImageAnnotations(BaseModel):
+    image_id: int
+    label: str | None
+    annotations: list[AnnotationOut]
+    consensus: Consensus
+    agreement: Agreement
+    pairs: int
+
+
+class ImportReport(BaseModel):
+    imported: int
+    existing: int = Field(
+        description="rows whose image bytes were already in the project (left as they were)"
+    )
+    with_saliency: int
+    labels: dict[str, int]
+    splits: dict[str, int]
+    ignored_files: list[str] = Field(description="files in the zip that labels.csv does not name")
+    image_ids: list[int]
+
+
+# --- answers built from rows -------------------------------------------------------------------------
+
+API = "/api/v1"
+
+
+def image_out(image: Any) -> ImageOut:
+    return ImageOut(
+        id=image.id,
+        project_id=image.project_id,
+        sha256=image.sha256,
+        width=image.width,
+        height=image.height,
+        format=image.format,
+        size_bytes=image.size_bytes,
+        original_name=image.original_name,
+        split=image.split,
+        import_label=image.import_label,
+        label=image.label,
+        annotation_count=image.annotation_count,
+        has_import_saliency=image.import_saliency_key is not None,
+        agreement=Agreement(iou=image.agreement_iou, pearson=image.agreement_r),
+        created_at=image.created_at,
+        file_url=f"{API}/images/{image.id}/file",
+    )
+
+
+def annotation_out(annotation: Any, author: str) -> AnnotationOut:
+    return AnnotationOut(
+        id=annotation.id,
+        image_id=annotation.image_id,
+        project_id=annotation.project_id,
+        author_id=annotation.author_id,
+        author=author,
+        label=annotation.label,
+        revision=annotation.revision,
+        has_saliency=annotation.saliency_key is not None,
+        saliency_url=f"{API}/annotations/{annotation.id}/saliency.png?revision={annotation.revision}"
+        if annotation.saliency_key
+        else None,
+        created_at=annotation.created_at,
+        updated_at=annotation.updated_at,
+    )
+
+
+def project_out(project: Any, role: str, summary: dict[str, Any]) -> ProjectOut:
+    return ProjectOut(
+        id=project.id,
+        name=project.name,
+        description=project.description,
+        labels=list(project.labels),
+        backbone=project.backbone,
+        image_size=project.image_size,
+        training=dict(project.training or {}),
+        retrain_enabled=project.retrain_enabled,
+        retrain_min_new=project.retrain_min_new,
+        activation_policy=project.activation_policy,
+        next_policy=project.next_policy,
+        created_at=project.created_at,
+        updated_at=project.updated_at,
+        role=role,
+        summary=ProjectSummary(**summary),
+    )

@@ -1,0 +1,380 @@
+"""Project images: upload (deduplicated by content), keyset-paginated listing, deletion, and `next`.
+
+Files are content-addressed (app.storage); an image row's file is written to staging, the row is
+committed, then the file is moved into place. Deleting rows deletes their files after the commit,
+and only the files no other row still uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, exists, func, not_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.imaging import decode_image
+from app.models import (
+    Annotation,
+    AnnotationRevision,
+    Image,
+    ModelVersion,
+    Prediction,
+    Project,
+    User,
+)
+from app.services.errors import BadRequest, Invalid
+from app.storage import Storage
+
+SPLITS = ("train", "val", "test")
+DEFAULT_SPLIT = "train"
+NEXT_POLICIES = ("sequential", "random", "uncertainty", "misalignment")
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def safe_name(name: str | None) -> str:
+    """A file name reduced to its last path component, without control characters (for display
+    and export only: files are stored under their content hash, never under this name)."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = _UNSAFE_NAME.sub("_", name).strip()
+    if name in ("", ".", ".."):
+        return ""
+    return name[-255:]
+
+
+def check_label(project: Project, label: str | None) -> str | None:
+    if label is None or label == "":
+        return None
+    if label not in project.labels:
+        raise Invalid(f"unknown label {label!r}; the project's labels are {project.labels}")
+    return label
+
+
+def check_split(split: str | None) -> str:
+    if split is None or split == "":
+        return DEFAULT_SPLIT
+    if split not in SPLITS:
+        raise Invalid(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    return split
+
+
+@dataclass
+class UploadedFile:
+    name: str
+    data: bytes
+
+
+def upload_images(
+    session: Session,
+    storage: Storage,
+    project: Project,
+    uploader: User | None,
+    files: Sequence[UploadedFile],
+    *,
+    label: str | None = None,
+    split: str | None = None,
+    max_pixels: int,
+) -> list[tuple[Image, bool]]:
+    """Add images to a project, all or nothing (commits). Returns (image, created) per file, in order.
+
+    Every file is decoded and verified first (ImageError 415/422 naming the file); then rows are
+    inserted for bytes not yet in the project and existing rows are answered for the others
+    (re-uploading is idempotent and does not change the existing row).
+    """
+    if not files:
+        raise Invalid("no files: send one or more image files in the `files` field")
+    label = check_label(project, label)
+    split = check_split(split)
+    decoded = []
+    for f in files:
+        image = decode_image(f.data, max_pixels=max_pixels, what=f"file {safe_name(f.name) or '(unnamed)'!r}")
+        decoded.append((f, image, hashlib.sha256(f.data).hexdigest()))
+        image.image.close()
+    for attempt in range(2):
+        try:
+            return _insert_images(session, storage, project, uploader, decoded, label, split)
+        except IntegrityError:
+            # The same bytes were uploaded concurrently: the second pass answers their row.
+            session.rollback()
+            if attempt == 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _insert_images(session, storage, project, uploader, decoded, label, split) -> list[tuple[Image, bool]]:
+    shas = {sha for _, _, sha in decoded}
+    existing = {
+        img.sha256: img
+        for img in session.scalars(
+            select(Image).where(Image.project_id == project.id, Image.sha256.in_(shas))
+        )
+    }
+    results: list[tuple[Image, bool]] = []
+    with storage.staging() as staging:
+        new: dict[str, Image] = {}
+        for f, image, sha in decoded:
+            if sha in existing:
+                results.append((existing[sha], False))
+                continue
+            if sha in new:
+                results.append((new[sha], False))
+                continue
+            key = staging.put_bytes(f.data, image.suffix)
+            row = Image(
+                project_id=project.id,
+                sha256=sha,
+                storage_key=key,
+                original_name=safe_name(f.name),
+                format=image.format,
+                width=image.width,
+                height=image.height,
+                size_bytes=len(f.data),
+                split=split,
+                import_label=label,
+                label=label,
+                uploaded_by_id=uploader.id if uploader else None,
+            )
+            session.add(row)
+            new[sha] = row
+            results.append((row, True))
+        session.flush()
+        session.commit()
+    return results
+
+
+# --- listing ---------------------------------------------------------------------------------------
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"i{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("i") or not raw[1:].isdigit() or len(raw) > 12:
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest(
+            "invalid cursor: pass back the `next_cursor` of the previous page unchanged"
+        ) from None
+
+
+def _done_by(user_id: int):
+    return exists().where(Annotation.author_id == user_id, Annotation.image_id == Image.id)
+
+
+def list_images(
+    session: Session,
+    project: Project,
+    user: User,
+    *,
+    cursor: str | None = None,
+    limit: int = 50,
+    labelled: bool | None = None,
+    annotated: bool | None = None,
+    split: str | None = None,
+    annotated_by_me: bool | None = None,
+    label: str | None = None,
+) -> tuple[list[Image], str | None]:
+    """One page of the project's images in id order (keyset pagination) and the next cursor."""
+    q = select(Image).where(Image.project_id == project.id)
+    if cursor:
+        q = q.where(Image.id > decode_cursor(cursor))
+    if labelled is not None:
+        q = q.where(Image.label.is_not(None) if labelled else Image.label.is_(None))
+    if annotated is not None:
+        q = q.where(Image.annotation_count > 0 if annotated else Image.annotation_count == 0)
+    if split is not None:
+        q = q.where(Image.split == check_split(split))
+    if label is not None:
+        q = q.where(Image.label == label)
+    if annotated_by_me is not None:
+        q = q.where(_done_by(user.id) if annotated_by_me else not_(_done_by(user.id)))
+    rows = list(session.scalars(q.order_by(Image.id).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+# --- next --------------------------------------------------------------------------------------------
+
+
+def _first_unfinished(session: Session, project: Project, user: User, *conditions) -> Image | None:
+    return session.scalar(
+        select(Image)
+        .where(Image.project_id == project.id, not_(_done_by(user.id)), *conditions)
+        .order_by(Image.id)
+        .limit(1)
+    )
+
+
+def _by_prediction(
+    session: Session, project: Project, user: User, policy: str, after: int | None
+) -> Image | None:
+    """The unfinished image the active model is least sure about (uncertainty) or whose heatmap
+    agrees least with the human consensus (misalignment); None without an active model or
+    predictions for the remaining images. The worker fills `predictions`."""
+    model_id = session.scalar(
+        select(ModelVersion.id).where(ModelVersion.project_id == project.id, ModelVersion.active).limit(1)
+    )
+    if model_id is None:
+        return None
+    if policy == "uncertainty":
+        order = (Prediction.uncertainty.desc(), Image.id)
+        cond = []
+    else:
+        order = (Prediction.alignment.asc(), Image.id)
+        cond = [Prediction.alignment.is_not(None)]
+    q = (
+        select(Image)
+        .join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == model_id))
+        .where(Image.project_id == project.id, not_(_done_by(user.id)), *cond)
+    )
+    if after is not None:
+        q = q.where(Image.id != after)
+    return session.scalar(q.order_by(*order).limit(1))
+
+
+def next_image(
+    session: Session, project: Project, user: User, *, policy: str | None = None, after: int | None = None
+) -> tuple[Image | None, str]:
+    """The caller's next image to annotate, never one they already annotated; (image, policy used).
+
+    sequential: the first unfinished image after `after` (the image being skipped), wrapping
+    around; random: a uniformly random pivot id, then the first unfinished image from there;
+    uncertainty / misalignment: ordered by the active model's stored predictions, falling back
+    to sequential when there is no active model or no prediction left.
+    """
+    policy = policy or project.next_policy or "sequential"
+    if policy not in NEXT_POLICIES:
+        raise Invalid(f"unknown policy {policy!r}; use one of {', '.join(NEXT_POLICIES)}")
+    if policy in ("uncertainty", "misalignment"):
+        image = _by_prediction(session, project, user, policy, after)
+        if image is not None:
+            return image, policy
+        policy = "sequential"
+    if policy == "random":
+        # Two queries: SQLite answers a lone min() or max() from the index, not both together.
+        lo = session.scalar(select(func.min(Image.id)).where(Image.project_id == project.id))
+        hi = session.scalar(select(func.max(Image.id)).where(Image.project_id == project.id))
+        if lo is None:
+            return None, policy
+        pivot = random.randint(lo, hi)
+        skip = [Image.id != after] if after is not None else []
+        image = (
+            _first_unfinished(session, project, user, Image.id >= pivot, *skip)
+            or _first_unfinished(session, project, user, Image.id < pivot, *skip)
+            or (_first_unfinished(session, project, user) if after is not None else None)
+        )
+        return image, policy
+    if after is not None:
+        image = _first_unfinished(session, project, user, Image.id > after) or _first_unfinished(
+            session, project, user
+        )
+    else:
+        image = _first_unfinished(session, project, user)
+    return image, "sequential"
+
+
+# --- deletion ----------------------------------------------------------------------------------------
+
+
+def object_keys_of_images(session: Session, image_ids: Iterable[int]) -> set[str]:
+    """Every storage key the given images' rows use (files, imported maps, annotation revisions)."""
+    ids = list(image_ids)
+    keys: set[str] = set()
+    for chunk in _chunks(ids, 500):
+        for key, imp in session.execute(
+            select(Image.storage_key, Image.import_saliency_key).where(Image.id.in_(chunk))
+        ):
+            keys.add(key)
+            if imp:
+                keys.add(imp)
+        keys.update(
+            session.scalars(
+                select(AnnotationRevision.saliency_key)
+                .join(Annotation, Annotation.id == AnnotationRevision.annotation_id)
+                .where(Annotation.image_id.in_(chunk), AnnotationRevision.saliency_key.is_not(None))
+            )
+        )
+    return keys
+
+
+def delete_image(session: Session, storage: Storage, image: Image) -> None:
+    """Delete an image with its annotations and predictions (commits), then its unused files."""
+    keys = object_keys_of_images(session, [image.id])
+    session.delete(image)
+    session.commit()
+    delete_unreferenced(session, storage, keys)
+
+
+def referenced_keys(session: Session, keys: Sequence[str]) -> set[str]:
+    """Those of `keys` that some row still uses."""
+    used: set[str] = set()
+    for chunk in _chunks(list(keys), 500):
+        used.update(session.scalars(select(Image.storage_key).where(Image.storage_key.in_(chunk))))
+        used.update(
+            session.scalars(select(Image.import_saliency_key).where(Image.import_saliency_key.in_(chunk)))
+        )
+        used.update(
+            session.scalars(
+                select(AnnotationRevision.saliency_key).where(AnnotationRevision.saliency_key.in_(chunk))
+            )
+        )
+        used.update(session.scalars(select(Prediction.heatmap_key).where(Prediction.heatmap_key.in_(chunk))))
+        used.update(
+            session.scalars(select(ModelVersion.artifact_key).where(ModelVersion.artifact_key.in_(chunk)))
+        )
+    return used
+
+
+def delete_unreferenced(session: Session, storage: Storage, keys: Iterable[str]) -> int:
+    """Delete the files of `keys` that no row uses any more (call after the commit); returns the count."""
+    keys = [k for k in set(keys) if k]
+    if not keys:
+        return 0
+    used = referenced_keys(session, keys)
+    session.rollback()  # end the read transaction: nothing to keep
+    doomed = [k for k in keys if k not in used]
+    for key in doomed:
+        try:
+            storage.delete(key)
+        except ValueError:
+            continue  # not one of our keys (e.g. a model artifact path): not ours to delete
+    return len(doomed)
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def set_image_fields(
+    session: Session,
+    image: Image,
+    *,
+    split: str | None = None,
+    import_label: str | None = None,
+    clear_import_label: bool = False,
+) -> Image:
+    """Change an image's split or import label (commits); the derived label follows."""
+    from app.services.annotations import resolve_label
+
+    project = session.get(Project, image.project_id)
+    if split is not None:
+        image.split = check_split(split)
+    if clear_import_label:
+        image.import_label = None
+    elif import_label is not None:
+        image.import_label = check_label(project, import_label)
+    votes = session.scalars(select(Annotation.label).where(Annotation.image_id == image.id)).all()
+    image.label = resolve_label(votes, image.import_label, project.labels)
+    session.commit()
+    return image

@@ -1,0 +1,265 @@
+"""Projects, their members and their summary counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.models import Annotation, AnnotationRevision, Image, Project, ProjectMember, User
+from app.services.errors import Conflict, Invalid, NotFound
+from app.services.images import delete_unreferenced
+from app.services.users import get_by_username
+from app.storage import Storage
+
+ROLES = ("viewer", "annotator", "manager")
+PROJECT_FIELDS = (
+    "name",
+    "description",
+    "labels",
+    "backbone",
+    "image_size",
+    "training",
+    "retrain_enabled",
+    "retrain_min_new",
+    "activation_policy",
+    "next_policy",
+)
+
+
+def _name_taken(session: Session, name: str, exclude_id: int | None = None) -> bool:
+    q = select(Project.id).where(func.lower(Project.name) == name.lower())
+    if exclude_id is not None:
+        q = q.where(Project.id != exclude_id)
+    return session.scalar(q) is not None
+
+
+def create_project(session: Session, owner: User | None, **fields: Any) -> Project:
+    """Create a project (commits); `owner` becomes its manager. Raises Conflict on a taken name."""
+    unknown = set(fields) - set(PROJECT_FIELDS)
+    if unknown:
+        raise Invalid(f"unknown project fields: {sorted(unknown)}")
+    name = fields["name"]
+    if _name_taken(session, name):
+        raise Conflict(f"a project named {name!r} already exists; choose another name")
+    project = Project(created_by_id=owner.id if owner else None, **fields)
+    session.add(project)
+    try:
+        session.flush()
+        if owner is not None:
+            session.add(ProjectMember(project_id=project.id, user_id=owner.id, role="manager"))
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"a project named {name!r} already exists; choose another name") from None
+    return project
+
+
+def labels_in_use(session: Session, project: Project, labels: list[str]) -> dict[str, int]:
+    """For each label, how many annotations and import labels of the project use it (only used ones)."""
+    used: dict[str, int] = {}
+    for label, n in session.execute(
+        select(Annotation.label, func.count())
+        .where(Annotation.project_id == project.id, Annotation.label.in_(labels))
+        .group_by(Annotation.label)
+    ):
+        used[label] = used.get(label, 0) + n
+    for label, n in session.execute(
+        select(Image.import_label, func.count())
+        .where(Image.project_id == project.id, Image.import_label.in_(labels))
+        .group_by(Image.import_label)
+    ):
+        used[label] = used.get(label, 0) + n
+    return used
+
+
+def update_project(session: Session, project: Project, **fields: Any) -> Project:
+    """Change settings (commits). Labels may be added or reordered; removing one still in use is a Conflict."""
+    if "name" in fields and _name_taken(session, fields["name"], exclude_id=project.id):
+        raise Conflict(f"a project named {fields['name']!r} already exists; choose another name")
+    if "labels" in fields:
+        removed = [label for label in project.labels if label not in fields["labels"]]
+        used = labels_in_use(session, project, removed) if removed else {}
+        if used:
+            raise Conflict(
+                f"labels still in use cannot be removed: {used} (annotations and import labels); "
+                "relabel those images first"
+            )
+    for key, value in fields.items():
+        if key not in PROJECT_FIELDS:
+            raise Invalid(f"unknown project field {key!r}")
+        setattr(project, key, value)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict("a project with this name already exists; choose another name") from None
+    return project
+
+
+def delete_project(session: Session, storage: Storage, project: Project) -> None:
+    """Delete the project with its images, annotations, runs and models (commits), then the files
+    no other row uses."""
+    keys = set(session.scalars(select(Image.storage_key).where(Image.project_id == project.id)))
+    keys |= set(
+        session.scalars(
+            select(Image.import_saliency_key).where(
+                Image.project_id == project.id, Image.import_saliency_key.is_not(None)
+            )
+        )
+    )
+    keys |= set(
+        session.scalars(
+            select(AnnotationRevision.saliency_key)
+            .join(Annotation, Annotation.id == AnnotationRevision.annotation_id)
+            .where(Annotation.project_id == project.id, AnnotationRevision.saliency_key.is_not(None))
+        )
+    )
+    session.execute(delete(Project).where(Project.id == project.id))
+    session.commit()
+    delete_unreferenced(session, storage, keys)
+
+
+def visible_projects(session: Session, user: User) -> list[tuple[Project, str]]:
+    """Projects the user may see with the user's role (site admins: all, as manager)."""
+    if user.is_admin:
+        return [(p, "manager") for p in session.scalars(select(Project).order_by(Project.id))]
+    rows = session.execute(
+        select(Project, ProjectMember.role)
+        .join(ProjectMember, ProjectMember.project_id == Project.id)
+        .where(ProjectMember.user_id == user.id)
+        .order_by(Project.id)
+    )
+    return [(p, role) for p, role in rows]
+
+
+def summaries(session: Session, project_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Summary counts for several projects in a handful of grouped queries."""
+    out: dict[int, dict[str, Any]] = {
+        pid: {
+            "images": 0,
+            "labelled": 0,
+            "annotated": 0,
+            "annotations": 0,
+            "labels": {},
+            "agreement": {"iou": None, "pearson": None, "images": 0},
+        }
+        for pid in project_ids
+    }
+    if not project_ids:
+        return out
+    for pid, n, labelled, annotated, n_ann, iou, r, n_agree in session.execute(
+        select(
+            Image.project_id,
+            func.count(),
+            func.count(Image.label),
+            func.count().filter(Image.annotation_count > 0),
+            func.coalesce(func.sum(Image.annotation_count), 0),
+            func.avg(Image.agreement_iou),
+            func.avg(Image.agreement_r),
+            func.count(Image.agreement_iou),
+        )
+        .where(Image.project_id.in_(project_ids))
+        .group_by(Image.project_id)
+    ):
+        s = out[pid]
+        s.update(images=n, labelled=labelled, annotated=annotated, annotations=int(n_ann))
+        s["agreement"] = {
+            "iou": float(iou) if iou is not None else None,
+            "pearson": float(r) if r is not None else None,
+            "images": n_agree,
+        }
+    for pid, label, n in session.execute(
+        select(Image.project_id, Image.label, func.count())
+        .where(Image.project_id.in_(project_ids), Image.label.is_not(None))
+        .group_by(Image.project_id, Image.label)
+    ):
+        out[pid]["labels"][label] = n
+    return out
+
+
+# --- members -------------------------------------------------------------------------------------
+
+
+def list_members(session: Session, project: Project) -> list[tuple[ProjectMember, User]]:
+    return list(
+        session.execute(
+            select(ProjectMember, User)
+            .join(User, User.id == ProjectMember.user_id)
+            .where(ProjectMember.project_id == project.id)
+            .order_by(User.username)
+        )
+    )
+
+
+def _managers(session: Session, project: Project) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(ProjectMember)
+        .where(ProjectMember.project_id == project.id, ProjectMember.role == "manager")
+    )
+
+
+def set_member(
+    session: Session, project: Project, username: str, role: str
+) -> tuple[ProjectMember, User, bool]:
+    """Add a member or change a member's role (commits). Returns (member, user, created).
+
+    The last manager cannot be demoted (Conflict): someone must be able to manage the project.
+    """
+    if role not in ROLES:
+        raise Invalid(f"role must be one of {ROLES}")
+    user = get_by_username(session, username)
+    if user is None or not user.is_active:
+        raise NotFound(f"no active user named {username!r}")
+    member = session.scalar(
+        select(ProjectMember).where(ProjectMember.project_id == project.id, ProjectMember.user_id == user.id)
+    )
+    created = member is None
+    if member is None:
+        member = ProjectMember(project_id=project.id, user_id=user.id, role=role)
+        session.add(member)
+    else:
+        if member.role == "manager" and role != "manager" and _managers(session, project) <= 1:
+            raise Conflict(f"{user.username} is the project's last manager; make someone else manager first")
+        member.role = role
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"{user.username} was added concurrently; retry") from None
+    return member, user, created
+
+
+def remove_member(session: Session, project: Project, username: str) -> None:
+    """Remove a member (commits); the last manager cannot be removed."""
+    user = get_by_username(session, username)
+    member = (
+        session.scalar(
+            select(ProjectMember).where(
+                ProjectMember.project_id == project.id, ProjectMember.user_id == user.id
+            )
+        )
+        if user
+        else None
+    )
+    if member is None:
+        raise NotFound(f"{username!r} is not a member of this project")
+    if member.role == "manager" and _managers(session, project) <= 1:
+        raise Conflict(f"{user.username} is the project's last manager; make someone else manager first")
+    session.delete(member)
+    session.commit()
+
+
+def find_project(session: Session, name_or_id: str) -> Project:
+    """A project by id or (case-insensitive) name, for the CLI."""
+    project = None
+    if name_or_id.isdigit():
+        project = session.get(Project, int(name_or_id))
+    if project is None:
+        project = session.scalar(select(Project).where(func.lower(Project.name) == name_or_id.lower()))
+    if project is None:
+        raise NotFound(f"no project {name_or_id!r}")
+    return project
