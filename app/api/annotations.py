@@ -161,5 +161,8 @@ def annotation_png(
     return Response(
         storage.read_bytes(key),
         media_type="image/png",
-        headers={"Cache-Control": "private, max-age=31536000, immutable"},
+        # A named revision never changes; "the current one" changes with every save.
+        headers={
+            "Cache-Control": "private, max-age=31536000, immutable" if revision is not None else "no-cache"
+        },
     )
