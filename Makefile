@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python -m sage bench --out bench/ml.md
 	$(BIN)/python bench/api_bench.py --out bench/api.md
 	$(BIN)/python bench/worker_bench.py --out bench/worker.md
+	$(BIN)/python bench/ui_bench.py --out bench/ui.md
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache
