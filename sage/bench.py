@@ -32,13 +32,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "default": {},
     "no triplet": {"sage": {"lambda_trip": 0.0}},
     "no JSD": {"sage": {"lambda_js": 0.0}},
-    "lambda_js 1": {"sage": {"lambda_js": 1.0}},
     "no hinge": {"sage": {"lambda_hinge": 0.0}},
-    "batchnorm joint": {"sage": {"batchnorm": "joint"}},
-    "degradation blur": {"sage": {"degradation": "blur"}},
-    "degradation mean": {"sage": {"degradation": "mean"}},
-    "thresholded S": {"sage": {"saliency_mode": "threshold"}},
-    "cosine distance": {"sage": {"distance": "cosine"}},
+    "D = mix (blur/noise/mean/swap)": {"sage": {"degradation": "mix"}},
+    "old D (blur/noise/mean, 0.6-1, own stats)": {"sage": {"degradation": "blur+noise+mean", "strength_min": 0.6, "fill": "image"}},
+    "batchnorm clean": {"sage": {"batchnorm": "clean"}},
 }
 
 
@@ -47,7 +44,7 @@ class BenchSettings:
     suites: list[str] = field(default_factory=lambda: list(KINDS))
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: int = 3
-    epochs: int = 8
+    epochs: int = 12
     n: int = 600
     data_size: int = 64
     image_size: int = 32
@@ -56,7 +53,7 @@ class BenchSettings:
     lr: float = 2e-3
     augment: str = "none"
     coverages: list[float] = field(default_factory=lambda: [0.25, 0.1])
-    ablation_suite: str = "decoy-digits"
+    ablation_suite: str = "decoy-texture"
     ablation_seeds: int = 2
     ablation_coverages: list[float] = field(default_factory=lambda: [1.0])
     ablations: list[str] = field(default_factory=lambda: list(ABLATIONS))
@@ -86,7 +83,7 @@ class BenchSettings:
 
     def fingerprint(self) -> str:
         keys = ("epochs", "n", "data_size", "image_size", "backbone", "batch_size", "lr", "augment")
-        blob = json.dumps({k: getattr(self, k) for k in keys} | {"defaults": TrainConfig().to_dict()["sage"]}, sort_keys=True)
+        blob = json.dumps({k: getattr(self, k) for k in keys} | {"defaults": {k: TrainConfig().to_dict()[k] for k in ("sage", "baselines")}}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -267,15 +264,17 @@ def render_report(settings: BenchSettings, records: list[dict], ablation: bool) 
         suite = settings.ablation_suite
         lines += [f"## SAGE ablation ({suite}, {settings.ablation_seeds} seeds)", "",
                   "Each row changes one knob from the defaults in `sage/config.py` (`SageOptions`).", "",
-                  "| variant | overrides | " + " | ".join(f"{c:.0%} maps" for c in settings.ablation_coverages) + " |",
-                  "|---|---|" + "---|" * len(settings.ablation_coverages)]  # fmt: skip
+                  "| variant | overrides | " + " | ".join(f"{c:.0%} maps" for c in settings.ablation_coverages) + " | s/epoch |",
+                  "|---|---|" + "---|" * (len(settings.ablation_coverages) + 1)]  # fmt: skip
         for variant in settings.ablations:
-            cells = []
+            cells, secs = [], []
             for c in settings.ablation_coverages:
-                vals = [r["test_accuracy"] for r in select(suite=suite, method="sage", clean=False, coverage=c, variant=variant)
+                rows = [r for r in select(suite=suite, method="sage", clean=False, coverage=c, variant=variant)
                         if r["seed"] < settings.ablation_seeds]  # fmt: skip
-                cells.append(_pm(vals))
-            lines.append(f"| {variant} | `{json.dumps(ABLATIONS[variant])}` | " + " | ".join(cells) + " |")
+                cells.append(_pm([r["test_accuracy"] for r in rows]))
+                secs += [r["seconds_per_epoch"] for r in rows]
+            sec = f"{_stats(secs)[0]:.2f}" if secs else "n/a"
+            lines.append(f"| {variant} | `{json.dumps(ABLATIONS[variant])}` | " + " | ".join(cells) + f" | {sec} |")
         lines.append("")
     passed = sum(ok for *_, ok in summary)
     head = ["## Targets", "", f"{passed} of {len(summary)} targets met.", "", "| target | value | result |", "|---|---|---|"]

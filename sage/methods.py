@@ -179,11 +179,16 @@ class SageTask(Task):
             return {"loss": ce, "output": logits, "ce": ce.detach(), "triplet": zero, "jsd": zero, "hinge": zero}
         xs, ys = x[rows], y[rows]
         s = self.saliency(batch)[rows].to(x.dtype)
-        kw = dict(kind=o.degradation, strength_min=o.strength_min, strength_max=o.strength_max)
-        x_plus = salient_preserving_view(xs, s, degrade(xs, **kw))
+        donors = (x, rows) if o.swap_from_batch else None  # swap may take any image, annotated or not
+        kw = dict(kind=o.degradation, strength_min=o.strength_min, strength_max=o.strength_max, fill=o.fill, donors=donors)
+        x_plus = salient_preserving_view(xs, s, degrade(xs, **kw))  # independent draws of D per view
         x_minus = saliency_degrading_view(xs, s, degrade(xs, **kw))
-        with batchnorm_reference(self.model, n if o.batchnorm == "clean" else None):
-            out = self.model.forward_all(torch.cat([x, x_plus, x_minus]))
+        inputs = torch.cat([x, x_plus, x_minus])
+        if o.batchnorm == "clean":
+            with batchnorm_reference(self.model, n):
+                out = self.model.forward_all(inputs)
+        else:
+            out = self.model.forward_all(inputs)
         k = len(rows)
         logits, logits_plus, logits_minus = out.logits[:n], out.logits[n : n + k], out.logits[n + k :]
         emb = out.embedding.float()

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-DEGRADATION_KINDS = ("blur", "noise", "mean")
+DEGRADATION_KINDS = ("blur", "noise", "mean", "swap")
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -36,37 +36,80 @@ def degrade(
     strength_min: float = 1.0,
     strength_max: float = 1.0,
     max_blur_sigma: float = 0.125,
+    fill: str = "image",
+    donors: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """D(x): a degraded copy of the normalised batch x (B, C, H, W).
 
     kind: "blur" (Gaussian, sigma = strength * max_blur_sigma * image side), "noise" (blend towards
     Gaussian noise with the image's per-channel mean and std), "mean" (blend towards the image's
-    per-channel mean) or "mix" (one of the three drawn per image). The strength is drawn uniformly
-    per image from [strength_min, strength_max]; strength 1 of "noise"/"mean" replaces the pixel.
+    per-channel mean), "swap" (blend towards another image of the batch), "mix" (one of the four
+    drawn per image) or several joined by "+" ("blur+noise+mean": one of those drawn per image).
+    The strength is drawn uniformly per image from [strength_min, strength_max]; strength 1 of
+    "noise"/"mean"/"swap" replaces the pixel.
+    fill: the per-channel mean and std that "mean" and "noise" fill with: "image" (each image's
+    own) or "batch" (the whole batch's). An image's own statistics keep a global cue such as a
+    colour cast in the degraded pixels; the batch's do not.
+    donors: for "swap", (pool, own) draws each image's replacement uniformly from `pool` (N, C, H, W)
+    minus its own row `own[i]` (e.g. the whole batch, annotated or not); by default a random cycle
+    over x itself.
     """
     b = x.shape[0]
     strength = torch.empty(b, device=x.device).uniform_(strength_min, strength_max)
     s = strength.to(x.dtype)[:, None, None, None]
-    if kind == "mix":
-        choice = torch.randint(0, len(DEGRADATION_KINDS), (b,), device=x.device)
-        out = torch.empty_like(x)
-        for i, name in enumerate(DEGRADATION_KINDS):
-            rows = (choice == i).nonzero().flatten()
-            if len(rows):
-                out[rows] = _degrade_one(x[rows], name, strength[rows], s[rows], max_blur_sigma)
-        return out
-    if kind not in DEGRADATION_KINDS:
-        raise ValueError(f"unknown degradation {kind!r}; choose one of: mix, {', '.join(DEGRADATION_KINDS)}")
-    return _degrade_one(x, kind, strength, s, max_blur_sigma)
+    kinds = degradation_kinds(kind)
+    if fill not in ("image", "batch"):
+        raise ValueError(f"unknown fill {fill!r}; choose image or batch")
+    stats = None
+    if fill == "batch" and any(k in ("mean", "noise") for k in kinds):
+        std, mean = torch.std_mean(x, dim=(0, 2, 3), keepdim=True)
+        stats = (mean, std)
+    if len(kinds) == 1:
+        return _degrade_one(x, kinds[0], strength, s, max_blur_sigma, stats, donors)
+    choice = torch.randint(0, len(kinds), (b,), device=x.device)
+    out = torch.empty_like(x)
+    for i, name in enumerate(kinds):
+        rows = (choice == i).nonzero().flatten()
+        if len(rows):
+            sub = None if donors is None else (donors[0], donors[1][rows])
+            out[rows] = _degrade_one(x[rows], name, strength[rows], s[rows], max_blur_sigma, stats, sub)
+    return out
 
 
-def _degrade_one(x, kind, strength, s, max_blur_sigma):
+def degradation_kinds(kind: str) -> tuple[str, ...]:
+    """"mix" -> every kind; "blur+mean" -> those kinds (one drawn per image); "blur" -> itself."""
+    kinds = DEGRADATION_KINDS if kind == "mix" else tuple(kind.split("+"))
+    bad = [k for k in kinds if k not in DEGRADATION_KINDS]
+    if bad or not kinds:
+        raise ValueError(
+            f"unknown degradation {kind!r}; choose mix, one of {', '.join(DEGRADATION_KINDS)}, or several joined by '+'"
+        )
+    return kinds
+
+
+def _degrade_one(x, kind, strength, s, max_blur_sigma, stats=None, donors=None):
     if kind == "blur":
         return gaussian_blur(x, strength * max_blur_sigma * max(x.shape[-2:]))
-    mean = x.mean(dim=(2, 3), keepdim=True)
+    if kind == "swap":
+        # content of other images of the batch: a non-salient decoy then disagrees with the salient
+        # object as it does at test time, which blur/noise/mean (that only remove it) never show
+        if donors is not None and donors[0].shape[0] >= 2:
+            pool, own = donors
+            pick = torch.randint(0, pool.shape[0] - 1, (x.shape[0],), device=x.device)
+            pick = pick + (pick >= own).long()  # uniform over the pool without the image itself
+            return x + s * (pool[pick] - x)
+        if x.shape[0] < 2:
+            return x + s * (x.mean(dim=(2, 3), keepdim=True) - x)
+        order = torch.randperm(x.shape[0], device=x.device)
+        source = torch.empty_like(order)
+        source[order] = order.roll(1)  # a random cycle: every image gets another one's pixels
+        return x + s * (x[source] - x)
+    if stats is None:
+        std, mean = torch.std_mean(x, dim=(2, 3), keepdim=True)
+    else:
+        mean, std = stats
     if kind == "mean":
         return x + s * (mean - x)
-    std = x.std(dim=(2, 3), keepdim=True)
     return x + s * (mean + std * torch.randn_like(x) - x)
 
 

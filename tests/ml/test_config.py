@@ -47,3 +47,12 @@ def test_bad_options_are_rejected_with_the_key(options, message):
 def test_ints_are_accepted_for_floats_and_none_for_optional_path():
     config = TrainConfig.from_dict({"lr": 1, "pretrained_path": None})
     assert isinstance(config.lr, float) and config.pretrained_path is None
+
+
+def test_degradation_accepts_joined_kinds_and_rejects_unknown_ones():
+    assert TrainConfig.from_dict({"sage": {"degradation": "blur+noise+mean"}}).sage.degradation == "blur+noise+mean"
+    for bad in ("blur+fog", "mix+blur", "+"):
+        with pytest.raises(ValueError, match="sage.degradation"):
+            TrainConfig.from_dict({"sage": {"degradation": bad}})
+    with pytest.raises(ValueError, match="sage.fill"):
+        TrainConfig.from_dict({"sage": {"fill": "dataset"}})

@@ -70,7 +70,7 @@ def test_without_saliency_every_method_is_cross_entropy(method):
     result = task(batch)
     for term in TERMS[method] - {"ce"}:
         assert float(result[term]) == 0.0
-    scale = 0.5 if method == "cyborg" else 1.0  # (1 - alpha) * CE
+    scale = 1 - task.config.baselines.cyborg_alpha if method == "cyborg" else 1.0  # (1 - alpha) * CE
     assert torch.allclose(result["loss"], scale * expected, atol=1e-6)
 
 

@@ -56,3 +56,44 @@ def test_gaussian_blur_preserves_mean_and_uses_per_image_sigma():
     out = gaussian_blur(x, torch.tensor([0.5, 4.0]))
     assert out.std(dim=(1, 2, 3))[1] < out.std(dim=(1, 2, 3))[0]
     assert math.isclose(float(gaussian_blur(torch.ones(1, 1, 9, 9), torch.tensor([2.0])).mean()), 1.0, rel_tol=1e-5)
+
+
+def test_swap_takes_non_salient_content_from_another_image():
+    torch.manual_seed(0)
+    x = torch.arange(8, dtype=torch.float32)[:, None, None, None].expand(8, 3, 4, 4).clone()
+    out = degrade(x, "swap", 1.0, 1.0)
+    sources = out[:, 0, 0, 0]
+    assert sorted(sources.tolist()) == list(range(8))  # a permutation of the batch
+    assert (sources != x[:, 0, 0, 0]).all()  # never the image itself
+    x_plus = salient_preserving_view(x, torch.zeros(8, 1, 4, 4), out)
+    assert torch.equal(x_plus, out)  # with S = 0 the whole image comes from another one
+
+
+def test_joined_degradations_draw_only_those_kinds():
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 8, 8)
+    out = degrade(x, "mean+swap", 1.0, 1.0)
+    flat = (out.flatten(2).std(dim=2) < 1e-5).all(dim=1)  # mean fill
+    assert 0 < int(flat.sum()) < 32
+    with pytest.raises(ValueError, match="unknown degradation"):
+        degrade(x, "mean+fog", 1.0, 1.0)
+
+
+def test_batch_fill_removes_a_global_colour_cast():
+    x = torch.zeros(4, 3, 8, 8)
+    x[0, 0] = 2.0  # image 0 has a red cast everywhere
+    own = degrade(x, "mean", 1.0, 1.0, fill="image")
+    batch = degrade(x, "mean", 1.0, 1.0, fill="batch")
+    assert float(own[0, 0].mean()) == pytest.approx(2.0)  # its own mean keeps the cast
+    assert float(batch[0, 0].mean()) == pytest.approx(0.5)  # the batch mean does not
+    assert torch.allclose(batch[0], batch[1])
+
+
+def test_swap_donors_come_from_the_pool_but_never_the_image_itself():
+    torch.manual_seed(0)
+    pool = torch.arange(10, dtype=torch.float32)[:, None, None, None].expand(10, 1, 2, 2).clone()
+    own = torch.tensor([2, 5])
+    for _ in range(20):
+        out = degrade(pool[own], "swap", 1.0, 1.0, donors=(pool, own))
+        picked = out[:, 0, 0, 0].long()
+        assert (picked != own).all() and ((picked >= 0) & (picked < 10)).all()
