@@ -13,6 +13,19 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+# The backbones sage.models registers. Listed here, without importing torch, so that the web process
+# can validate training options before it queues a run (sage.models asserts the two agree).
+BACKBONES = (
+    "tiny",
+    "tiny-wide",
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+)
+
 METHODS = ("ce", "blur", "cyborg", "rrr", "gradia", "sage", "sage-inverted")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -131,7 +144,7 @@ class TrainConfig:
     """One training run, fully specified.
 
     method: one of ce, blur, cyborg, rrr, gradia, sage, sage-inverted.
-    backbone: a name from `sage.models.available_models()`.
+    backbone: a name from `BACKBONES` (each registered in `sage.models`).
     image_size: square input side in pixels; images and saliency maps are resized to it.
     labels: ordered class names; when empty, the sorted labels found in labels.csv.
     epochs, batch_size, lr, weight_decay, momentum (SGD only), optimizer, schedule,
@@ -185,10 +198,8 @@ class TrainConfig:
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ValueError naming the first bad value and what is allowed."""
-        from sage.models import available_models  # late: models imports torch
-
         _choice("method", self.method, METHODS)
-        _choice("backbone", self.backbone, available_models())
+        _choice("backbone", self.backbone, BACKBONES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, DEVICES)

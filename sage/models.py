@@ -20,6 +20,8 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.vision_transformer import interpolate_embeddings
 
+from sage.config import BACKBONES
+
 
 @dataclass
 class ModelOutput:
@@ -198,6 +200,9 @@ register("densenet121", ModelSpec(lambda k, s: DenseNetClassifier(tvm.densenet12
 register("efficientnet_b0", ModelSpec(lambda k, s: EfficientNetClassifier(tvm.efficientnet_b0(num_classes=k), k), ("classifier.1.",), "torchvision EfficientNet-B0"))
 register("convnext_tiny", ModelSpec(lambda k, s: ConvNeXtClassifier(tvm.convnext_tiny(num_classes=k), k), ("classifier.2.",), "torchvision ConvNeXt-T"))
 register("vit_b_16", ModelSpec(lambda k, s: ViTClassifier(tvm.vit_b_16(num_classes=k, image_size=s), k), ("heads.",), "torchvision ViT-B/16 (image_size a multiple of 16)"))  # fmt: skip
+
+if set(_REGISTRY) != set(BACKBONES):  # pragma: no cover - a registry edit without its config twin
+    raise RuntimeError(f"sage.config.BACKBONES {sorted(BACKBONES)} != registered models {sorted(_REGISTRY)}")
 
 
 def create_model(
