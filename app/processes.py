@@ -1,27 +1,280 @@
 """Process management for `sage-studio serve`, `worker` and `beat`.
 
-`serve` in embedded mode starts the web server, one Celery worker per queue and beat together and
-stops them together. The web process itself never imports worker/: workers are child processes.
+`serve` in embedded mode (or with SAGE_SERVE_WORKERS=1) starts the web server plus one Celery
+worker per queue and beat as child processes, restarts a child that dies, and stops them all on
+Ctrl-C or SIGTERM. Children run in sessions of their own (a terminal's Ctrl-C reaches only the
+parent, which stops them in order) and get SIGTERM from the kernel if the parent dies without
+cleaning up (Linux PR_SET_PDEATHSIG), so no orphan survives even a SIGKILL of the parent.
+
+The web process never imports worker/ nor torch: workers are separate processes. A training worker
+uses the prefork pool with one process that is replaced after every run, so CUDA is initialised
+only in that short-lived child, never in a process that forks. The predict worker runs a thread
+pool in its own process: concurrent requests are batched into one forward pass of a model that
+stays loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from app.queue import PREDICT_QUEUE, TRAIN_QUEUE
 from app.settings import Settings
 
+log = logging.getLogger("sage.processes")
 
-def serve(settings: Settings, host: str, port: int, web_only: bool = False) -> int:
-    """Web server; unless web_only, also a worker per queue and beat (embedded mode default)."""
+QUEUES = (TRAIN_QUEUE, PREDICT_QUEUE)
+
+
+class Stop(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """SIGTERM / SIGINT received: stop the children, then exit."""
+
+
+def _raise_stop(signum, _frame) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process the same settings as this process."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is None or isinstance(value, dict | list):
+            continue
+        env[f"SAGE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env["SAGE_DATA_DIR"] = str(settings.resolved_data_dir)
+    env["SAGE_DATABASE_URL"] = settings.resolved_database_url
+    env["SAGE_BROKER_URL"] = settings.resolved_broker_url
+    env["SAGE_RESULT_BACKEND"] = settings.resolved_result_backend
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        self.started_at = time.monotonic()
+        log.info("started %s (pid %s)", self.name, self.proc.pid)
+
+    def signal_group(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+
+class Supervisor:
+    """Starts children, restarts those that die (with back-off), stops all of them together."""
+
+    def __init__(self, children: list[Child], grace_s: float) -> None:
+        self.children = children
+        self.grace_s = grace_s
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+
+    def start(self) -> None:
+        for child in self.children:
+            child.start()
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            for child in self.children:
+                if child.proc is None or child.proc.poll() is None or self._stopping.is_set():
+                    continue
+                code = child.proc.returncode
+                # A child that keeps dying right after start is restarted ever more slowly.
+                if time.monotonic() - child.started_at < 30:
+                    child.restarts += 1
+                else:
+                    child.restarts = 0
+                delay = min(30.0, 0.5 * 2**child.restarts)
+                log.error("%s exited with %s; restarting in %.1f s", child.name, code, delay)
+                if self._stopping.wait(delay):
+                    return
+                child.start()
+
+    def wait(self) -> None:
+        """Block until stopped (the children are restarted meanwhile)."""
+        while not self._stopping.wait(1.0):
+            pass
+
+    def stop(self) -> None:
+        """SIGTERM every child's process group, wait `grace_s`, then SIGKILL what is left.
+
+        A training run interrupted this way keeps its row `running` until its heartbeat goes stale;
+        the reaper then re-queues it (attempts permitting)."""
+        self._stopping.set()
+        for child in self.children:
+            child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s: killing it", child.name, self.grace_s)
+        for child in self.children:
+            child.signal_group(signal.SIGKILL)  # also any pool process its parent left behind
+            if child.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.proc.wait(timeout=5)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+def worker_children(settings: Settings, queues: list[str], concurrency: int = 1) -> list[Child]:
+    env = child_env(settings)
+    return [
+        Child(f"worker[{q}]", _cli("worker", "--queues", q, "--concurrency", str(concurrency)), env)
+        for q in queues
+    ]
+
+
+def _install_stop_handlers() -> None:
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+
+
+def serve(settings: Settings, host: str, port: int, *, web_only: bool = False) -> int:
+    """The web server; with a worker per queue and beat as supervised children in embedded mode
+    (or when SAGE_SERVE_WORKERS=1), never with `web_only` (`sage-studio serve --web-only`)."""
     import uvicorn
 
     from app.main import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with_workers = (
+        settings.serve_workers if settings.serve_workers is not None else settings.is_embedded_broker
+    ) and not web_only
+    supervisor = None
+    if with_workers:
+        children = worker_children(settings, list(QUEUES))
+        children.append(Child("beat", _cli("beat"), child_env(settings)))
+        supervisor = Supervisor(children, settings.shutdown_grace_s)
+    # uvicorn restores these handlers after its graceful shutdown and re-raises the signal it got,
+    # which then raises Stop here, so the children are always stopped.
+    _install_stop_handlers()
+    try:
+        if supervisor is not None:
+            supervisor.start()
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="info"))
+        server.run()
+    except (Stop, KeyboardInterrupt):
+        pass
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
     return 0
 
 
+def _check_queues(queues: list[str]) -> list[str]:
+    queues = [q.strip() for q in queues if q.strip()]
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown or not queues:
+        raise SystemExit(
+            f"sage-studio worker: unknown queue(s) {unknown or queues}; choose from {', '.join(QUEUES)}"
+        )
+    return list(dict.fromkeys(queues))
+
+
 def run_worker(settings: Settings, queues: list[str], concurrency: int = 1) -> int:
-    raise SystemExit("sage-studio worker: not implemented yet")
+    """One Celery worker per queue: the queues have different pools, so several queues given at
+    once are served by one child process each under a supervisor."""
+    queues = _check_queues(queues)
+    if len(queues) > 1:
+        supervisor = Supervisor(worker_children(settings, queues, concurrency), settings.shutdown_grace_s)
+        _install_stop_handlers()
+        try:
+            supervisor.start()
+            supervisor.wait()
+        except (Stop, KeyboardInterrupt):
+            pass
+        finally:
+            supervisor.stop()
+        return 0
+    return _run_single_worker(settings, queues[0], concurrency)
+
+
+def worker_argv(settings: Settings, queue: str, concurrency: int) -> list[str]:
+    argv = [
+        "worker",
+        "--queues",
+        queue,
+        "--hostname",
+        f"{queue}-{os.getpid()}@%h",
+        "--loglevel",
+        os.environ.get("SAGE_LOG_LEVEL", "INFO"),
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if queue == TRAIN_QUEUE:
+        # A fresh pool process per run: CUDA lives only in that child; nothing leaks between runs.
+        # Prefork (worker.pool, set as the app's `worker_pool`: the command line takes aliases only).
+        argv += ["--concurrency", str(max(1, concurrency)), "--max-tasks-per-child", "1"]
+    else:
+        argv += ["--pool", "threads", "--concurrency", str(max(concurrency, settings.predict_concurrency))]
+    return argv
+
+
+def _run_single_worker(settings: Settings, queue: str, concurrency: int) -> int:
+    if settings.torch_threads:
+        # Before torch is imported, so this process and its pool processes start with it.
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(settings.torch_threads)
+    if queue == TRAIN_QUEUE:
+        if settings.train_nice:
+            os.nice(settings.train_nice)  # inherited by the pool processes that train
+        # Import torch and the training code once in the parent (this does not touch CUDA), so
+        # each forked run starts in milliseconds instead of re-importing for seconds.
+        import sage.training  # noqa: F401
+        import worker.training  # noqa: F401
+    else:
+        import sage.inference  # noqa: F401
+
+    from worker.celery_app import create_worker_app
+
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    celery = create_worker_app(settings)
+    if queue == TRAIN_QUEUE:
+        from worker.pool import POOL
+
+        celery.conf.worker_pool = POOL
+    celery.worker_main(worker_argv(settings, queue, concurrency))
+    return 0
 
 
 def run_beat(settings: Settings) -> int:
-    raise SystemExit("sage-studio beat: not implemented yet")
+    from worker.celery_app import create_worker_app
+
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    celery = create_worker_app(settings)
+    schedule = Path(celery.conf.beat_schedule_filename)
+    celery.start(
+        ["beat", "--schedule", str(schedule), "--loglevel", os.environ.get("SAGE_LOG_LEVEL", "INFO")]
+    )
+    return 0

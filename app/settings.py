@@ -62,11 +62,15 @@ class Settings(BaseSettings):
     # Predict worker: concurrent requests (threads) and how they are batched into one forward pass.
     predict_concurrency: int = Field(default=8, ge=1)
     predict_batch_max: int = Field(default=16, ge=1)
-    predict_batch_wait_ms: float = Field(default=2.0, ge=0)
+    # 0: a batch is whatever queued while the previous forward pass ran (no added latency when idle).
+    predict_batch_wait_ms: float = Field(default=0.0, ge=0)
     predict_cache_models: int = Field(default=4, ge=1)  # loaded model versions kept per predict worker
     # Training worker processes run at this `nice` level, so on a shared CPU the predict worker
     # keeps its latency while a run trains (0 = same priority).
     train_nice: int = Field(default=10, ge=0, le=19)
+    # Intra-op threads of torch in worker processes; 0 = torch's default (one per core). On a host
+    # shared with other jobs, multi-threaded CPU kernels stall whenever a core is taken.
+    torch_threads: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

@@ -1,5 +1,259 @@
-"""REST API v1: predictions."""
+"""REST API v1: predictions (predict an upload through the predict queue, stored predictions,
+heatmaps, the review gallery).
 
-from fastapi import APIRouter
+`POST /projects/{pid}/predict` sends the image to the predict workers by task name and waits up to
+`SAGE_PREDICT_TIMEOUT_S` for the answer (or, with `?async=true`, answers 202 with a job to poll at
+`GET /predict-jobs/{job_id}`). The web process never loads a model.
+"""
 
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+import numpy as np
+from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.result import AsyncResult
+from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile, status
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from app.deps import (
+    CurrentUser,
+    ImageViewer,
+    ProjectViewer,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    check_project_access,
+)
+from app.imaging import ImageError, decode_image
+from app.models import Image, ModelVersion, Prediction
+from app.queue import TASK_PREDICT
+from app.services import models as model_service
+from app.services import predictions as prediction_service
+
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["predictions"])
+
+ASYNC_JOB_EXPIRES_S = 600.0
+JobId = Annotated[str, Path(min_length=8, max_length=64, pattern=r"^[0-9a-fA-F-]+$")]
+
+
+class PredictAnswer(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+    confidence: float
+    uncertainty: float
+    model_id: int
+    model_version: int
+    project_id: int
+    heatmap_png: str | None = None  # base64 PNG: the heatmap blended over the image
+    worker_ms: float | None = None
+
+
+class PredictJob(BaseModel):
+    job_id: str
+    status: str  # pending | running | succeeded | failed
+    poll_url: str
+    result: PredictAnswer | None = None
+    error: str | None = None
+
+
+class StoredPrediction(BaseModel):
+    image_id: int
+    model_id: int
+    model_version: int
+    label: str
+    confidence: float
+    uncertainty: float
+    probabilities: dict[str, float]
+    alignment: float | None  # soft IoU of the heatmap with the consensus saliency
+    alignment_detail: dict[str, Any]
+    heatmap_url: str | None
+    overlay_url: str | None
+    image_url: str
+    image_label: str | None = None
+    created_at: datetime
+
+
+def stored_out(p: Prediction, model: ModelVersion, image: Image) -> StoredPrediction:
+    base = f"/api/v1/images/{p.image_id}/prediction"
+    return StoredPrediction(
+        image_id=p.image_id,
+        model_id=p.model_id,
+        model_version=model.version,
+        label=p.label,
+        confidence=p.confidence,
+        uncertainty=p.uncertainty,
+        probabilities=p.probabilities or {},
+        alignment=p.alignment,
+        alignment_detail=p.alignment_detail or {},
+        heatmap_url=f"{base}/heatmap.png" if p.heatmap_key else None,
+        overlay_url=f"{base}/overlay.png" if p.heatmap_key else None,
+        image_url=f"/api/v1/images/{p.image_id}/file",
+        image_label=image.label,
+        created_at=p.created_at,
+    )
+
+
+def _active_model_or_409(session: Session, project_id: int) -> ModelVersion:
+    return model_service.require_active_model(session, project_id)
+
+
+@router.post(
+    "/projects/{pid}/predict",
+    response_model=PredictAnswer | PredictJob,
+    responses={
+        202: {"model": PredictJob},
+        409: {"description": "no active model"},
+        504: {"model": PredictJob},
+    },
+)
+def predict(
+    project: ProjectViewer,
+    session: SessionDep,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
+    file: Annotated[UploadFile, File(description="the image (PNG, JPEG, TIFF or BMP)")],
+    run_async: Annotated[bool, Query(alias="async", description="answer 202 with a job to poll")] = False,
+) -> PredictAnswer | PredictJob:
+    """Label, probabilities, model version and id, and the heatmap overlay (base64 PNG) for one image."""
+    model = _active_model_or_409(session, project.id)
+    data = file.file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            detail=f"the image is over {settings.max_upload_bytes} bytes",
+        )
+    try:
+        decode_image(data, max_pixels=settings.max_image_pixels, what=file.filename or "the file")
+    except ImageError as exc:
+        raise HTTPException(exc.status_code, detail=exc.detail) from None
+    job = {
+        "project_id": project.id,
+        "model_id": model.id,
+        "model_version": model.version,
+        "artifact_key": model.artifact_key,
+        "checksum": model.checksum,
+        "image_b64": base64.b64encode(data).decode(),
+        "heatmap": True,
+    }
+    session.close()  # do not hold a connection while waiting for the worker
+    celery = request.app.state.celery
+    expires = ASYNC_JOB_EXPIRES_S if run_async else settings.predict_timeout_s
+    result: AsyncResult = celery.send_task(TASK_PREDICT, args=[job], expires=expires)
+    if run_async:
+        response.status_code = status.HTTP_202_ACCEPTED
+        return PredictJob(job_id=result.id, status="pending", poll_url=f"/api/v1/predict-jobs/{result.id}")
+    try:
+        answer = result.get(timeout=settings.predict_timeout_s, interval=0.01, propagate=True)
+    except CeleryTimeout:
+        raise HTTPException(
+            status.HTTP_504_GATEWAY_TIMEOUT,
+            detail={
+                "message": f"no predict worker answered within {settings.predict_timeout_s:.0f} s; "
+                "poll the job later or check that a worker consumes the `predict` queue",
+                "job_id": result.id,
+                "poll_url": f"/api/v1/predict-jobs/{result.id}",
+            },
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - the worker's error, re-raised by Celery
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"prediction failed: {exc}") from None
+    return PredictAnswer(**answer)
+
+
+@router.get("/predict-jobs/{job_id}", response_model=PredictJob)
+def predict_job(job_id: JobId, user: CurrentUser, session: SessionDep, request: Request) -> PredictJob:
+    """The state of an asynchronous prediction; its answer once it succeeded. A job's answer is
+    shown only to members of its project (a pending job reveals nothing)."""
+    result = AsyncResult(job_id, app=request.app.state.celery)
+    state = result.state
+    poll_url = f"/api/v1/predict-jobs/{job_id}"
+    if state == "SUCCESS":
+        answer = result.result
+        check_project_access(session, user, int(answer["project_id"]), "viewer")
+        return PredictJob(
+            job_id=job_id, status="succeeded", poll_url=poll_url, result=PredictAnswer(**answer)
+        )
+    if state in ("FAILURE", "REVOKED"):
+        return PredictJob(job_id=job_id, status="failed", poll_url=poll_url, error=str(result.result))
+    return PredictJob(job_id=job_id, status="running" if state == "STARTED" else "pending", poll_url=poll_url)
+
+
+def _stored_for_image(session: Session, image: Image) -> tuple[Prediction, ModelVersion]:
+    model = _active_model_or_409(session, image.project_id)
+    row = prediction_service.prediction_for(session, image.id, model.id)
+    if row is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"image {image.id} has no stored prediction of the active model (version {model.version}) "
+            "yet; predictions are computed after activation: try again shortly",
+        )
+    return row, model
+
+
+@router.get("/images/{iid}/prediction", response_model=StoredPrediction)
+def image_prediction(image: ImageViewer, session: SessionDep) -> StoredPrediction:
+    """The stored prediction of the project's active model for this image, with heatmap URLs."""
+    row, model = _stored_for_image(session, image)
+    return stored_out(row, model, image)
+
+
+PNG = {200: {"content": {"image/png": {}}}}
+
+
+@router.get("/images/{iid}/prediction/heatmap.png", response_class=Response, responses=PNG)
+def image_prediction_heatmap(image: ImageViewer, session: SessionDep, storage: StorageDep) -> Response:
+    """The active model's heatmap for the image: 8-bit grayscale PNG at the image's size."""
+    row, _ = _stored_for_image(session, image)
+    if not row.heatmap_key:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this prediction has no heatmap")
+    return Response(
+        storage.read_bytes(row.heatmap_key),
+        media_type="image/png",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+@router.get("/images/{iid}/prediction/overlay.png", response_class=Response, responses=PNG)
+def image_prediction_overlay(image: ImageViewer, session: SessionDep, storage: StorageDep) -> Response:
+    """The heatmap colour-mapped and blended over the image (PNG)."""
+    from PIL import Image as PILImage
+
+    from sage.heatmaps import overlay_png
+
+    row, _ = _stored_for_image(session, image)
+    if not row.heatmap_key:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this prediction has no heatmap")
+    picture = decode_image(storage.read_bytes(image.storage_key)).image
+    heat = (
+        np.asarray(PILImage.open(io.BytesIO(storage.read_bytes(row.heatmap_key))), dtype=np.float32) / 255.0
+    )
+    return Response(
+        overlay_png(picture, heat), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+@router.get("/projects/{pid}/predictions", response_model=list[StoredPrediction])
+def list_predictions(
+    project: ProjectViewer,
+    session: SessionDep,
+    sort: Annotated[str, Query(pattern="^(uncertainty|misalignment|confidence|image)$")] = "uncertainty",
+    label: Annotated[
+        str | None, Query(max_length=100, description="only images predicted as this label")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> list[StoredPrediction]:
+    """The active model's stored predictions, for the review gallery: least certain first
+    (`uncertainty`), heatmap least like the human saliency first (`misalignment`), ..."""
+    model = _active_model_or_409(session, project.id)
+    rows = prediction_service.list_predictions(
+        session, project.id, model.id, sort=sort, limit=limit, offset=offset, label=label
+    )
+    return [stored_out(p, model, image) for p, image in rows]

@@ -1,5 +1,209 @@
-"""REST API v1: training."""
+"""REST API v1: training runs (start or join, list, detail with lineage, cancel, event stream)."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
+import asyncio
+import json
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session
+
+from app.deps import MAX_ID, CurrentUser, ProjectManager, ProjectViewer, SessionDep, check_project_access
+from app.models import TrainingRun, User
+from app.services import training as training_service
+
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["training"])
+
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="training run id")]
+SSE_POLL_S = 0.25
+SSE_KEEPALIVE_S = 15.0
+
+
+class TrainingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    training: dict[str, Any] | None = None  # TrainConfig overrides for this run only
+
+
+class TrainingRunOut(BaseModel):
+    id: int
+    project_id: int
+    status: str
+    reason: str
+    options: dict[str, Any]
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    attempts: int
+    cancel_requested: bool
+    model_id: int | None
+    worker_id: str | None
+    created_by_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    lineage: dict[str, Any] | None = None  # only in the single-run answers
+    joined: bool | None = None  # POST: true when an existing queued or running run was joined
+    events_url: str
+
+
+def run_out(run: TrainingRun, *, lineage: bool = False, joined: bool | None = None) -> TrainingRunOut:
+    return TrainingRunOut(
+        id=run.id,
+        project_id=run.project_id,
+        status=run.status,
+        reason=run.reason,
+        options=run.options or {},
+        progress=run.progress or {},
+        metrics=run.metrics or {},
+        error=run.error,
+        attempts=run.attempts,
+        cancel_requested=run.cancel_requested,
+        model_id=run.model_id,
+        worker_id=run.worker_id,
+        created_by_id=run.created_by_id,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        heartbeat_at=run.heartbeat_at,
+        lineage=(run.lineage or {}) if lineage else None,
+        joined=joined,
+        events_url=f"/api/v1/training-runs/{run.id}/events",
+    )
+
+
+def run_for(session: Session, user: User, run_id: int, role: str) -> TrainingRun:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no training run {run_id}")
+    try:
+        check_project_access(session, user, run.project_id, role)  # type: ignore[arg-type]
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no training run {run_id}") from None
+        raise
+    return run
+
+
+@router.post(
+    "/projects/{pid}/training-runs", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingRunOut
+)
+def start_training(
+    project: ProjectManager,
+    user: CurrentUser,
+    session: SessionDep,
+    request: Request,
+    body: Annotated[TrainingRequest | None, Body()] = None,
+) -> TrainingRunOut:
+    """Train the project's model now ("train now"). Options override the project's defaults for
+    this run only and are validated before anything is queued (422). When a run is already queued
+    or running, it is returned instead (`joined: true`)."""
+    result = training_service.create_or_join_run(
+        session, project, user, body.training if body else None, force=True, reason="manual"
+    )
+    if result.created:
+        try:
+            training_service.enqueue_run(request.app.state.celery, result.run.id)
+        except Exception:  # noqa: BLE001 - the run is committed; the reaper re-sends it
+            log.exception("could not enqueue run %s now; the scheduler will send it again", result.run.id)
+    return run_out(result.run, lineage=True, joined=not result.created)
+
+
+@router.get("/projects/{pid}/training-runs", response_model=list[TrainingRunOut])
+def list_training_runs(
+    project: ProjectViewer,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="page: runs older than this id")
+    ] = None,
+) -> list[TrainingRunOut]:
+    """The project's runs, newest first."""
+    return [run_out(r) for r in training_service.list_runs(session, project.id, limit, before_id)]
+
+
+@router.get("/training-runs/{rid}", response_model=TrainingRunOut)
+def get_training_run(rid: RunId, user: CurrentUser, session: SessionDep) -> TrainingRunOut:
+    """One run with its lineage: the exact annotation revisions it trained on."""
+    return run_out(run_for(session, user, rid, "viewer"), lineage=True)
+
+
+@router.post("/training-runs/{rid}/cancel", response_model=TrainingRunOut)
+def cancel_training_run(rid: RunId, user: CurrentUser, session: SessionDep) -> TrainingRunOut:
+    """A queued run is cancelled at once; a running one stops within seconds. 409 when finished."""
+    run = run_for(session, user, rid, "manager")
+    return run_out(training_service.request_cancel(session, run), lineage=True)
+
+
+def _sse(event_id: int | None, kind: str, data: dict[str, Any]) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+@router.get(
+    "/training-runs/{rid}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
+)
+def training_run_events(
+    rid: RunId,
+    user: CurrentUser,
+    session: SessionDep,
+    request: Request,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
+) -> StreamingResponse:
+    """Server-sent events of a run (`status`, `progress`, `epoch`, `log`), from the start or after
+    `Last-Event-ID`; the stream ends after the run's final status."""
+    run_for(session, user, rid, "viewer")
+    session.close()
+    factory = request.app.state.session_factory
+    try:
+        start = int(last_event_id) if last_event_id else (after or 0)
+    except ValueError:
+        start = after or 0
+
+    def fetch(after_id: int) -> tuple[list[tuple[int, str, dict]], str]:
+        with factory() as s:
+            # Status first: a final status commits together with its event, so once the status
+            # read is final, the events read next include the last one.
+            run = s.get(TrainingRun, rid)
+            run_status = run.status if run else "cancelled"
+            events = [(e.id, e.kind, e.data) for e in training_service.events_after(s, rid, after_id)]
+            return events, run_status
+
+    async def stream():
+        after_id = start
+        idle = 0.0
+        yield "retry: 2000\n\n"
+        while True:
+            events, run_status = await anyio.to_thread.run_sync(fetch, after_id)
+            for event_id, kind, data in events:
+                after_id = event_id
+                yield _sse(event_id, kind, data)
+            if events:
+                idle = 0.0
+                continue  # drain a backlog before sleeping
+            if run_status in training_service.FINISHED_STATUSES:
+                yield _sse(None, "end", {"status": run_status})
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(SSE_POLL_S)
+            idle += SSE_POLL_S
+            if idle >= SSE_KEEPALIVE_S:
+                idle = 0.0
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

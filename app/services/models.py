@@ -1,0 +1,156 @@
+"""Model versions: register a trained artifact, decide and perform activation, roll back.
+
+Exactly one version per project is active at a time. Activation locks the project (see
+`training.lock_project`) so a worker finishing a run and a manager activating by hand cannot
+both leave a model active.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.models import ModelVersion, Prediction, Project, TrainingRun
+from app.queue import TASK_PREDICT_PROJECT
+from app.services.training import TaskSender, TrainingError, add_event, finish_run, lock_project, utcnow
+
+
+def active_model(session: Session, project_id: int) -> ModelVersion | None:
+    return session.scalars(
+        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active.is_(True))
+    ).first()
+
+
+def list_models(session: Session, project_id: int) -> list[ModelVersion]:
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.project_id == project_id)
+            .order_by(ModelVersion.version.desc())
+        )
+    )
+
+
+def beats(candidate: dict[str, Any], incumbent: dict[str, Any] | None) -> bool:
+    """Whether a new model's validation metrics beat the active model's.
+
+    Higher validation accuracy wins; on a tie, lower validation loss. Each run validates on its own
+    split of the data it snapshotted, so this compares like with like only as far as the data
+    overlaps: a manager can always activate or roll back by hand.
+    """
+    if incumbent is None:
+        return True
+    acc, best_acc = candidate.get("val_accuracy"), incumbent.get("val_accuracy")
+    if acc is None:
+        return False
+    if best_acc is None or acc > best_acc + 1e-9:
+        return True
+    if abs(acc - best_acc) <= 1e-9:
+        loss, best_loss = candidate.get("val_loss"), incumbent.get("val_loss")
+        return loss is not None and best_loss is not None and loss < best_loss - 1e-9
+    return False
+
+
+def _activate_locked(session: Session, project_id: int, model: ModelVersion) -> None:
+    session.execute(
+        update(ModelVersion)
+        .where(
+            ModelVersion.project_id == project_id, ModelVersion.active.is_(True), ModelVersion.id != model.id
+        )
+        .values(active=False)
+        .execution_options(synchronize_session=False)
+    )
+    model.active = True
+    model.activated_at = utcnow()
+
+
+def register_model(
+    session: Session,
+    run_id: int,
+    worker_id: str,
+    *,
+    artifact_key: str,
+    checksum: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+) -> tuple[ModelVersion, bool] | None:
+    """Record a run's published artifact as the project's next model version, activate it when the
+    project's policy says so, and mark the run succeeded: one transaction, so a crash leaves either
+    all of it or none. None when the run is no longer owned by `worker_id` (nothing is written)."""
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        return None
+    project = session.get(Project, run.project_id)
+    lock_project(session, project.id)
+    version = (
+        session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.project_id == project.id))
+        or 0
+    ) + 1
+    model = ModelVersion(
+        project_id=project.id,
+        run_id=run.id,
+        version=version,
+        artifact_key=artifact_key,
+        checksum=checksum,
+        backbone=config.get("backbone", project.backbone),
+        labels=list(config.get("labels") or project.labels or []),
+        config=config,
+        metrics=metrics,
+    )
+    session.add(model)
+    session.flush()
+    incumbent = active_model(session, project.id)
+    activate = project.activation_policy == "auto" and beats(
+        metrics, incumbent.metrics if incumbent else None
+    )
+    if activate:
+        _activate_locked(session, project.id, model)
+    if not finish_run(
+        session, run_id, worker_id, "succeeded", metrics=metrics, model_id=model.id, commit=False
+    ):
+        session.rollback()
+        return None
+    add_event(
+        session,
+        run_id,
+        "log",
+        {
+            "message": f"model version {version} "
+            + ("activated" if activate else f"kept inactive (policy {project.activation_policy})"),
+            "model_id": model.id,
+            "activated": activate,
+        },
+    )
+    session.commit()
+    return model, activate
+
+
+def activate_model(session: Session, model: ModelVersion) -> ModelVersion:
+    """Make `model` its project's active version (activation by hand, or a rollback)."""
+    lock_project(session, model.project_id)
+    session.refresh(model)
+    _activate_locked(session, model.project_id, model)
+    session.commit()
+    return model
+
+
+def has_predictions(session: Session, model_id: int) -> bool:
+    return session.scalar(select(Prediction.id).where(Prediction.model_id == model_id).limit(1)) is not None
+
+
+def enqueue_project_predictions(celery: TaskSender, model_id: int, after_image_id: int = 0) -> None:
+    """Predict every image of the model's project (after the commit that activated it)."""
+    celery.send_task(TASK_PREDICT_PROJECT, args=[model_id, after_image_id] if after_image_id else [model_id])
+
+
+def require_active_model(session: Session, project_id: int) -> ModelVersion:
+    model = active_model(session, project_id)
+    if model is None:
+        raise TrainingError(
+            f"project {project_id} has no active model yet: train one "
+            f"(POST /api/v1/projects/{project_id}/training-runs) or activate a version "
+            "(POST /api/v1/models/{mid}/activate)"
+        )
+    return model

@@ -1,0 +1,534 @@
+"""Training runs: create or join, cancel, claim, heartbeat, progress, finish, reap, retrain-due.
+
+The database is the source of truth for a run (DESIGN.md section 5). Every state change is a
+conditional UPDATE on the run row, so two workers, a redelivered broker message, the reaper and a
+cancel request can race without ever producing two owners of one run:
+
+    queued --claim--> running --finish--> succeeded | failed | cancelled
+       ^                 |
+       +----reap (stale heartbeat, attempts < max)----+   (else: failed)
+
+Jobs are sent to the broker only after the transaction that created or re-queued the run has
+committed; a lost message is harmless because the reaper re-sends queued runs that nobody claimed.
+Called by the API routes, the worker and beat alike; they pass the Celery client explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from app.models import Annotation, Image, ModelVersion, Project, TrainingEvent, TrainingRun, User
+from app.queue import TASK_TRAIN
+from app.services.errors import Conflict, Invalid
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATUSES = ("queued", "running")
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class TaskSender(Protocol):
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any: ...
+
+
+class TrainingError(Conflict):
+    """A training request that conflicts with the project's state (409); `detail` says what to do."""
+
+
+class InvalidTrainingOptions(Invalid):
+    """Training options TrainConfig rejects (422), named in `detail`."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every timestamp this app writes is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+def project_defaults(project: Project) -> dict[str, Any]:
+    """The TrainConfig a project trains with when a run overrides nothing."""
+    base: dict[str, Any] = {
+        "backbone": project.backbone,
+        "image_size": project.image_size,
+        "labels": list(project.labels or []),
+    }
+    base.update(project.training or {})
+    return base
+
+
+def resolve_options(project: Project, options: dict[str, Any] | None) -> dict[str, Any]:
+    """Project defaults overridden by a run's options, validated by `sage.config.TrainConfig`.
+
+    Raises InvalidTrainingOptions (422) naming the bad key, before anything is stored or queued.
+    Returns the merged options as given, not every default expanded: the worker builds the full
+    config with its own sage version (and records it on the model version), so a run queued before
+    a deploy that adds an option still trains after it.
+    """
+    if options is not None and not isinstance(options, dict):
+        raise InvalidTrainingOptions(f"training options must be a JSON object, got {type(options).__name__}")
+    merged = {**project_defaults(project), **(options or {})}
+    # Late import keeps `sage` out of processes that never train (sage.config itself is torch-free).
+    from sage.config import TrainConfig
+
+    try:
+        config = TrainConfig.from_dict(merged)
+    except (ValueError, TypeError) as exc:
+        raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
+    if len(config.labels) < 2:
+        raise InvalidTrainingOptions(
+            f"project {project.id} has {len(config.labels)} label(s); a classifier needs at least two: "
+            "set the project's labels first"
+        )
+    return merged
+
+
+# --- create, join, cancel ------------------------------------------------------------------------
+
+
+def lock_project(session: Session, project_id: int) -> None:
+    """Serialise run creation per project until this transaction ends.
+
+    PostgreSQL: a row lock. SQLite: a no-op write takes the database write lock at once (a plain
+    read would let two creators both see "no run" and both insert).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+    else:
+        session.execute(text("UPDATE projects SET id = id WHERE id = :pid"), {"pid": project_id})
+
+
+def active_run(session: Session, project_id: int) -> TrainingRun | None:
+    return session.scalars(
+        select(TrainingRun)
+        .where(TrainingRun.project_id == project_id, TrainingRun.status.in_(ACTIVE_STATUSES))
+        .order_by(TrainingRun.id)
+        .limit(1)
+    ).first()
+
+
+def labelled_image_count(session: Session, project_id: int) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(Image)
+        .where(Image.project_id == project_id, Image.label.is_not(None))
+    )
+
+
+@dataclass
+class RunRequest:
+    run: TrainingRun
+    created: bool  # False: an existing queued or running run was joined
+
+
+def create_or_join_run(
+    session: Session,
+    project: Project,
+    user: User | None,
+    options: dict[str, Any] | None = None,
+    *,
+    force: bool = True,
+    reason: str = "manual",
+    settings: Settings | None = None,
+) -> RunRequest | None:
+    """Start a run for `project`, or join the one already queued or running.
+
+    `force=False` (beat's periodic check) starts one only when retraining is due. Returns None when
+    nothing was due. Commits; the caller then enqueues with `enqueue_run` (after the commit, so a
+    fast worker never looks for a row that is not there yet).
+    """
+    resolved = resolve_options(project, options)
+    lock_project(session, project.id)
+    existing = active_run(session, project.id)
+    if existing is not None:
+        session.commit()
+        return RunRequest(existing, created=False)
+    if not force and not retrain_due(session, project):
+        session.commit()
+        return None
+    if labelled_image_count(session, project.id) == 0:
+        session.rollback()
+        raise TrainingError(f"project {project.id} has no labelled images yet: label some images, then train")
+    run = TrainingRun(
+        project_id=project.id,
+        status="queued",
+        options=resolved,
+        reason=reason,
+        created_by_id=user.id if user else None,
+        progress={"phase": "queued", "enqueued_at": utcnow().isoformat()},
+    )
+    session.add(run)
+    session.flush()
+    add_event(session, run.id, "status", {"status": "queued", "reason": reason})
+    session.commit()
+    return RunRequest(run, created=True)
+
+
+def enqueue_run(celery: TaskSender, run_id: int) -> None:
+    """Send the training job. Safe to repeat: only one delivery can claim the run."""
+    celery.send_task(TASK_TRAIN, args=[run_id])
+
+
+def request_cancel(session: Session, run: TrainingRun) -> TrainingRun:
+    """A queued run is cancelled at once; a running one gets the flag its training loop checks."""
+    now = utcnow()
+    result = session.execute(
+        update(TrainingRun)
+        .where(TrainingRun.id == run.id, TrainingRun.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now, progress={"phase": "cancelled"})
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        add_event(session, run.id, "status", {"status": "cancelled"})
+    else:
+        result = session.execute(
+            update(TrainingRun)
+            .where(TrainingRun.id == run.id, TrainingRun.status == "running")
+            .values(cancel_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            add_event(session, run.id, "log", {"message": "cancel requested"})
+        else:
+            session.rollback()
+            session.refresh(run)
+            raise TrainingError(f"training run {run.id} is already {run.status}; nothing to cancel")
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def list_runs(
+    session: Session, project_id: int, limit: int = 50, before_id: int | None = None
+) -> list[TrainingRun]:
+    query = select(TrainingRun).where(TrainingRun.project_id == project_id)
+    if before_id is not None:
+        query = query.where(TrainingRun.id < before_id)
+    return list(session.scalars(query.order_by(TrainingRun.id.desc()).limit(limit)))
+
+
+def add_event(session: Session, run_id: int, kind: str, data: dict[str, Any]) -> None:
+    session.add(TrainingEvent(run_id=run_id, kind=kind, data=data))
+
+
+def events_after(session: Session, run_id: int, after_id: int, limit: int = 500) -> list[TrainingEvent]:
+    return list(
+        session.scalars(
+            select(TrainingEvent)
+            .where(TrainingEvent.run_id == run_id, TrainingEvent.id > after_id)
+            .order_by(TrainingEvent.id)
+            .limit(limit)
+        )
+    )
+
+
+# --- the worker's side: claim, heartbeat, progress, finish ----------------------------------------
+
+
+def claim_run(session: Session, run_id: int, worker_id: str) -> bool:
+    """Take ownership of a queued run. False when someone else has it or it is no longer queued:
+    a redelivered or duplicated message then does nothing."""
+    now = utcnow()
+    result = session.execute(
+        update(TrainingRun)
+        .where(
+            TrainingRun.id == run_id,
+            TrainingRun.status == "queued",
+            TrainingRun.cancel_requested.is_(False),
+        )
+        .values(
+            status="running",
+            worker_id=worker_id,
+            heartbeat_at=now,
+            started_at=now,
+            finished_at=None,
+            error=None,
+            attempts=TrainingRun.attempts + 1,
+            progress={"phase": "starting"},
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    add_event(session, run_id, "status", {"status": "running", "worker": worker_id})
+    session.commit()
+    return True
+
+
+def _owned(run_id: int, worker_id: str):
+    return (TrainingRun.id == run_id, TrainingRun.worker_id == worker_id, TrainingRun.status == "running")
+
+
+def heartbeat(session: Session, run_id: int, worker_id: str, *, beat: bool = True) -> tuple[bool, bool]:
+    """Refresh the heartbeat (when `beat`) and read the cancel flag: (still owned, cancel requested)."""
+    if beat:
+        result = session.execute(
+            update(TrainingRun)
+            .where(*_owned(run_id, worker_id))
+            .values(heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if result.rowcount != 1:
+            return False, False
+    row = session.execute(select(TrainingRun.cancel_requested).where(*_owned(run_id, worker_id))).first()
+    session.rollback()  # end the read transaction (SQLite WAL: do not pin a snapshot)
+    if row is None:
+        return False, False
+    return True, bool(row[0])
+
+
+def record_progress(
+    session: Session, run_id: int, worker_id: str, progress: dict[str, Any], *, kind: str = "progress"
+) -> bool:
+    """Store the latest progress on the run and append it to the event stream; False if not owned."""
+    result = session.execute(
+        update(TrainingRun)
+        .where(*_owned(run_id, worker_id))
+        .values(progress=progress, heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    add_event(session, run_id, kind, progress)
+    session.commit()
+    return True
+
+
+def record_lineage(session: Session, run_id: int, worker_id: str, lineage: dict[str, Any]) -> bool:
+    result = session.execute(
+        update(TrainingRun)
+        .where(*_owned(run_id, worker_id))
+        .values(lineage=lineage)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def finish_run(
+    session: Session,
+    run_id: int,
+    worker_id: str,
+    status: str,
+    *,
+    metrics: dict[str, Any] | None = None,
+    error: str | None = None,
+    model_id: int | None = None,
+    commit: bool = True,
+) -> bool:
+    """Move an owned run to a final status. False (and nothing written) when the run was taken
+    away from this worker meanwhile (reaped): the caller must then discard what it produced."""
+    assert status in FINISHED_STATUSES, status
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
+    if metrics is not None:
+        values["metrics"] = metrics
+    if model_id is not None:
+        values["model_id"] = model_id
+    result = session.execute(
+        update(TrainingRun)
+        .where(*_owned(run_id, worker_id))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    event: dict[str, Any] = {"status": status}
+    if error:
+        event["error"] = error
+    if model_id is not None:
+        event["model_id"] = model_id
+    add_event(session, run_id, "status", event)
+    if commit:
+        session.commit()
+    return True
+
+
+# --- beat's side: reaping and retraining ----------------------------------------------------------
+
+
+@dataclass
+class ReapReport:
+    requeued: list[int]
+    failed: list[int]
+    resent: list[int]
+
+
+def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) -> ReapReport:
+    """Runs whose owner stopped heart-beating are re-queued (attempts left) or failed; queued runs
+    whose message may have been lost are sent again (claiming is idempotent, so a duplicate is harmless)."""
+    now = utcnow()
+    stale_before = now - timedelta(seconds=settings.heartbeat_stale_s)
+    report = ReapReport([], [], [])
+    # populate_existing: the conditional updates below compare with what the row holds now.
+    stale = session.scalars(
+        select(TrainingRun)
+        .where(
+            TrainingRun.status == "running",
+            (TrainingRun.heartbeat_at.is_(None)) | (TrainingRun.heartbeat_at < stale_before),
+        )
+        .execution_options(populate_existing=True)
+    ).all()
+    for run in stale:
+        where = (
+            TrainingRun.id == run.id,
+            TrainingRun.status == "running",
+            TrainingRun.worker_id == run.worker_id,
+        )
+        last_seen = as_utc(run.heartbeat_at)
+        if run.attempts < settings.max_run_attempts and not run.cancel_requested:
+            result = session.execute(
+                update(TrainingRun)
+                .where(*where)
+                .values(
+                    status="queued",
+                    worker_id=None,
+                    progress={"phase": "queued", "enqueued_at": now.isoformat(), "requeued": True},
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount == 1:
+                add_event(
+                    session,
+                    run.id,
+                    "status",
+                    {
+                        "status": "queued",
+                        "requeued": True,
+                        "attempts": run.attempts,
+                        "message": f"worker {run.worker_id} stopped responding (last heartbeat "
+                        f"{last_seen.isoformat() if last_seen else 'never'}); re-queued",
+                    },
+                )
+                report.requeued.append(run.id)
+        else:
+            why = "cancel was requested" if run.cancel_requested else f"{run.attempts} attempt(s) used"
+            error = (
+                f"worker {run.worker_id} stopped responding (last heartbeat "
+                f"{last_seen.isoformat() if last_seen else 'never'}) and {why}; not retried"
+            )
+            status = "cancelled" if run.cancel_requested else "failed"
+            result = session.execute(
+                update(TrainingRun)
+                .where(*where)
+                .values(status=status, finished_at=now, error=error)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount == 1:
+                add_event(session, run.id, "status", {"status": status, "error": error})
+                report.failed.append(run.id)
+    session.commit()
+
+    # Queued runs nobody claimed for a while: send again (at most once per stale period each).
+    queued = (
+        select(TrainingRun).where(TrainingRun.status == "queued").execution_options(populate_existing=True)
+    )
+    for run in session.scalars(queued).all():
+        enqueued_at = _parse_time((run.progress or {}).get("enqueued_at")) or as_utc(run.created_at)
+        if run.id in report.requeued or (enqueued_at and enqueued_at > stale_before):
+            continue
+        progress = {**(run.progress or {}), "enqueued_at": now.isoformat()}
+        result = session.execute(
+            update(TrainingRun)
+            .where(TrainingRun.id == run.id, TrainingRun.status == "queued")
+            .values(progress=progress)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            report.resent.append(run.id)
+    session.commit()
+    for run_id in report.requeued + report.resent:
+        enqueue_run(celery, run_id)
+    if report.requeued or report.failed or report.resent:
+        log.warning(
+            "reaper: requeued %s, failed %s, re-sent %s", report.requeued, report.failed, report.resent
+        )
+    return report
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(value))
+    except ValueError:
+        return None
+
+
+def last_snapshot_at(session: Session, project_id: int) -> datetime | None:
+    """When the data of the project's latest finished run was snapshotted.
+
+    Retraining counts annotations changed since then. The latest finished run, not only the active
+    model's, so that a run that failed (or was not activated) on unchanged data is not retried
+    every check: only new annotations start a new run.
+    """
+    runs = session.scalars(
+        select(TrainingRun)
+        .where(TrainingRun.project_id == project_id, TrainingRun.status.in_(FINISHED_STATUSES))
+        .order_by(TrainingRun.id.desc())
+        .limit(20)
+        .execution_options(populate_existing=True)
+    )
+    for run in runs:
+        when = _parse_time((run.lineage or {}).get("snapshot_at"))
+        if when is not None:
+            return when
+    active = session.scalars(
+        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active.is_(True))
+    ).first()
+    return as_utc(active.created_at) if active else None
+
+
+def changed_annotations(session: Session, project_id: int, since: datetime | None) -> int:
+    query = select(func.count()).select_from(Annotation).where(Annotation.project_id == project_id)
+    if since is not None:
+        query = query.where(Annotation.updated_at > since)
+    return session.scalar(query)
+
+
+def retrain_due(session: Session, project: Project) -> bool:
+    """At least `retrain_min_new` annotations new or changed since the last snapshot, and no run
+    queued or running."""
+    if active_run(session, project.id) is not None:
+        return False
+    since = last_snapshot_at(session, project.id)
+    return changed_annotations(session, project.id, since) >= max(1, project.retrain_min_new)
+
+
+def retrain_check(session: Session, celery: TaskSender) -> list[int]:
+    """Beat's periodic check: start a run in each project where retraining is due."""
+    started: list[int] = []
+    project_ids = session.scalars(select(Project.id).where(Project.retrain_enabled.is_(True))).all()
+    session.rollback()
+    for project_id in project_ids:
+        project = session.get(Project, project_id)
+        if project is None or not retrain_due(session, project):
+            session.rollback()
+            continue
+        try:
+            request = create_or_join_run(session, project, None, None, force=False, reason="scheduled")
+        except TrainingError as exc:
+            session.rollback()
+            log.warning("retrain check: project %s not started: %s", project_id, exc.detail)
+            continue
+        if request is not None and request.created:
+            enqueue_run(celery, request.run.id)
+            started.append(request.run.id)
+    return started

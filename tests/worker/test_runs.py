@@ -1,0 +1,231 @@
+"""Training-run state machine, reaper, retraining, activation and the API's validation, on SQLite
+and PostgreSQL, without worker processes (the broker is a recorder: what would have been sent)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from app.models import Annotation, ModelVersion, Project, TrainingEvent, TrainingRun
+from app.queue import TASK_PREDICT_PROJECT, TASK_TRAIN
+from app.services import models as model_service
+from app.services import training as runs
+from tests.worker.conftest import TINY_TRAINING, build_world
+
+
+class RecordingCelery:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list]] = []
+
+    def send_task(self, name, args=None, kwargs=None, **options):
+        self.sent.append((name, list(args or [])))
+
+
+class _Stack:
+    name = "unit"
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+
+@pytest.fixture
+def world(settings):
+    for w in build_world(_Stack(settings), n=6):
+        w.client.app.state.celery = RecordingCelery()
+        yield w
+
+
+def _project(s, world) -> Project:
+    return s.get(Project, world.project_id)
+
+
+def test_options_are_validated_before_anything_is_queued(world):
+    url = f"/api/v1/projects/{world.project_id}/training-runs"
+    bad = world.post(url, json={"training": {"epochs": 0}})
+    assert bad.status_code == 422 and "epochs" in bad.json()["detail"]
+    unknown = world.post(url, json={"training": {"epoch": 3}})
+    assert unknown.status_code == 422 and "epoch" in unknown.json()["detail"]
+    assert world.client.app.state.celery.sent == []
+    with world.session() as s:
+        assert s.scalars(select(TrainingRun)).all() == []
+
+    first = world.post(url, json={"training": {"epochs": 1}})
+    assert first.status_code == 202 and first.json()["options"]["epochs"] == 1
+    second = world.post(url, json={})
+    assert second.status_code == 202 and second.json()["id"] == first.json()["id"] and second.json()["joined"]
+    assert world.client.app.state.celery.sent == [(TASK_TRAIN, [first.json()["id"]])]
+
+
+def test_viewer_cannot_train_and_strangers_see_nothing(world):
+    from app.services import projects, users
+
+    with world.session() as s:
+        viewer = users.create_user(s, "viewer", "correct horse battery")
+        users.create_user(s, "stranger", "correct horse battery")
+        projects.set_member(s, _project(s, world), "viewer", "viewer")
+        _, viewer_token = users.create_token(s, viewer, "t")
+        stranger = s.scalars(select(users.User).where(users.User.username == "stranger")).one()
+        _, stranger_token = users.create_token(s, stranger, "t")
+    run = world.post(f"/api/v1/projects/{world.project_id}/training-runs", json={}).json()
+    as_viewer = {"Authorization": f"Bearer {viewer_token}"}
+    as_stranger = {"Authorization": f"Bearer {stranger_token}"}
+    c = world.client
+    assert c.post(f"/api/v1/projects/{world.project_id}/training-runs", headers=as_viewer).status_code == 403
+    assert c.get(f"/api/v1/training-runs/{run['id']}", headers=as_viewer).status_code == 200
+    assert c.post(f"/api/v1/training-runs/{run['id']}/cancel", headers=as_viewer).status_code == 403
+    assert c.get(f"/api/v1/training-runs/{run['id']}", headers=as_stranger).status_code == 404
+    assert c.get(f"/api/v1/projects/{world.project_id}/models", headers=as_stranger).status_code == 404
+    assert (
+        c.post(
+            f"/api/v1/projects/{world.project_id}/predict", headers=as_stranger, files={"file": ("a", b"x")}
+        ).status_code
+        == 404
+    )
+
+
+def test_claim_is_exclusive_and_writes_need_ownership(world):
+    with world.session() as s:
+        run = runs.create_or_join_run(s, _project(s, world), None, {}).run
+        assert runs.claim_run(s, run.id, "w1") is True
+        assert runs.claim_run(s, run.id, "w2") is False  # a duplicate delivery does nothing
+        assert runs.heartbeat(s, run.id, "w1") == (True, False)
+        assert runs.heartbeat(s, run.id, "w2") == (False, False)
+        assert runs.record_progress(s, run.id, "w2", {"epoch": 1}) is False
+        assert runs.finish_run(s, run.id, "w2", "succeeded") is False
+        runs.request_cancel(s, s.get(TrainingRun, run.id))
+        assert runs.heartbeat(s, run.id, "w1") == (True, True)
+        assert runs.finish_run(s, run.id, "w1", "cancelled") is True
+        s.expire_all()
+        assert s.get(TrainingRun, run.id).status == "cancelled"
+
+
+def test_cancel_a_queued_run_at_once(world):
+    with world.session() as s:
+        run = runs.create_or_join_run(s, _project(s, world), None, {}).run
+    response = world.post(f"/api/v1/training-runs/{run.id}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    with world.session() as s:
+        assert runs.claim_run(s, run.id, "late-worker") is False
+
+
+def _age(s, run_id: int, seconds: float) -> None:
+    run = s.get(TrainingRun, run_id)
+    run.heartbeat_at = datetime.now(UTC) - timedelta(seconds=seconds)
+    s.commit()
+
+
+def test_reaper_requeues_then_fails_after_max_attempts(world, settings):
+    celery = RecordingCelery()
+    with world.session() as s:
+        run_id = runs.create_or_join_run(s, _project(s, world), None, {}).run.id
+        for attempt in range(1, settings.max_run_attempts + 1):
+            assert runs.claim_run(s, run_id, f"w{attempt}")
+            assert runs.reap_stale_runs(s, settings, celery).requeued == []  # fresh heartbeat
+            _age(s, run_id, settings.heartbeat_stale_s + 1)
+            report = runs.reap_stale_runs(s, settings, celery)
+            s.expire_all()
+            run = s.get(TrainingRun, run_id)
+            if attempt < settings.max_run_attempts:
+                assert report.requeued == [run_id] and run.status == "queued" and run.worker_id is None
+                assert celery.sent[-1] == (TASK_TRAIN, [run_id])
+            else:
+                assert report.failed == [run_id] and run.status == "failed"
+                assert "stopped responding" in run.error and f"{attempt} attempt" in run.error
+        # The dead owner can no longer write anything.
+        assert runs.finish_run(s, run_id, f"w{settings.max_run_attempts}", "succeeded") is False
+
+
+def test_reaper_resends_queued_runs_nobody_claimed(world, settings):
+    celery = RecordingCelery()
+    with world.session() as s:
+        run = runs.create_or_join_run(s, _project(s, world), None, {}).run
+        assert runs.reap_stale_runs(s, settings, celery).resent == []
+        run.progress = {
+            "phase": "queued",
+            "enqueued_at": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+        }
+        s.commit()
+        assert runs.reap_stale_runs(s, settings, celery).resent == [run.id]
+        assert runs.reap_stale_runs(s, settings, celery).resent == []  # once per stale period
+        assert celery.sent == [(TASK_TRAIN, [run.id])]
+
+
+def test_retraining_is_due_after_k_changed_annotations(world):
+    celery = RecordingCelery()
+    with world.session() as s:
+        project = _project(s, world)
+        project.retrain_min_new = 7
+        s.commit()
+        assert runs.retrain_check(s, celery) == []  # 6 annotations < 7
+        project.retrain_min_new = 6
+        s.commit()
+        started = runs.retrain_check(s, celery)
+        assert len(started) == 1 and celery.sent == [(TASK_TRAIN, started)]
+        assert s.get(TrainingRun, started[0]).reason == "scheduled"
+        assert runs.retrain_check(s, celery) == []  # one queued already
+        # The run finishes having snapshotted the data now: nothing changed since, nothing due.
+        run = s.get(TrainingRun, started[0])
+        assert runs.claim_run(s, run.id, "w")
+        runs.record_lineage(s, run.id, "w", {"snapshot_at": datetime.now(UTC).isoformat()})
+        assert runs.finish_run(s, run.id, "w", "failed", error="x")
+        assert runs.retrain_check(s, celery) == []
+        # Annotations edited after the snapshot count again.
+        for a in s.scalars(select(Annotation)).all():
+            a.updated_at = datetime.now(UTC) + timedelta(seconds=5)
+        s.commit()
+        assert len(runs.retrain_check(s, celery)) == 1
+
+
+def _register(s, world, run_id: int, worker: str, acc: float, loss: float = 1.0):
+    assert runs.claim_run(s, run_id, worker)
+    return model_service.register_model(
+        s,
+        run_id,
+        worker,
+        artifact_key=f"models/x/{run_id}",
+        checksum="0" * 64,
+        config=dict(TINY_TRAINING),
+        metrics={"val_accuracy": acc, "val_loss": loss},
+    )
+
+
+def test_activation_policy_and_rollback(world):
+    with world.session() as s:
+        project = _project(s, world)
+        first = runs.create_or_join_run(s, project, None, {}).run.id
+        m1, activated = _register(s, world, first, "w", 0.8)
+        assert activated and m1.version == 1
+        second = runs.create_or_join_run(s, project, None, {}).run.id
+        m2, activated = _register(s, world, second, "w", 0.7)  # worse: stays inactive
+        assert not activated and m2.version == 2
+        third = runs.create_or_join_run(s, project, None, {}).run.id
+        m3, activated = _register(s, world, third, "w", 0.8, loss=0.5)  # tie, lower loss: better
+        assert activated
+        project.activation_policy = "manual"
+        s.commit()
+        fourth = runs.create_or_join_run(s, project, None, {}).run.id
+        m4, activated = _register(s, world, fourth, "w", 1.0)
+        assert not activated
+        assert model_service.active_model(s, project.id).id == m3.id
+        assert (
+            s.get(TrainingRun, fourth).model_id == m4.id and s.get(TrainingRun, fourth).status == "succeeded"
+        )
+        m1_id, m3_id = m1.id, m3.id
+
+    rolled = world.post(f"/api/v1/models/{m1_id}/activate")
+    assert rolled.status_code == 200 and rolled.json()["active"] is True
+    models = world.get(f"/api/v1/projects/{world.project_id}/models").json()
+    assert [m["version"] for m in models] == [4, 3, 2, 1]
+    assert [m["active"] for m in models] == [False, False, False, True]
+    assert (TASK_PREDICT_PROJECT, [m1_id]) in world.client.app.state.celery.sent
+    with world.session() as s:
+        assert s.scalar(select(ModelVersion.active).where(ModelVersion.id == m3_id)) is False
+        assert s.scalar(select(TrainingEvent.id).where(TrainingEvent.kind == "log")) is not None
+
+
+def test_predict_without_an_active_model_is_409(world):
+    response = world.post(f"/api/v1/projects/{world.project_id}/predict", files={"file": ("a.png", b"x")})
+    assert response.status_code == 409 and "no active model" in response.json()["detail"]
+    assert world.get(f"/api/v1/images/{world.image_ids[0]}/prediction").status_code == 409

@@ -1,0 +1,259 @@
+"""The training job: claim the run, heartbeat, snapshot the data, fit, publish, activate, predict.
+
+Runs in a training worker's pool process, which is recycled after every run (a fresh process per
+run: no CUDA state, leaked memory or stray threads carry over). The run row is the source of truth:
+whoever claims it owns it, and every later write is conditional on still owning it, so a run the
+reaper handed to another worker can never be finished twice or publish a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from app.models import Project, TrainingRun
+from app.services import models as model_service
+from app.services import training as runs
+from worker import registry
+from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    """Refreshes the run's heartbeat and watches its cancel flag from a thread of its own, so the
+    training loop only reads two events (`should_cancel` is called on every step)."""
+
+    def __init__(self, ctx: WorkerContext, run_id: int, worker_id: str) -> None:
+        super().__init__(name=f"heartbeat-run-{run_id}", daemon=True)
+        self.ctx = ctx
+        self.run_id = run_id
+        self.worker_id = worker_id
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+        self._stop_event = threading.Event()
+        settings = ctx.settings
+        self.beat_every = settings.heartbeat_interval_s
+        self.poll_every = min(settings.cancel_poll_interval_s, settings.heartbeat_interval_s)
+
+    def should_stop(self) -> bool:
+        return self.cancel.is_set() or self.lost.is_set()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        last_beat = time.monotonic()
+        while not self._stop_event.wait(self.poll_every):
+            beat = time.monotonic() - last_beat >= self.beat_every
+            try:
+                with self.ctx.session() as session:
+                    owned, cancel = runs.heartbeat(session, self.run_id, self.worker_id, beat=beat)
+            except Exception:  # noqa: BLE001 - a database blip: try again next tick
+                log.exception("heartbeat of run %s failed", self.run_id)
+                continue
+            if beat:
+                last_beat = time.monotonic()
+            if not owned:
+                log.warning("run %s is no longer owned by %s: stopping", self.run_id, self.worker_id)
+                self.lost.set()
+                return
+            if cancel:
+                self.cancel.set()
+
+
+def _jsonable(value: Any) -> Any:
+    """Progress events come from numpy/torch code: make them plain JSON (NaN/inf become None)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else None
+
+
+class ProgressRecorder:
+    """The `progress` callback of `sage.training.fit`: stores each event on the run and in its
+    event stream. Step events are throttled to `min_interval_s`; epoch ends always go through."""
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        run_id: int,
+        worker_id: str,
+        heartbeat: Heartbeat,
+        min_interval_s: float = 0.5,
+    ) -> None:
+        self.ctx = ctx
+        self.run_id = run_id
+        self.worker_id = worker_id
+        self.heartbeat = heartbeat
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        epoch_end = event.get("val") is not None
+        now = time.monotonic()
+        if not epoch_end and now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        self.record({"phase": "training", **_jsonable(event)}, kind="epoch" if epoch_end else "progress")
+
+    def record(self, progress: dict[str, Any], kind: str = "progress") -> None:
+        try:
+            with self.ctx.session() as session:
+                owned = runs.record_progress(session, self.run_id, self.worker_id, progress, kind=kind)
+        except Exception:  # noqa: BLE001 - progress is best effort; the heartbeat decides ownership
+            log.exception("could not record progress of run %s", self.run_id)
+            return
+        if not owned:
+            self.heartbeat.lost.set()
+
+
+def build_config(options: dict[str, Any]):
+    from sage.config import TrainConfig
+
+    return TrainConfig.from_dict(options)
+
+
+def train_run(ctx: WorkerContext, run_id: int, celery: runs.TaskSender) -> dict[str, Any]:
+    """The body of the `sage.train_run` task. Returns a small summary (also for duplicate deliveries)."""
+    worker_id = f"{ctx.worker_id}:{uuid.uuid4().hex[:6]}"
+    with ctx.session() as session:
+        if not runs.claim_run(session, run_id, worker_id):
+            run = session.get(TrainingRun, run_id)
+            status = run.status if run else "missing"
+            log.info(
+                "run %s not claimed (status %s): duplicate or stale delivery, nothing to do", run_id, status
+            )
+            return {"run_id": run_id, "claimed": False, "status": status}
+
+    heartbeat = Heartbeat(ctx, run_id, worker_id)
+    heartbeat.start()
+    recorder = ProgressRecorder(ctx, run_id, worker_id, heartbeat)
+    work_dir = ctx.settings.resolved_data_dir / "runs" / f"run-{run_id}" / worker_id.replace(":", "-")
+    try:
+        return _train_claimed(ctx, run_id, worker_id, heartbeat, recorder, work_dir, celery)
+    finally:
+        heartbeat.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _finish(ctx: WorkerContext, run_id: int, worker_id: str, status: str, **kwargs: Any) -> dict[str, Any]:
+    with ctx.session() as session:
+        owned = runs.finish_run(session, run_id, worker_id, status, **kwargs)
+    if not owned:
+        log.warning("run %s was taken from this worker before it finished; result discarded", run_id)
+        return {"run_id": run_id, "claimed": True, "status": "lost"}
+    return {
+        "run_id": run_id,
+        "claimed": True,
+        "status": status,
+        **({"error": kwargs["error"]} if kwargs.get("error") else {}),
+    }
+
+
+def _train_claimed(
+    ctx: WorkerContext,
+    run_id: int,
+    worker_id: str,
+    heartbeat: Heartbeat,
+    recorder: ProgressRecorder,
+    work_dir: Path,
+    celery: runs.TaskSender,
+) -> dict[str, Any]:
+    from app.services.datasets import write_dataset_folder
+    from sage.training import Cancelled, fit
+
+    data_dir = work_dir / "data"
+    out_dir = work_dir / "out"
+    try:
+        recorder.record({"phase": "snapshot"})
+        with ctx.session() as session:
+            run = session.get(TrainingRun, run_id)
+            project = session.get(Project, run.project_id)
+            project_id = project.id
+            options = dict(run.options or runs.resolve_options(project, None))
+            snapshot_at = datetime.now(UTC)
+            lineage = write_dataset_folder(session, ctx.storage, project, data_dir, only_labelled=True)
+            session.rollback()
+        lineage = {**_jsonable(lineage), "snapshot_at": snapshot_at.isoformat()}
+        with ctx.session() as session:
+            runs.record_lineage(session, run_id, worker_id, lineage)
+        config = build_config(options)
+        if heartbeat.should_stop():
+            raise Cancelled("cancelled before training started")
+        recorder.record(
+            {"phase": "training", "epoch": 0, "epochs": config.epochs, "step": 0, "config": config.to_dict()}
+        )
+        metrics = fit(config, data_dir, out_dir, progress=recorder, should_cancel=heartbeat.should_stop)
+    except Cancelled:
+        if heartbeat.lost.is_set():
+            return {"run_id": run_id, "claimed": True, "status": "lost"}
+        return _finish(ctx, run_id, worker_id, "cancelled")
+    except Exception as exc:  # noqa: BLE001 - any failure fails the run, with the reason shown in the API
+        log.exception("run %s failed", run_id)
+        return _finish(ctx, run_id, worker_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+
+    if heartbeat.should_stop():  # cancelled or reaped between the last step and here
+        if heartbeat.lost.is_set():
+            return {"run_id": run_id, "claimed": True, "status": "lost"}
+        return _finish(ctx, run_id, worker_id, "cancelled")
+
+    metrics = _jsonable(metrics)
+    config_dict = config.to_dict()
+    try:
+        artifact = registry.publish_artifact(
+            ctx.settings.resolved_data_dir,
+            project_id,
+            run_id,
+            out_dir / registry.MODEL_FILE,
+            config_dict,
+            metrics,
+        )
+    except Exception as exc:  # noqa: BLE001
+        log.exception("run %s: publishing the artifact failed", run_id)
+        return _finish(ctx, run_id, worker_id, "failed", error=f"could not store the model: {exc}")
+    try:
+        with ctx.session() as session:
+            registered = model_service.register_model(
+                session,
+                run_id,
+                worker_id,
+                artifact_key=artifact.key,
+                checksum=artifact.checksum,
+                config=config_dict,
+                metrics=metrics,
+            )
+    except Exception as exc:  # noqa: BLE001
+        registry.remove_artifact(ctx.settings.resolved_data_dir, artifact.key)
+        log.exception("run %s: registering the model failed", run_id)
+        return _finish(ctx, run_id, worker_id, "failed", error=f"could not register the model: {exc}")
+    if registered is None:
+        registry.remove_artifact(ctx.settings.resolved_data_dir, artifact.key)
+        return {"run_id": run_id, "claimed": True, "status": "lost"}
+    model, activated = registered
+    if activated:
+        model_service.enqueue_project_predictions(celery, model.id)
+    return {
+        "run_id": run_id,
+        "claimed": True,
+        "status": "succeeded",
+        "model_id": model.id,
+        "version": model.version,
+        "activated": activated,
+        "val_accuracy": metrics.get("val_accuracy"),
+    }
