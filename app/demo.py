@@ -23,6 +23,10 @@ DEMO_PROJECT = "Demo: decoy shapes"
 DEMO_ADMIN = "admin"
 DEMO_IMAGES = 120
 DEMO_ANNOTATED = 40
+# Measured with `make run` on a 2-core CPU: 10 epochs (the library default) gave val 0.42 / test
+# 0.33 on these 120 images; 40 epochs gave val 1.00 / test 0.92 in 20 s, so the demo's first
+# "Train now" shows a model that really looks at the shapes.
+DEMO_TRAINING = {"epochs": 40}
 DEMO_IMAGE_SIZE = 128  # pixels on disk; the model trains at the project's image_size (64)
 DEMO_DESCRIPTION = (
     "Which shape is in the picture? A small coloured patch in a corner gives the class away in the "
@@ -78,7 +82,8 @@ def seed_demo(settings: Settings, if_missing: bool = True, *, n_images: int = DE
                 rows = list(csv.DictReader(fh))
             labels = sorted({r["label"] for r in rows})
             project = create_project(
-                session, admin, name=DEMO_PROJECT, labels=labels, description=DEMO_DESCRIPTION
+                session, admin, name=DEMO_PROJECT, labels=labels, description=DEMO_DESCRIPTION,
+                training=dict(DEMO_TRAINING),
             )
             images = {}
             # one upload per (label, split) group: the import label and split are per call
