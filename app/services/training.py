@@ -46,6 +46,10 @@ class InvalidTrainingOptions(Invalid):
     """Training options TrainConfig rejects (422), named in `detail`."""
 
 
+# The re-send wait of a queued run doubles up to 2**6 stale periods (about an hour at the default 60 s).
+MAX_RESEND_DOUBLINGS = 6
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -436,15 +440,19 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
                 report.failed.append(run.id)
     session.commit()
 
-    # Queued runs nobody claimed for a while: send again (at most once per stale period each).
+    # Queued runs nobody claimed for a while: send again. A run that merely waits behind other
+    # projects' long runs would otherwise collect a duplicate every stale period (each a no-op
+    # claim, but each costs a recycled train process), so the wait doubles with every re-send.
     queued = (
         select(TrainingRun).where(TrainingRun.status == "queued").execution_options(populate_existing=True)
     )
     for run in session.scalars(queued).all():
         enqueued_at = _parse_time((run.progress or {}).get("enqueued_at")) or as_utc(run.created_at)
-        if run.id in report.requeued or (enqueued_at and enqueued_at > stale_before):
+        resends = int((run.progress or {}).get("resends", 0))
+        wait = timedelta(seconds=settings.heartbeat_stale_s * 2 ** min(resends, MAX_RESEND_DOUBLINGS))
+        if run.id in report.requeued or (enqueued_at and enqueued_at > now - wait):
             continue
-        progress = {**(run.progress or {}), "enqueued_at": now.isoformat()}
+        progress = {**(run.progress or {}), "enqueued_at": now.isoformat(), "resends": resends + 1}
         result = session.execute(
             update(TrainingRun)
             .where(TrainingRun.id == run.id, TrainingRun.status == "queued")

@@ -151,6 +151,25 @@ def test_reaper_resends_queued_runs_nobody_claimed(world, settings):
         assert runs.reap_stale_runs(s, settings, celery).resent == []  # once per stale period
         assert celery.sent == [(TASK_TRAIN, [run.id])]
 
+        def sent_ago(periods: float) -> None:
+            s.expire_all()
+            progress = dict(s.get(TrainingRun, run.id).progress)
+            ago = timedelta(seconds=settings.heartbeat_stale_s * periods)
+            progress["enqueued_at"] = (datetime.now(UTC) - ago).isoformat()
+            s.get(TrainingRun, run.id).progress = progress
+            s.commit()
+
+        # Still waiting after one re-send: the next one comes after two stale periods, then four.
+        sent_ago(1.5)
+        assert runs.reap_stale_runs(s, settings, celery).resent == []
+        sent_ago(2.5)
+        assert runs.reap_stale_runs(s, settings, celery).resent == [run.id]
+        sent_ago(3.5)
+        assert runs.reap_stale_runs(s, settings, celery).resent == []
+        sent_ago(4.5)
+        assert runs.reap_stale_runs(s, settings, celery).resent == [run.id]
+        assert len(celery.sent) == 3
+
 
 def test_retraining_is_due_after_k_changed_annotations(world):
     celery = RecordingCelery()
