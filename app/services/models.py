@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import ModelVersion, Prediction, Project, TrainingRun
+from app.models import ModelVersion, Prediction, Project, TrainingRun, utcnow
 from app.queue import TASK_PREDICT_PROJECT
-from app.services.training import TaskSender, TrainingError, add_event, finish_run, lock_project, utcnow
+from app.services.training import TaskSender, TrainingError, add_event, finish_run, lock_project
 
 
 def active_model(session: Session, project_id: int) -> ModelVersion | None:

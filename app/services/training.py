@@ -17,13 +17,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from app.models import Annotation, Image, ModelVersion, Project, TrainingEvent, TrainingRun, User
+from app.models import (
+    Annotation,
+    Image,
+    ModelVersion,
+    Project,
+    TrainingEvent,
+    TrainingRun,
+    User,
+    as_utc,
+    utcnow,
+)
 from app.queue import TASK_TRAIN
 from app.services.errors import Conflict, Invalid
 from app.settings import Settings
@@ -49,16 +59,6 @@ class InvalidTrainingOptions(Invalid):
 # The re-send wait of a queued run doubles up to 2**6 stale periods (about an hour at the default 60 s).
 MAX_RESEND_DOUBLINGS = 6
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every timestamp this app writes is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # --- options -----------------------------------------------------------------------------------

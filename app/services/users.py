@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import security
-from app.models import ApiToken, User
+from app.models import ApiToken, User, as_utc
 from app.services.errors import Conflict, Invalid, NotFound
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -152,26 +152,19 @@ def revoke_token(session: Session, user: User, token_id: int) -> ApiToken:
     return row
 
 
-def _aware(ts: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes even for timezone=True columns; they were written in UTC.
-    if ts is not None and ts.tzinfo is None:
-        return ts.replace(tzinfo=UTC)
-    return ts
-
-
 def user_for_api_token(session: Session, token: str) -> User | None:
     """The active owner of a valid (not revoked, not expired) token; records last use (no commit)."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == security.hash_api_token(token)))
     if row is None or row.revoked_at is not None:
         return None
     now = datetime.now(UTC)
-    expires = _aware(row.expires_at)
+    expires = as_utc(row.expires_at)
     if expires is not None and expires <= now:
         return None
     user = session.get(User, row.user_id)
     if user is None or not user.is_active:
         return None
-    last = _aware(row.last_used_at)
+    last = as_utc(row.last_used_at)
     # Write at most once a minute per token: reads should not become writes on every request.
     if last is None or (now - last).total_seconds() > 60:
         session.execute(ApiToken.__table__.update().where(ApiToken.id == row.id).values(last_used_at=now))
