@@ -28,7 +28,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy import text
 
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from app.db import make_engine, make_session_factory, upgrade_to_head  # noqa: E402
 from app.processes import child_env  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from tests.worker.conftest import tiny_image  # noqa: E402 - the same data the worker tests train on
 
 LABELS = ["left", "right"]
 TRAINING = {
@@ -72,22 +72,6 @@ def free_port() -> int:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def tiny_image(label: str, seed: int, size: int = 32) -> tuple[bytes, bytes]:
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-    sal = np.zeros((size, size), dtype=np.uint8)
-    x0 = 3 if label == "left" else size - 13
-    y0 = int(rng.integers(3, size - 13))
-    img[y0 : y0 + 10, x0 : x0 + 10] = 230
-    sal[y0 - 2 : y0 + 12, x0 - 2 : x0 + 12] = 255
-    out = []
-    for arr, mode in ((img, None), (sal, "L")):
-        buf = io.BytesIO()
-        PILImage.fromarray(arr, mode=mode).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out[0], out[1]
 
 
 class Mode:
