@@ -119,7 +119,9 @@ def cmd_import(args: argparse.Namespace) -> int:
                 return _fail(f"no project {args.project!r}; pass --create to make it from labels.csv")
             root = datasets.dataset_root(source.names())
             text = source.read(root + datasets.LABELS_CSV, 64 * 1024 * 1024).decode("utf-8-sig")
-            labels = sorted({(r.get("label") or "").strip() for r in csv.DictReader(text.splitlines())} - {""})
+            labels = sorted(
+                {(r.get("label") or "").strip() for r in csv.DictReader(text.splitlines())} - {""}
+            )
             if not labels:
                 return _fail("labels.csv names no label; create the project with its labels first")
             project = create_project(session, user, name=args.project, labels=labels)
@@ -127,7 +129,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         report = datasets.import_dataset(session, get_storage(settings), settings, project, user, source)
     except datasets.ImportRejected as exc:
         for e in exc.errors:
-            print(f"  {e['file']}" + (f":{e['line']}" if e.get("line") else "") + f": {e['error']}", file=sys.stderr)
+            print(
+                f"  {e['file']}" + (f":{e['line']}" if e.get("line") else "") + f": {e['error']}",
+                file=sys.stderr,
+            )
         return _fail("import rejected; nothing was imported")
     except (ServiceError, FileNotFoundError) as exc:
         return _fail(str(exc))
@@ -163,7 +168,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                     f.write(chunk)
             os.replace(tmp, out)
         else:
-            lineage = datasets.write_dataset_folder(session, storage, project, out, only_labelled=args.only_labelled)
+            lineage = datasets.write_dataset_folder(
+                session, storage, project, out, only_labelled=args.only_labelled
+            )
     except ServiceError as exc:
         return _fail(str(exc))
     finally:

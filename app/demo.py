@@ -39,7 +39,13 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def seed_demo(settings: Settings, if_missing: bool = True, *, n_images: int = DEMO_IMAGES, n_annotated: int = DEMO_ANNOTATED) -> int:
+def seed_demo(
+    settings: Settings,
+    if_missing: bool = True,
+    *,
+    n_images: int = DEMO_IMAGES,
+    n_annotated: int = DEMO_ANNOTATED,
+) -> int:
     """Create the admin account and the demo project (idempotent with `if_missing`). Returns 0."""
     from app.services import users as users_service
     from app.services.annotations import put_annotation
@@ -77,12 +83,18 @@ def seed_demo(settings: Settings, if_missing: bool = True, *, n_images: int = DE
 
         storage = get_storage(settings)
         with tempfile.TemporaryDirectory(prefix="sage-demo-") as tmp:
-            folder = make_dataset("decoy-shapes", Path(tmp) / "decoy-shapes", n=n_images, seed=0, image_size=DEMO_IMAGE_SIZE)
+            folder = make_dataset(
+                "decoy-shapes", Path(tmp) / "decoy-shapes", n=n_images, seed=0, image_size=DEMO_IMAGE_SIZE
+            )
             with open(folder / "labels.csv", newline="") as fh:
                 rows = list(csv.DictReader(fh))
             labels = sorted({r["label"] for r in rows})
             project = create_project(
-                session, admin, name=DEMO_PROJECT, labels=labels, description=DEMO_DESCRIPTION,
+                session,
+                admin,
+                name=DEMO_PROJECT,
+                labels=labels,
+                description=DEMO_DESCRIPTION,
                 training=dict(DEMO_TRAINING),
             )
             images = {}
@@ -91,10 +103,18 @@ def seed_demo(settings: Settings, if_missing: bool = True, *, n_images: int = DE
             for r in rows:
                 groups.setdefault((r["label"], r.get("split") or "train"), []).append(r)
             for (label, split), group in groups.items():
-                files = [UploadedFile(r["image"], (folder / "images" / r["image"]).read_bytes()) for r in group]
+                files = [
+                    UploadedFile(r["image"], (folder / "images" / r["image"]).read_bytes()) for r in group
+                ]
                 results = upload_images(
-                    session, storage, project, admin, files,
-                    label=label, split=split, max_pixels=settings.max_image_pixels,
+                    session,
+                    storage,
+                    project,
+                    admin,
+                    files,
+                    label=label,
+                    split=split,
+                    max_pixels=settings.max_image_pixels,
                 )
                 for r, (image, _created) in zip(group, results, strict=True):
                     images[r["image"]] = image
@@ -106,8 +126,14 @@ def seed_demo(settings: Settings, if_missing: bool = True, *, n_images: int = DE
                 if r.get("split", "train") != "train" or not saliency.is_file():
                     continue
                 put_annotation(
-                    session, storage, images[r["image"]], project, admin,
-                    label=r["label"], saliency_png=saliency.read_bytes(), if_match=None,
+                    session,
+                    storage,
+                    images[r["image"]],
+                    project,
+                    admin,
+                    label=r["label"],
+                    saliency_png=saliency.read_bytes(),
+                    if_match=None,
                 )
                 annotated += 1
         _say(f"demo: project {DEMO_PROJECT!r} (id {project.id}): {len(rows)} images, {annotated} annotated")

@@ -178,7 +178,9 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def run_backend(name: str, url: str, data_dir: Path, n_images: int, n_annotations: int, n_requests: int) -> list[dict]:
+def run_backend(
+    name: str, url: str, data_dir: Path, n_images: int, n_annotations: int, n_requests: int
+) -> list[dict]:
     from fastapi.testclient import TestClient
 
     from app.main import create_app
@@ -186,7 +188,10 @@ def run_backend(name: str, url: str, data_dir: Path, n_images: int, n_annotation
     upgrade_to_head(url)
     settings = Settings(env="test", data_dir=data_dir, database_url=url, secret_key="bench")
     info = seed(settings, n_images, n_annotations)
-    print(f"[{name}] seeded {n_images:,} images, {n_annotations:,} annotations in {info['seed_s']:.1f} s", flush=True)
+    print(
+        f"[{name}] seeded {n_images:,} images, {n_annotations:,} annotations in {info['seed_s']:.1f} s",
+        flush=True,
+    )
     h = {"Authorization": f"Bearer {info['token']}"}
     pid = info["project_id"]
     ids = info["image_ids"]
@@ -263,9 +268,18 @@ def run_backend(name: str, url: str, data_dir: Path, n_images: int, n_annotation
         ]:
             ms = timed(fn, n_requests)
             results.append(
-                {"backend": name, "request": label, "p50": statistics.median(ms), "p95": pct(ms, 95), "n": len(ms)}
+                {
+                    "backend": name,
+                    "request": label,
+                    "p50": statistics.median(ms),
+                    "p95": pct(ms, 95),
+                    "n": len(ms),
+                }
             )
-            print(f"[{name}] {label}: p50 {results[-1]['p50']:.1f} ms, p95 {results[-1]['p95']:.1f} ms", flush=True)
+            print(
+                f"[{name}] {label}: p50 {results[-1]['p50']:.1f} ms, p95 {results[-1]['p95']:.1f} ms",
+                flush=True,
+            )
         assert page["items"]
     return results
 
@@ -295,7 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         if "sqlite" in args.backends:
             results += run_backend(
-                "SQLite", f"sqlite:///{tmp / 'bench.db'}", tmp / "data-sqlite", args.images, args.annotations, args.requests
+                "SQLite",
+                f"sqlite:///{tmp / 'bench.db'}",
+                tmp / "data-sqlite",
+                args.images,
+                args.annotations,
+                args.requests,
             )
         if "postgres" in args.backends:
             if not postgres_reachable():

@@ -27,7 +27,16 @@ from sage.models import create_model  # noqa: E402
 from sage.training import build_optimizer, seed_everything  # noqa: E402
 
 
-def measure(method: str, backbone: str, size: int, batch: int, steps: int, warmup: int, device: torch.device, amp: bool) -> float:
+def measure(
+    method: str,
+    backbone: str,
+    size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    amp: bool,
+) -> float:
     seed_everything(0)
     config = TrainConfig.from_dict({"method": method, "backbone": backbone, "image_size": size, "batch_size": batch,
                                     "device": device.type, "amp": amp})  # fmt: skip

@@ -120,7 +120,9 @@ def main() -> None:
             print(f"brush {size:5d}px step {step:4d}px: p50 {rows[-1][2]:.2f} ms  p95 {rows[-1][3]:.2f} ms")
 
         # Real mouse input end to end: frames composited while Playwright drags across the canvas.
-        page.evaluate("() => { window.painter.setSize(200); window.painter.stats.frames = []; window.painter.stats.segments = []; }")
+        page.evaluate(
+            "() => { window.painter.setSize(200); window.painter.stats.frames = []; window.painter.stats.segments = []; }"
+        )
         page.mouse.move(300, 300)
         page.mouse.down()
         for i in range(6):

@@ -63,7 +63,9 @@ def read_dataset(root: str | Path, labels: list[str] | None = None, check_files:
     root = Path(root)
     csv_path = root / "labels.csv"
     if not csv_path.is_file():
-        raise DatasetError([f"{csv_path}: missing (a dataset folder needs labels.csv with header image,label[,split])"])
+        raise DatasetError(
+            [f"{csv_path}: missing (a dataset folder needs labels.csv with header image,label[,split])"]
+        )
     errors: list[str] = []
     samples: list[Sample] = []
     seen: dict[str, int] = {}
@@ -71,7 +73,9 @@ def read_dataset(root: str | Path, labels: list[str] | None = None, check_files:
         reader = csv.reader(fh)
         header = [h.strip().lower() for h in next(reader, [])]
         if header[:2] != ["image", "label"] or len(header) > 3 or (len(header) == 3 and header[2] != "split"):
-            raise DatasetError([f"{csv_path}:1: header must be image,label[,split], got {','.join(header) or '(empty)'}"])
+            raise DatasetError(
+                [f"{csv_path}:1: header must be image,label[,split], got {','.join(header) or '(empty)'}"]
+            )
         for line, row in enumerate(reader, start=2):
             if not any(cell.strip() for cell in row):
                 continue
@@ -177,7 +181,9 @@ _CACHE: OrderedDict[tuple, SplitTensors] = OrderedDict()
 _CACHE_SIZE = 8
 
 
-def load_split(index: DatasetIndex, samples: list[Sample], image_size: int, cache: bool = True) -> SplitTensors:
+def load_split(
+    index: DatasetIndex, samples: list[Sample], image_size: int, cache: bool = True
+) -> SplitTensors:
     """Decode `samples` into uint8 tensors at image_size (memoised per file set and size)."""
     root = index.root
     key = (

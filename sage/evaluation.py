@@ -13,7 +13,9 @@ from sage.models import Classifier
 from sage.transforms import normalize
 
 
-def predict_probabilities(model: Classifier, split: SplitTensors, device: torch.device, batch_size: int = 128) -> np.ndarray:
+def predict_probabilities(
+    model: Classifier, split: SplitTensors, device: torch.device, batch_size: int = 128
+) -> np.ndarray:
     """Softmax probabilities (N, K) for every image of the split, in eval mode."""
     model.eval()
     out = []
@@ -36,7 +38,9 @@ def gradcam_maps(
             out = model.forward_all(x)
             cam = grad_cam(out, classes[start : start + batch_size].to(device))
         maps.append(normalize_maps(upsample(cam.detach(), x.shape[-2:])).cpu())
-    return torch.cat(maps).numpy().astype(np.float32) if maps else np.zeros((0, *images.shape[-2:]), np.float32)
+    return (
+        torch.cat(maps).numpy().astype(np.float32) if maps else np.zeros((0, *images.shape[-2:]), np.float32)
+    )
 
 
 def evaluate(

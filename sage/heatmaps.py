@@ -45,7 +45,9 @@ def overlay_png(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> 
     base = image.convert("RGB")
     h = _as_unit_map(heatmap)
     if h.shape != (base.height, base.width):
-        h = np.asarray(Image.fromarray(h, mode="F").resize(base.size, Image.Resampling.BILINEAR), dtype=np.float32)
+        h = np.asarray(
+            Image.fromarray(h, mode="F").resize(base.size, Image.Resampling.BILINEAR), dtype=np.float32
+        )
     colours = colormap(h).astype(np.float32)
     blended = (1 - alpha) * np.asarray(base, dtype=np.float32) + alpha * colours
     return _png(Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB"))

@@ -55,7 +55,9 @@ class Predictor:
         info = {k: ckpt[k] for k in ("backbone", "config", "metrics", "sage_version") if k in ckpt}
         return cls(model.to(dev), ckpt["labels"], ckpt["image_size"], dev, info)
 
-    def predict(self, images: list[Image.Image], heatmaps: bool = True, batch_size: int = 32) -> list[Prediction]:
+    def predict(
+        self, images: list[Image.Image], heatmaps: bool = True, batch_size: int = 32
+    ) -> list[Prediction]:
         """Predict each image; with heatmaps, the Grad-CAM of the predicted class at the image's
         original size. Each chunk of `batch_size` images takes one forward (and one backward)."""
         results: list[Prediction] = []
@@ -83,10 +85,16 @@ class Predictor:
             idx = int(predicted[i])
             heat = None
             if heatmaps:
-                heat = normalize_maps(upsample(cams[i : i + 1], (im.height, im.width)))[0].cpu().numpy().astype(np.float32)
+                heat = (
+                    normalize_maps(upsample(cams[i : i + 1], (im.height, im.width)))[0]
+                    .cpu()
+                    .numpy()
+                    .astype(np.float32)
+                )
             results.append(
                 Prediction(
-                    label=self.labels[idx], label_index=idx,
+                    label=self.labels[idx],
+                    label_index=idx,
                     probabilities={name: float(p) for name, p in zip(self.labels, probs[i], strict=True)},
                     heatmap=heat,
                 )  # fmt: skip

@@ -68,7 +68,12 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str]) 
         precision = tp / predicted if predicted else 0.0
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": support}
+        per_class[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": support,
+        }
         if support:
             recalls.append(recall)
         f1s.append(f1)
@@ -76,7 +81,11 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str]) 
     auc = None
     if len(present) == k and len(y) > 0:
         try:
-            auc = float(roc_auc_score(y, probs[:, 1]) if k == 2 else roc_auc_score(y, probs, multi_class="ovr", labels=list(range(k))))
+            auc = float(
+                roc_auc_score(y, probs[:, 1])
+                if k == 2
+                else roc_auc_score(y, probs, multi_class="ovr", labels=list(range(k)))
+            )
         except ValueError:
             auc = None
     nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1)))) if len(y) else math.nan

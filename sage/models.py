@@ -72,7 +72,11 @@ class TinyNet(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
 
         w = width
         self.features = nn.Sequential(
@@ -192,13 +196,49 @@ def available_models() -> list[str]:
     return list(_REGISTRY)
 
 
-register("tiny", ModelSpec(lambda k, s: TinyClassifier(TinyNet(k), k), ("fc.",), "6-conv CNN, 16-64 channels"))
-register("tiny-wide", ModelSpec(lambda k, s: TinyClassifier(TinyNet(k, 32), k), ("fc.",), "6-conv CNN, 32-128 channels"))
-register("resnet18", ModelSpec(lambda k, s: ResNetClassifier(tvm.resnet18(num_classes=k), k), ("fc.",), "torchvision ResNet-18"))
-register("resnet50", ModelSpec(lambda k, s: ResNetClassifier(tvm.resnet50(num_classes=k), k), ("fc.",), "torchvision ResNet-50"))
-register("densenet121", ModelSpec(lambda k, s: DenseNetClassifier(tvm.densenet121(num_classes=k), k), ("classifier.",), "torchvision DenseNet-121"))
-register("efficientnet_b0", ModelSpec(lambda k, s: EfficientNetClassifier(tvm.efficientnet_b0(num_classes=k), k), ("classifier.1.",), "torchvision EfficientNet-B0"))
-register("convnext_tiny", ModelSpec(lambda k, s: ConvNeXtClassifier(tvm.convnext_tiny(num_classes=k), k), ("classifier.2.",), "torchvision ConvNeXt-T"))
+register(
+    "tiny", ModelSpec(lambda k, s: TinyClassifier(TinyNet(k), k), ("fc.",), "6-conv CNN, 16-64 channels")
+)
+register(
+    "tiny-wide",
+    ModelSpec(lambda k, s: TinyClassifier(TinyNet(k, 32), k), ("fc.",), "6-conv CNN, 32-128 channels"),
+)
+register(
+    "resnet18",
+    ModelSpec(
+        lambda k, s: ResNetClassifier(tvm.resnet18(num_classes=k), k), ("fc.",), "torchvision ResNet-18"
+    ),
+)
+register(
+    "resnet50",
+    ModelSpec(
+        lambda k, s: ResNetClassifier(tvm.resnet50(num_classes=k), k), ("fc.",), "torchvision ResNet-50"
+    ),
+)
+register(
+    "densenet121",
+    ModelSpec(
+        lambda k, s: DenseNetClassifier(tvm.densenet121(num_classes=k), k),
+        ("classifier.",),
+        "torchvision DenseNet-121",
+    ),
+)
+register(
+    "efficientnet_b0",
+    ModelSpec(
+        lambda k, s: EfficientNetClassifier(tvm.efficientnet_b0(num_classes=k), k),
+        ("classifier.1.",),
+        "torchvision EfficientNet-B0",
+    ),
+)
+register(
+    "convnext_tiny",
+    ModelSpec(
+        lambda k, s: ConvNeXtClassifier(tvm.convnext_tiny(num_classes=k), k),
+        ("classifier.2.",),
+        "torchvision ConvNeXt-T",
+    ),
+)
 register("vit_b_16", ModelSpec(lambda k, s: ViTClassifier(tvm.vit_b_16(num_classes=k, image_size=s), k), ("heads.",), "torchvision ViT-B/16 (image_size a multiple of 16)"))  # fmt: skip
 
 if set(_REGISTRY) != set(BACKBONES):  # pragma: no cover - a registry edit without its config twin
@@ -249,7 +289,9 @@ def load_pretrained(model: Classifier, spec: ModelSpec, path: Path, name: str) -
             if key == "encoder.pos_embedding":
                 value = interpolate_embeddings(own_size(own), 16, {key: value})[key]
             else:
-                raise ValueError(f"{path} does not fit {name}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+                raise ValueError(
+                    f"{path} does not fit {name}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}"
+                )
         state[key] = value
     missing = [k for k in own if k not in state and not k.startswith(spec.head_prefixes)]
     unexpected = [k for k in state if k not in own]
@@ -285,7 +327,9 @@ class ReferenceBatchNorm2d(nn.BatchNorm2d):
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                momentum = (
+                    self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                )
                 count = n * x.shape[2] * x.shape[3]
                 self.running_mean.lerp_(mean.detach().float(), momentum)
                 self.running_var.lerp_(var.detach().float() * count / max(count - 1, 1), momentum)

@@ -125,7 +125,25 @@ def _shape_mask(rng: np.random.Generator, p: int, shape: str, margin: float) -> 
         d.polygon(pts([(0, -r), (r * 0.95, r * 0.75), (-r * 0.95, r * 0.75)]), fill=255)
     else:  # cross
         t = r * 0.33
-        d.polygon(pts([(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t), (-r, t), (-r, -t), (-t, -t)]), fill=255)
+        d.polygon(
+            pts(
+                [
+                    (-t, -r),
+                    (t, -r),
+                    (t, -t),
+                    (r, -t),
+                    (r, t),
+                    (t, t),
+                    (t, r),
+                    (-t, r),
+                    (-t, t),
+                    (-r, t),
+                    (-r, -t),
+                    (-t, -t),
+                ]
+            ),
+            fill=255,
+        )
     return np.asarray(canvas.resize((p, p), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
 
@@ -157,7 +175,9 @@ def _draw_decoy_texture(rng, p, y, decoy, digits) -> Drawn:
     yy, xx = np.mgrid[0:p, 0:p].astype(np.float32)
     theta = decoy * math.pi / 4 + rng.uniform(-0.15, 0.15)
     period = p / rng.uniform(5.0, 7.0)
-    stripes = np.sin(2 * math.pi * (xx * math.cos(theta) + yy * math.sin(theta)) / period + rng.uniform(0, 6.3))
+    stripes = np.sin(
+        2 * math.pi * (xx * math.cos(theta) + yy * math.sin(theta)) / period + rng.uniform(0, 6.3)
+    )
     background = _noise_background(rng, p) + 22 * stripes[..., None] + np.array(TINTS[decoy])[None, None, :]
     image = _paint(background, mask, _object_colour(rng))
     return Drawn(np.clip(image, 0, 255).astype(np.uint8), mask)

@@ -25,8 +25,12 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(x.dtype)  # (B, k)
     kernel = kernel.repeat_interleave(c, dim=0)  # (B*C, k): one kernel per image, shared by its channels
     flat = x.reshape(1, b * c, h, w)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=b * c)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=b * c)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=b * c
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=b * c
+    )
     return flat.reshape(b, c, h, w)
 
 
@@ -77,7 +81,7 @@ def degrade(
 
 
 def degradation_kinds(kind: str) -> tuple[str, ...]:
-    """"mix" -> every kind; "blur+mean" -> those kinds (one drawn per image); "blur" -> itself."""
+    """ "mix" -> every kind; "blur+mean" -> those kinds (one drawn per image); "blur" -> itself."""
     kinds = DEGRADATION_KINDS if kind == "mix" else tuple(kind.split("+"))
     bad = [k for k in kinds if k not in DEGRADATION_KINDS]
     if bad or not kinds:

@@ -97,7 +97,9 @@ def list_annotations(image: ImageViewer, session: SessionDep) -> ImageAnnotation
     """Every annotator's current annotation, the consensus map's availability and their agreement."""
     annotations = annotation_service.list_annotations(session, image)
     ids = {a.author_id for a in annotations}
-    names = {uid: name for uid, name in session.execute(select(User.id, User.username).where(User.id.in_(ids)))}
+    names = {
+        uid: name for uid, name in session.execute(select(User.id, User.username).where(User.id.in_(ids)))
+    }
     n_maps = sum(1 for a in annotations if a.saliency_key)
     source = "annotators" if n_maps else ("import" if image.import_saliency_key else "none")
     return ImageAnnotations(

@@ -60,7 +60,6 @@ class InvalidTrainingOptions(Invalid):
 MAX_RESEND_DOUBLINGS = 6
 
 
-
 # --- options -----------------------------------------------------------------------------------
 
 

@@ -23,7 +23,9 @@ _names = itertools.count(1)
 @pytest.fixture(autouse=True)
 def cheap_password_hashing(monkeypatch):
     """Argon2 with minimal cost: the tests check behaviour, not hashing strength."""
-    monkeypatch.setattr(security, "password_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+    monkeypatch.setattr(
+        security, "password_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    )
 
 
 @pytest.fixture
@@ -47,7 +49,9 @@ def auth_headers(db) -> Callable[[User], dict[str, str]]:
 
 @pytest.fixture
 def make_project(db) -> Callable[..., Project]:
-    def make(owner: User, *, labels=("cat", "dog"), members: dict[User, str] | None = None, **fields) -> Project:
+    def make(
+        owner: User, *, labels=("cat", "dog"), members: dict[User, str] | None = None, **fields
+    ) -> Project:
         project = project_service.create_project(
             db, owner, name=fields.pop("name", f"project {next(_names)}"), labels=list(labels), **fields
         )
@@ -58,7 +62,9 @@ def make_project(db) -> Callable[..., Project]:
     return make
 
 
-def png_bytes(width: int = 16, height: int = 12, colour=(200, 30, 30), mode: str = "RGB", fmt: str = "PNG") -> bytes:
+def png_bytes(
+    width: int = 16, height: int = 12, colour=(200, 30, 30), mode: str = "RGB", fmt: str = "PNG"
+) -> bytes:
     buf = io.BytesIO()
     PILImage.new(mode, (width, height), colour).save(buf, format=fmt)
     return buf.getvalue()

@@ -69,10 +69,15 @@ def test_two_conflicting_puts_give_exactly_one_409_and_both_revisions_are_recove
     for rev, value in ((1, 50), (2, 100)):
         png = client.get(f"/api/v1/annotations/{aid}/saliency.png", headers=h, params={"revision": rev})
         assert png.status_code == 200 and (_png_array(png.content) == value).all()
-    assert client.get(f"/api/v1/annotations/{aid}/saliency.png", headers=h, params={"revision": 9}).status_code == 404
+    assert (
+        client.get(f"/api/v1/annotations/{aid}/saliency.png", headers=h, params={"revision": 9}).status_code
+        == 404
+    )
     # the current map changes with every save, so a browser must revalidate it; a named revision is immutable
     current_png = client.get(f"/api/v1/annotations/{aid}/saliency.png", headers=h)
-    assert (_png_array(current_png.content) == 100).all() and current_png.headers["cache-control"] == "no-cache"
+    assert (_png_array(current_png.content) == 100).all() and current_png.headers[
+        "cache-control"
+    ] == "no-cache"
     assert db.scalar(select(func.count()).select_from(AnnotationRevision)) == 2
 
 
@@ -85,7 +90,9 @@ def test_concurrent_puts_from_threads(client, image):
 
     def save(i: int) -> None:
         barrier.wait()
-        codes.append(put_annotation(client, h, iid, label="dog", saliency=mask_png(value=i), if_match=1).status_code)
+        codes.append(
+            put_annotation(client, h, iid, label="dog", saliency=mask_png(value=i), if_match=1).status_code
+        )
 
     threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]
     for t in threads:

@@ -54,7 +54,9 @@ def test_password_login_gives_a_working_access_token(client, make_user):
     assert me.status_code == 200
     assert me.json()["id"] == user.id
     # usernames are case-insensitive at login
-    assert client.post("/api/v1/auth/token", data={"username": "ALICE", "password": PASSWORD}).status_code == 200
+    assert (
+        client.post("/api/v1/auth/token", data={"username": "ALICE", "password": PASSWORD}).status_code == 200
+    )
 
 
 @pytest.mark.parametrize(
@@ -82,7 +84,9 @@ def test_deactivated_user_cannot_log_in_or_use_tokens(client, db, make_user, aut
     user = make_user("bob")
     headers = auth_headers(user)
     update_user(db, user, is_active=False)
-    assert client.post("/api/v1/auth/token", data={"username": "bob", "password": PASSWORD}).status_code == 401
+    assert (
+        client.post("/api/v1/auth/token", data={"username": "bob", "password": PASSWORD}).status_code == 401
+    )
     assert client.get("/api/v1/users/me", headers=headers).status_code == 401
 
 
@@ -90,13 +94,20 @@ def test_login_attempts_are_rate_limited(client, app, make_user):
     make_user("carol")
     limit = app.state.settings.login_attempts_per_minute
     for _ in range(limit):
-        assert client.post("/api/v1/auth/token", data={"username": "carol", "password": "bad password"}).status_code == 401
+        assert (
+            client.post(
+                "/api/v1/auth/token", data={"username": "carol", "password": "bad password"}
+            ).status_code
+            == 401
+        )
     r = client.post("/api/v1/auth/token", data={"username": "carol", "password": PASSWORD})
     assert r.status_code == 429
     assert int(r.headers["retry-after"]) >= 1
     # another account is not locked by carol's attacker
     make_user("dave")
-    assert client.post("/api/v1/auth/token", data={"username": "dave", "password": PASSWORD}).status_code == 200
+    assert (
+        client.post("/api/v1/auth/token", data={"username": "dave", "password": PASSWORD}).status_code == 200
+    )
 
 
 def test_forged_and_garbage_bearer_tokens_are_401(client, make_user, settings):
@@ -110,16 +121,24 @@ def test_forged_and_garbage_bearer_tokens_are_401(client, make_user, settings):
 
 def test_password_change_ends_access_tokens(client, make_user):
     make_user("erin")
-    token = client.post("/api/v1/auth/token", data={"username": "erin", "password": PASSWORD}).json()["access_token"]
+    token = client.post("/api/v1/auth/token", data={"username": "erin", "password": PASSWORD}).json()[
+        "access_token"
+    ]
     h = {"Authorization": f"Bearer {token}"}
     r = client.post(
-        "/api/v1/users/me/password", headers=h, json={"current_password": "wrong one", "new_password": "n" * 12}
+        "/api/v1/users/me/password",
+        headers=h,
+        json={"current_password": "wrong one", "new_password": "n" * 12},
     )
     assert r.status_code == 403
-    r = client.post("/api/v1/users/me/password", headers=h, json={"current_password": PASSWORD, "new_password": "n" * 12})
+    r = client.post(
+        "/api/v1/users/me/password", headers=h, json={"current_password": PASSWORD, "new_password": "n" * 12}
+    )
     assert r.status_code == 204
     assert client.get("/api/v1/users/me", headers=h).status_code == 401
-    assert client.post("/api/v1/auth/token", data={"username": "erin", "password": "n" * 12}).status_code == 200
+    assert (
+        client.post("/api/v1/auth/token", data={"username": "erin", "password": "n" * 12}).status_code == 200
+    )
 
 
 def test_personal_tokens_are_shown_once_listed_and_revocable(client, db, make_user, auth_headers):
@@ -187,7 +206,9 @@ def test_session_cookie_works_and_unsafe_methods_need_the_csrf_header(client, se
 def test_tampered_session_cookie_is_401(client, settings, make_user):
     user = make_user()
     cookie, _ = _session_cookie(user, settings)
-    client.cookies.set(settings.session_cookie, cookie[:-2] + ("A" if cookie[-2] != "A" else "B") + cookie[-1])
+    client.cookies.set(
+        settings.session_cookie, cookie[:-2] + ("A" if cookie[-2] != "A" else "B") + cookie[-1]
+    )
     assert client.get("/api/v1/users/me").status_code == 401
 
 
@@ -197,7 +218,12 @@ def test_csrf_helpers_without_a_session(app, settings):
 
     def request(cookies: dict[str, str]) -> Request:
         header = "; ".join(f"{k}={v}" for k, v in cookies.items())
-        scope = {"type": "http", "app": app, "headers": [(b"cookie", header.encode())] if header else [], "method": "GET"}
+        scope = {
+            "type": "http",
+            "app": app,
+            "headers": [(b"cookie", header.encode())] if header else [],
+            "method": "GET",
+        }
         return Request(scope)
 
     first = request({})
@@ -217,16 +243,31 @@ def test_site_admin_manages_users(client, make_user, auth_headers):
     plain = make_user()
     ha, hp = auth_headers(admin), auth_headers(plain)
     assert client.get("/api/v1/users", headers=hp).status_code == 403
-    assert client.post("/api/v1/users", headers=hp, json={"username": "x1", "password": "p" * 10}).status_code == 403
+    assert (
+        client.post("/api/v1/users", headers=hp, json={"username": "x1", "password": "p" * 10}).status_code
+        == 403
+    )
     r = client.post("/api/v1/users", headers=ha, json={"username": "frank", "password": "p" * 10})
     assert r.status_code == 201, r.text
-    assert client.post("/api/v1/users", headers=ha, json={"username": "Frank", "password": "p" * 10}).status_code == 409
-    assert client.post("/api/v1/users", headers=ha, json={"username": "../x", "password": "p" * 10}).status_code == 422
-    assert client.post("/api/v1/users", headers=ha, json={"username": "ok", "password": "short"}).status_code == 422
+    assert (
+        client.post("/api/v1/users", headers=ha, json={"username": "Frank", "password": "p" * 10}).status_code
+        == 409
+    )
+    assert (
+        client.post("/api/v1/users", headers=ha, json={"username": "../x", "password": "p" * 10}).status_code
+        == 422
+    )
+    assert (
+        client.post("/api/v1/users", headers=ha, json={"username": "ok", "password": "short"}).status_code
+        == 422
+    )
     names = [u["username"] for u in client.get("/api/v1/users", headers=ha).json()]
     assert "frank" in names
     uid = r.json()["id"]
-    assert client.patch(f"/api/v1/users/{uid}", headers=ha, json={"is_active": False}).json()["is_active"] is False
+    assert (
+        client.patch(f"/api/v1/users/{uid}", headers=ha, json={"is_active": False}).json()["is_active"]
+        is False
+    )
     # the last active admin cannot demote themselves
     r = client.patch(f"/api/v1/users/{admin.id}", headers=ha, json={"is_admin": False})
     assert r.status_code == 409

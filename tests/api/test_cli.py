@@ -49,7 +49,10 @@ def test_create_user_token_import_export(cli_env, client, tmp_path, capsys):
     assert (out / "images" / "a.png").read_bytes() == (folder / "images" / "a.png").read_bytes()
     assert (out / "saliency" / "a.png").read_bytes() == (folder / "saliency" / "a.png").read_bytes()
     rows = list(csv.DictReader((out / "labels.csv").read_text().splitlines()))
-    assert [(r["image"], r["label"], r["split"]) for r in rows] == [("a.png", "cat", "train"), ("b.png", "dog", "test")]
+    assert [(r["image"], r["label"], r["split"]) for r in rows] == [
+        ("a.png", "cat", "train"),
+        ("b.png", "dog", "test"),
+    ]
     assert main(["export", "--project", "Pets", "--out", str(tmp_path / "pets.zip")]) == 0
     with zipfile.ZipFile(tmp_path / "pets.zip") as zf:
         assert zf.read("pets/images/b.png") == (folder / "images" / "b.png").read_bytes()

@@ -21,17 +21,23 @@ def make_zip(files: dict[str, bytes], compression=zipfile.ZIP_STORED) -> bytes:
     return buf.getvalue()
 
 
-def dataset(rows: list[tuple[str, str, str]], *, prefix: str = "", extra: dict[str, bytes] | None = None) -> dict[str, bytes]:
+def dataset(
+    rows: list[tuple[str, str, str]], *, prefix: str = "", extra: dict[str, bytes] | None = None
+) -> dict[str, bytes]:
     lines = "image,label,split\n" + "".join(f"{n},{lab},{s}\n" for n, lab, s in rows)
     files = {f"{prefix}labels.csv": lines.encode()}
     for i, (name, _, _) in enumerate(rows):
-        files[f"{prefix}images/{name}"] = noise_png(16, 12, seed=1000 + i, fmt="JPEG" if name.endswith(".jpg") else "PNG")
+        files[f"{prefix}images/{name}"] = noise_png(
+            16, 12, seed=1000 + i, fmt="JPEG" if name.endswith(".jpg") else "PNG"
+        )
     files.update(extra or {})
     return files
 
 
 def do_import(client, h, pid, data: bytes):
-    return client.post(f"/api/v1/projects/{pid}/import", headers=h, files={"file": ("data.zip", data, "application/zip")})
+    return client.post(
+        f"/api/v1/projects/{pid}/import", headers=h, files={"file": ("data.zip", data, "application/zip")}
+    )
 
 
 @pytest.fixture
@@ -46,7 +52,10 @@ def test_import_then_export_round_trips_bytes_and_labels(client, proj):
     files = dataset(
         [("a.png", "cat", "train"), ("b.jpg", "dog", "val"), ("c.png", "", "test")],
         prefix="mydata/",
-        extra={"mydata/saliency/a.png": mask_png(16, 12, seed=4), "mydata/images/stray.png": noise_png(seed=77)},
+        extra={
+            "mydata/saliency/a.png": mask_png(16, 12, seed=4),
+            "mydata/images/stray.png": noise_png(seed=77),
+        },
     )
     r = do_import(client, h, project.id, make_zip(files, zipfile.ZIP_DEFLATED))
     assert r.status_code == 201, r.text
@@ -73,7 +82,9 @@ def test_import_then_export_round_trips_bytes_and_labels(client, proj):
     copy_id = r.json()["id"]
     assert do_import(client, h, copy_id, exp.content).json()["imported"] == 3
     again = zipfile.ZipFile(io.BytesIO(client.get(f"/api/v1/projects/{copy_id}/export", headers=h).content))
-    assert sorted(n.split("/", 1)[1] for n in again.namelist()) == sorted(n.split("/", 1)[1] for n in out.namelist())
+    assert sorted(n.split("/", 1)[1] for n in again.namelist()) == sorted(
+        n.split("/", 1)[1] for n in out.namelist()
+    )
     for name in out.namelist():
         assert again.read(f"project-{copy_id}/" + name.split("/", 1)[1]) == out.read(name)
 
@@ -89,8 +100,17 @@ def test_reimport_is_idempotent(client, proj, db):
 
 def test_bad_rows_are_reported_with_file_and_line_and_nothing_is_imported(client, proj, db, settings):
     project, h = proj
-    files = dataset([("a.png", "cat", "train"), ("b.png", "cat", "train"), ("c.png", "dog", "train"), ("d.png", "cat", "train")])
-    files["labels.csv"] += b"missing.png,cat,train\nnope.png,horse,train\nx.png,cat,holdout\n../up.png,cat,train\na.png,dog,train\n"
+    files = dataset(
+        [
+            ("a.png", "cat", "train"),
+            ("b.png", "cat", "train"),
+            ("c.png", "dog", "train"),
+            ("d.png", "cat", "train"),
+        ]
+    )
+    files["labels.csv"] += (
+        b"missing.png,cat,train\nnope.png,horse,train\nx.png,cat,holdout\n../up.png,cat,train\na.png,dog,train\n"
+    )
     files["images/b.png"] = b"this is not an image"
     files["images/c.png"] = files["images/c.png"][:60]
     files["saliency/d.png"] = mask_png(8, 8)
@@ -152,17 +172,22 @@ def test_not_a_zip_is_415(client, proj):
 def test_zip_bombs_are_refused_before_extraction(client, proj, app, settings):
     project, h = proj
     bomb = make_zip(
-        {"labels.csv": b"image,label\na.png,cat\n", "images/a.png": b"\x00" * (8 * 1024 * 1024)}, zipfile.ZIP_DEFLATED
+        {"labels.csv": b"image,label\na.png,cat\n", "images/a.png": b"\x00" * (8 * 1024 * 1024)},
+        zipfile.ZIP_DEFLATED,
     )
     assert len(bomb) < 100_000
     r = do_import(client, h, project.id, bomb)
     assert r.status_code == 413 and "zip bomb" in r.json()["detail"]
     # total uncompressed size and entry count caps
     app.state.settings = settings.model_copy(update={"max_import_uncompressed_bytes": 1000})
-    r = do_import(client, h, project.id, make_zip(dataset([("a.png", "cat", "train"), ("b.png", "cat", "train")])))
+    r = do_import(
+        client, h, project.id, make_zip(dataset([("a.png", "cat", "train"), ("b.png", "cat", "train")]))
+    )
     assert r.status_code == 413 and "expands to more than" in r.json()["detail"]
     app.state.settings = settings.model_copy(update={"max_import_files": 2})
-    r = do_import(client, h, project.id, make_zip(dataset([("a.png", "cat", "train"), ("b.png", "cat", "train")])))
+    r = do_import(
+        client, h, project.id, make_zip(dataset([("a.png", "cat", "train"), ("b.png", "cat", "train")]))
+    )
     assert r.status_code == 413 and "entries" in r.json()["detail"]
     app.state.settings = settings.model_copy(update={"max_import_bytes": 100})
     r = do_import(client, h, project.id, make_zip(dataset([("a.png", "cat", "train")])))
@@ -175,7 +200,7 @@ def test_symlink_entries_are_refused(client, proj):
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("labels.csv", "image,label\na.png,cat\n")
         link = zipfile.ZipInfo("images/a.png")
-        link.external_attr = (0o120777 << 16)
+        link.external_attr = 0o120777 << 16
         zf.writestr(link, "/etc/passwd")
     r = do_import(client, h, project.id, buf.getvalue())
     assert r.status_code == 422 and "symbolic link" in r.json()["detail"]
@@ -190,10 +215,14 @@ def test_annotators_cannot_import_but_viewers_can_export(client, proj, make_user
     set_member(db, project, viewer.username, "viewer")
     data = make_zip(dataset([("a.png", "cat", "train")]))
     assert do_import(client, auth_headers(annotator), project.id, data).status_code == 403
-    assert client.get(f"/api/v1/projects/{project.id}/export", headers=auth_headers(viewer)).status_code == 200
+    assert (
+        client.get(f"/api/v1/projects/{project.id}/export", headers=auth_headers(viewer)).status_code == 200
+    )
 
 
-def test_export_uses_majority_label_and_consensus(client, proj, make_user, auth_headers, db, settings, tmp_path):
+def test_export_uses_majority_label_and_consensus(
+    client, proj, make_user, auth_headers, db, settings, tmp_path
+):
     from app.models import Project
     from app.services.datasets import write_dataset_folder
     from app.services.projects import set_member
@@ -207,7 +236,11 @@ def test_export_uses_majority_label_and_consensus(client, proj, make_user, auth_
     iid = client.get(f"/api/v1/projects/{project.id}/images", headers=h).json()["items"][0]["id"]
     aids = []
     for u, value in zip(others, (0, 255), strict=True):
-        aids.append(put_annotation(client, auth_headers(u), iid, label="dog", saliency=mask_png(value=value)).json()["id"])
+        aids.append(
+            put_annotation(client, auth_headers(u), iid, label="dog", saliency=mask_png(value=value)).json()[
+                "id"
+            ]
+        )
     lineage = write_dataset_folder(db, get_storage(settings), db.get(Project, project.id), tmp_path / "ds")
     assert lineage["images"] == 1 and lineage["with_saliency"] == 1 and lineage["labels"] == {"dog": 1}
     assert lineage["annotations"] == {str(a): 1 for a in aids}
@@ -217,4 +250,6 @@ def test_export_uses_majority_label_and_consensus(client, proj, make_user, auth_
     from PIL import Image as PILImage
 
     assert set(np.unique(np.asarray(PILImage.open(tmp_path / "ds" / "saliency" / "a.png")))) == {128}
-    assert (tmp_path / "ds" / "images" / "a.png").read_bytes() == client.get(f"/api/v1/images/{iid}/file", headers=h).content
+    assert (tmp_path / "ds" / "images" / "a.png").read_bytes() == client.get(
+        f"/api/v1/images/{iid}/file", headers=h
+    ).content

@@ -42,18 +42,29 @@ def test_no_server_errors(app, client, make_user, make_project, auth_headers):
     for op in operations:
         names = {p.name for p in op.path_parameters}
         fixed = {k: v for k, v in known.items() if k in names}
-        strategies = [op.as_strategy(generation_mode=mode) for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+        strategies = [
+            op.as_strategy(generation_mode=mode)
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+        ]
         if fixed:
             strategies.append(op.as_strategy(path_parameters=fixed))
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+        )
         @given(case=st.one_of(*strategies))
         def run(case):
             headers = {**(case.headers or {}), **h}
             response = case.call(headers=headers)
             statuses[response.status_code // 100] += 1
             if response.status_code >= 500:
-                failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}")
+                failures.append(
+                    f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
+                )
 
         run()
     assert not failures, "\n".join(failures[:10])

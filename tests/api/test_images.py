@@ -23,7 +23,14 @@ def setup(client, make_user, make_project, auth_headers):
 
 def test_multi_upload_with_label_and_split(client, setup, settings):
     project, h, _ = setup
-    r = upload(client, h, project.id, [("a.png", noise_png(seed=1)), ("b.jpg", noise_png(seed=2, fmt="JPEG"))], label="cat", split="val")
+    r = upload(
+        client,
+        h,
+        project.id,
+        [("a.png", noise_png(seed=1)), ("b.jpg", noise_png(seed=2, fmt="JPEG"))],
+        label="cat",
+        split="val",
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["created"] == 2 and body["existing"] == 0
@@ -52,17 +59,27 @@ def test_file_answers_the_bytes_with_their_type(client, setup):
     r = client.get(f"/api/v1/images/{iid}/file", headers=h)
     assert r.status_code == 200 and r.content == data
     assert r.headers["content-type"] == "image/jpeg" and r.headers["x-content-type-options"] == "nosniff"
-    assert client.get(f"/api/v1/images/{iid}", headers=h).json()["sha256"] == __import__("hashlib").sha256(data).hexdigest()
+    assert (
+        client.get(f"/api/v1/images/{iid}", headers=h).json()["sha256"]
+        == __import__("hashlib").sha256(data).hexdigest()
+    )
 
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (a decompression bomb's header)."""
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _truncated_png() -> bytes:
@@ -120,7 +137,12 @@ def test_unknown_label_and_split_are_422(client, setup):
 
 def test_names_with_paths_are_reduced_to_a_file_name(client, setup, settings):
     project, h, _ = setup
-    r = upload(client, h, project.id, [("../../etc/passwd.png", noise_png(seed=9)), ("..\\..\\win.png", noise_png(seed=10))])
+    r = upload(
+        client,
+        h,
+        project.id,
+        [("../../etc/passwd.png", noise_png(seed=9)), ("..\\..\\win.png", noise_png(seed=10))],
+    )
     assert r.status_code == 201
     assert [img["original_name"] for img in r.json()["images"]] == ["passwd.png", "win.png"]
     for path in stored_objects(settings):
@@ -129,7 +151,11 @@ def test_names_with_paths_are_reduced_to_a_file_name(client, setup, settings):
 
 def test_tiff_bmp_and_grayscale_images(client, setup):
     project, h, _ = setup
-    files = [("t.tif", png_bytes(fmt="TIFF")), ("b.bmp", png_bytes(fmt="BMP")), ("g.png", png_bytes(mode="L", colour=7))]
+    files = [
+        ("t.tif", png_bytes(fmt="TIFF")),
+        ("b.bmp", png_bytes(fmt="BMP")),
+        ("g.png", png_bytes(mode="L", colour=7)),
+    ]
     r = upload(client, h, project.id, files)
     assert r.status_code == 201, r.text
     assert [i["format"] for i in r.json()["images"]] == ["tiff", "bmp", "png"]
@@ -142,7 +168,9 @@ def test_list_pagination_and_filters(client, setup, make_user, auth_headers, db)
     project, h, _ = setup
     ids = [
         img["id"]
-        for img in upload(client, h, project.id, [(f"{i}.png", noise_png(seed=100 + i)) for i in range(7)]).json()["images"]
+        for img in upload(
+            client, h, project.id, [(f"{i}.png", noise_png(seed=100 + i)) for i in range(7)]
+        ).json()["images"]
     ]
     upload(client, h, project.id, [("t.png", noise_png(seed=200))], split="test", label="dog")
     other = make_user()
@@ -176,7 +204,9 @@ def test_list_pagination_and_filters(client, setup, make_user, auth_headers, db)
 
 
 @pytest.mark.parametrize("role", ["viewer", "annotator"])
-def test_only_managers_delete_images_and_viewers_cannot_upload(client, setup, make_user, auth_headers, db, role):
+def test_only_managers_delete_images_and_viewers_cannot_upload(
+    client, setup, make_user, auth_headers, db, role
+):
     from app.services.projects import set_member
 
     project, h, _ = setup
@@ -196,12 +226,20 @@ def test_images_of_other_projects_are_404(client, setup, make_user, make_project
     stranger = make_user()
     make_project(stranger)
     hs = auth_headers(stranger)
-    for method, path in [("GET", ""), ("GET", "/file"), ("DELETE", ""), ("GET", "/annotations"), ("GET", "/saliency.png")]:
+    for method, path in [
+        ("GET", ""),
+        ("GET", "/file"),
+        ("DELETE", ""),
+        ("GET", "/annotations"),
+        ("GET", "/saliency.png"),
+    ]:
         r = client.request(method, f"/api/v1/images/{iid}{path}", headers=hs)
         assert r.status_code == 404 and r.json() == {"detail": f"no image {iid}"}, (method, path)
 
 
-def test_delete_removes_rows_and_files_after_commit_but_keeps_shared_ones(client, setup, make_project, db, settings):
+def test_delete_removes_rows_and_files_after_commit_but_keeps_shared_ones(
+    client, setup, make_project, db, settings
+):
     from tests.api.conftest import mask_png, put_annotation
 
     project, h, owner = setup
@@ -226,7 +264,10 @@ def test_patch_image_split_and_import_label(client, setup):
     r = client.patch(f"/api/v1/images/{iid}", headers=h, json={"split": "test", "import_label": "dog"})
     assert r.status_code == 200 and (r.json()["split"], r.json()["label"]) == ("test", "dog")
     assert client.patch(f"/api/v1/images/{iid}", headers=h, json={"import_label": "cow"}).status_code == 422
-    assert client.patch(f"/api/v1/images/{iid}", headers=h, json={"clear_import_label": True}).json()["label"] is None
+    assert (
+        client.patch(f"/api/v1/images/{iid}", headers=h, json={"clear_import_label": True}).json()["label"]
+        is None
+    )
 
 
 def test_decoder_unit_cases():

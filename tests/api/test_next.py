@@ -13,7 +13,12 @@ def images(client, make_user, make_project, auth_headers):
     owner = make_user()
     project = make_project(owner)
     h = auth_headers(owner)
-    ids = [i["id"] for i in upload(client, h, project.id, [(f"{i}.png", noise_png(seed=i)) for i in range(5)]).json()["images"]]
+    ids = [
+        i["id"]
+        for i in upload(client, h, project.id, [(f"{i}.png", noise_png(seed=i)) for i in range(5)]).json()[
+            "images"
+        ]
+    ]
     return project, h, ids
 
 
@@ -59,11 +64,17 @@ def test_uncertainty_and_misalignment_use_the_active_models_predictions(client, 
     # without an active model: sequential
     image, body = nxt(client, h, project.id, policy="uncertainty")
     assert image == ids[0] and body["policy"] == "sequential"
-    model = ModelVersion(project_id=project.id, version=1, artifact_key="x", checksum="0" * 64, backbone="tiny", active=True)
+    model = ModelVersion(
+        project_id=project.id, version=1, artifact_key="x", checksum="0" * 64, backbone="tiny", active=True
+    )
     db.add(model)
     db.flush()
     for iid, unc, align in zip(ids, [0.1, 0.9, 0.5, 0.95, 0.2], [0.9, 0.1, 0.5, None, 0.05], strict=True):
-        db.add(Prediction(image_id=iid, model_id=model.id, label="cat", confidence=0.5, uncertainty=unc, alignment=align))
+        db.add(
+            Prediction(
+                image_id=iid, model_id=model.id, label="cat", confidence=0.5, uncertainty=unc, alignment=align
+            )
+        )
     db.commit()
     image, body = nxt(client, h, project.id, policy="uncertainty")
     assert image == ids[3] and body["policy"] == "uncertainty"
@@ -83,7 +94,10 @@ def test_viewers_do_not_get_work_and_bad_policy_is_422(client, images, make_user
     viewer = make_user()
     set_member(db, project, viewer.username, "viewer")
     assert client.get(f"/api/v1/projects/{project.id}/next", headers=auth_headers(viewer)).status_code == 403
-    assert client.get(f"/api/v1/projects/{project.id}/next", headers=h, params={"policy": "best"}).status_code == 422
+    assert (
+        client.get(f"/api/v1/projects/{project.id}/next", headers=h, params={"policy": "best"}).status_code
+        == 422
+    )
 
 
 def test_empty_project(client, make_user, make_project, auth_headers):

@@ -11,7 +11,11 @@ def test_create_list_get_update_delete(client, make_user, auth_headers):
     r = client.post(
         "/api/v1/projects",
         headers=h,
-        json={"name": "Chest X-ray", "labels": ["normal", "pneumonia"], "training": {"method": "sage", "epochs": 3}},
+        json={
+            "name": "Chest X-ray",
+            "labels": ["normal", "pneumonia"],
+            "training": {"method": "sage", "epochs": 3},
+        },
     )
     assert r.status_code == 201, r.text
     p = r.json()
@@ -19,9 +23,15 @@ def test_create_list_get_update_delete(client, make_user, auth_headers):
     assert p["training"] == {"method": "sage", "epochs": 3}
     assert p["summary"]["images"] == 0 and p["summary"]["agreement"]["iou"] is None
     assert [x["id"] for x in client.get("/api/v1/projects", headers=h).json()] == [p["id"]]
-    r = client.patch(f"/api/v1/projects/{p['id']}", headers=h, json={"labels": ["normal", "pneumonia", "other"]})
+    r = client.patch(
+        f"/api/v1/projects/{p['id']}", headers=h, json={"labels": ["normal", "pneumonia", "other"]}
+    )
     assert r.status_code == 200 and r.json()["labels"][-1] == "other"
-    assert client.get(f"/api/v1/projects/{p['id']}", headers=h).json()["labels"] == ["normal", "pneumonia", "other"]
+    assert client.get(f"/api/v1/projects/{p['id']}", headers=h).json()["labels"] == [
+        "normal",
+        "pneumonia",
+        "other",
+    ]
     assert client.delete(f"/api/v1/projects/{p['id']}", headers=h).status_code == 204
     assert client.get(f"/api/v1/projects/{p['id']}", headers=h).status_code == 404
 
@@ -46,7 +56,9 @@ def test_bad_project_bodies_are_422(client, make_user, auth_headers, body):
 
 def test_project_names_are_unique(client, make_user, auth_headers):
     h = auth_headers(make_user())
-    assert client.post("/api/v1/projects", headers=h, json={"name": "Same", "labels": ["a"]}).status_code == 201
+    assert (
+        client.post("/api/v1/projects", headers=h, json={"name": "Same", "labels": ["a"]}).status_code == 201
+    )
     r = client.post("/api/v1/projects", headers=h, json={"name": "same", "labels": ["a"]})
     assert r.status_code == 409 and "already exists" in r.json()["detail"]
 
@@ -61,7 +73,9 @@ def test_non_members_get_404_and_members_see_their_role(client, make_user, make_
     assert client.get(url, headers=auth_headers(viewer)).json()["role"] == "viewer"
     assert client.get(url, headers=auth_headers(admin)).json()["role"] == "manager"
     # a project that does not exist looks exactly like one you may not see
-    assert client.get("/api/v1/projects/999999", headers=auth_headers(stranger)).json() == {"detail": "no project 999999"}
+    assert client.get("/api/v1/projects/999999", headers=auth_headers(stranger)).json() == {
+        "detail": "no project 999999"
+    }
     assert client.get(url, headers=auth_headers(stranger)).json() == {"detail": f"no project {project.id}"}
 
 
@@ -72,7 +86,12 @@ def test_only_managers_change_settings_members_or_delete(client, make_user, make
     h = auth_headers(member)
     url = f"/api/v1/projects/{project.id}"
     assert client.patch(url, headers=h, json={"description": "x"}).status_code == 403
-    assert client.post(url + "/members", headers=h, json={"username": other.username, "role": "viewer"}).status_code == 403
+    assert (
+        client.post(
+            url + "/members", headers=h, json={"username": other.username, "role": "viewer"}
+        ).status_code
+        == 403
+    )
     assert client.delete(url + f"/members/{owner.username}", headers=h).status_code == 403
     assert client.delete(url, headers=h).status_code == 403
     assert client.get(url + "/members", headers=h).status_code == 200
@@ -108,7 +127,9 @@ def test_a_label_in_use_cannot_be_removed(client, make_user, make_project, auth_
     assert upload(client, h, project.id, [("a.png", noise_png())], label="cat").status_code == 201
     r = client.patch(f"/api/v1/projects/{project.id}", headers=h, json={"labels": ["dog"]})
     assert r.status_code == 409 and "cat" in r.json()["detail"]
-    assert client.patch(f"/api/v1/projects/{project.id}", headers=h, json={"labels": ["cat"]}).status_code == 200
+    assert (
+        client.patch(f"/api/v1/projects/{project.id}", headers=h, json={"labels": ["cat"]}).status_code == 200
+    )
 
 
 def test_summary_counts(client, make_user, make_project, auth_headers):
@@ -119,7 +140,9 @@ def test_summary_counts(client, make_user, make_project, auth_headers):
     h, ho = auth_headers(owner), auth_headers(other)
     ids = [
         img["id"]
-        for img in upload(client, h, project.id, [(f"{i}.png", noise_png(seed=i)) for i in range(3)]).json()["images"]
+        for img in upload(client, h, project.id, [(f"{i}.png", noise_png(seed=i)) for i in range(3)]).json()[
+            "images"
+        ]
     ]
     put_annotation(client, h, ids[0], label="cat", saliency=mask_png(value=255))
     put_annotation(client, ho, ids[0], label="cat", saliency=mask_png(value=255))

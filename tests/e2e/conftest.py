@@ -189,8 +189,19 @@ def world(tmp_path_factory, sqlite_template) -> World:
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed at teardown
     # The web server alone; the workers start only for the tests that need them (`workers`).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "app.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,

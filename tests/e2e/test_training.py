@@ -20,7 +20,9 @@ def test_train_now_progress_predictions_and_start_from_the_model(new_page, world
     page.click("#train-now")
     bar = page.locator("#train-progress")
     bar.wait_for(state="visible")
-    page.wait_for_selector('#train-progress[data-status="running"], #train-progress[data-status="succeeded"]', timeout=120_000)
+    page.wait_for_selector(
+        '#train-progress[data-status="running"], #train-progress[data-status="succeeded"]', timeout=120_000
+    )
     shot(page, "train-running")
     page.wait_for_selector('#train-progress[data-status="succeeded"]', timeout=180_000)
     assert float(bar.get_attribute("value") or bar.evaluate("b => b.value")) == 1.0

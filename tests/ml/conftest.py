@@ -14,13 +14,17 @@ torch.set_num_threads(1)  # the CI machine is shared; small models gain nothing 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
     """80 decoy-shapes images at 32 px with train/val/test splits and saliency maps."""
-    return make_dataset("decoy-shapes", tmp_path_factory.mktemp("data") / "shapes", n=80, seed=1, image_size=32)
+    return make_dataset(
+        "decoy-shapes", tmp_path_factory.mktemp("data") / "shapes", n=80, seed=1, image_size=32
+    )
 
 
 @pytest.fixture
 def tiny_config():
     def build(**overrides) -> TrainConfig:
-        options = dict(method="ce", backbone="tiny", image_size=32, epochs=1, batch_size=16, device="cpu", augment="none")
+        options = dict(
+            method="ce", backbone="tiny", image_size=32, epochs=1, batch_size=16, device="cpu", augment="none"
+        )
         options.update(overrides)
         return TrainConfig.from_dict(options)
 

@@ -12,7 +12,10 @@ from sage.cli import main
 @pytest.mark.slow
 def test_make_dataset_train_evaluate_round_trip(tmp_path, capsys):
     data, run = tmp_path / "data", tmp_path / "run"
-    assert main(["make-dataset", "decoy-texture", str(data), "--n", "40", "--seed", "3", "--image-size", "32"]) == 0
+    assert (
+        main(["make-dataset", "decoy-texture", str(data), "--n", "40", "--seed", "3", "--image-size", "32"])
+        == 0
+    )
     trained = subprocess.run(
         [sys.executable, "-m", "sage", "train", "--data", str(data), "--method", "sage", "--out", str(run),
          "--epochs", "1", "--image-size", "32", "--device", "cpu", "--set", "sage.margin=0.3", "--set", "augment=none"],

@@ -50,7 +50,10 @@ def test_ints_are_accepted_for_floats_and_none_for_optional_path():
 
 
 def test_degradation_accepts_joined_kinds_and_rejects_unknown_ones():
-    assert TrainConfig.from_dict({"sage": {"degradation": "blur+noise+mean"}}).sage.degradation == "blur+noise+mean"
+    assert (
+        TrainConfig.from_dict({"sage": {"degradation": "blur+noise+mean"}}).sage.degradation
+        == "blur+noise+mean"
+    )
     for bad in ("blur+fog", "mix+blur", "+"):
         with pytest.raises(ValueError, match="sage.degradation"):
             TrainConfig.from_dict({"sage": {"degradation": bad}})

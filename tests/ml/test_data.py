@@ -42,7 +42,13 @@ def test_two_column_header_defaults_to_train(tmp_path):
 def test_every_bad_row_is_reported_with_file_and_line(tmp_path):
     root = write_dataset(
         tmp_path / "d",
-        [("a.png", "x", "train"), ("b.png", "y", "holdout"), ("c.png", "", "train"), ("d.png", "y", "val"), ("e.png", "y", "train")],
+        [
+            ("a.png", "x", "train"),
+            ("b.png", "y", "holdout"),
+            ("c.png", "", "train"),
+            ("d.png", "y", "val"),
+            ("e.png", "y", "train"),
+        ],
         sizes={"d.png": (12, 10)},
         saliency=[("d.png", (5, 5))],
     )

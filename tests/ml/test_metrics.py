@@ -31,7 +31,9 @@ def test_classification_metrics_match_scikit_learn():
     assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
     assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
     assert m["roc_auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
-    assert np.array(m["confusion_matrix"]).sum() == 200 and m["per_class"]["a"]["support"] == int((y == 0).sum())
+    assert np.array(m["confusion_matrix"]).sum() == 200 and m["per_class"]["a"]["support"] == int(
+        (y == 0).sum()
+    )
 
 
 def test_binary_auc_missing_class_and_calibration():

@@ -15,7 +15,12 @@ def rows(root):
 def corner_colour(root, name, size):
     arr = np.asarray(Image.open(root / "images" / name).convert("RGB"), dtype=np.int32)
     k = max(3, size // 6)
-    corners = [arr[1 : 1 + k, 1 : 1 + k], arr[1 : 1 + k, -k - 1 : -1], arr[-k - 1 : -1, 1 : 1 + k], arr[-k - 1 : -1, -k - 1 : -1]]
+    corners = [
+        arr[1 : 1 + k, 1 : 1 + k],
+        arr[1 : 1 + k, -k - 1 : -1],
+        arr[-k - 1 : -1, 1 : 1 + k],
+        arr[-k - 1 : -1, -k - 1 : -1],
+    ]
     return [tuple(c.reshape(-1, 3).mean(0).round()) for c in corners]
 
 

@@ -38,7 +38,7 @@ def test_zero_strength_is_identity_and_strength_is_random_per_image():
     x = torch.randn(6, 3, 8, 8)
     assert torch.allclose(degrade(x, "mean", 0.0, 0.0), x)
     out = degrade(x, "mean", 0.0, 1.0)
-    ratios = ((out - x).flatten(1).norm(dim=1) / (x.mean(dim=(2, 3), keepdim=True) - x).flatten(1).norm(dim=1))
+    ratios = (out - x).flatten(1).norm(dim=1) / (x.mean(dim=(2, 3), keepdim=True) - x).flatten(1).norm(dim=1)
     assert ratios.std() > 0.05  # strengths differ between images
 
 
@@ -55,7 +55,9 @@ def test_gaussian_blur_preserves_mean_and_uses_per_image_sigma():
     x = torch.randn(2, 1, 32, 32)
     out = gaussian_blur(x, torch.tensor([0.5, 4.0]))
     assert out.std(dim=(1, 2, 3))[1] < out.std(dim=(1, 2, 3))[0]
-    assert math.isclose(float(gaussian_blur(torch.ones(1, 1, 9, 9), torch.tensor([2.0])).mean()), 1.0, rel_tol=1e-5)
+    assert math.isclose(
+        float(gaussian_blur(torch.ones(1, 1, 9, 9), torch.tensor([2.0])).mean()), 1.0, rel_tol=1e-5
+    )
 
 
 def test_swap_takes_non_salient_content_from_another_image():
