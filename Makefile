@@ -35,7 +35,7 @@ fmt: setup
 	$(BIN)/ruff format .
 
 bench: setup
-	$(BIN)/python -m sage bench --out bench/ml.md
+	$(BIN)/python -m sage bench --jobs 2 --out bench/ml.md
 	$(BIN)/python bench/api_bench.py --out bench/api.md
 	$(BIN)/python bench/worker_bench.py --out bench/worker.md
 	$(BIN)/python bench/ui_bench.py --out bench/ui.md

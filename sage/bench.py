@@ -12,9 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
+import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +36,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no triplet": {"sage": {"lambda_trip": 0.0}},
     "no JSD": {"sage": {"lambda_js": 0.0}},
     "no hinge": {"sage": {"lambda_hinge": 0.0}},
+    "S continuous (as painted)": {"sage": {"saliency_mode": "continuous"}},
+    "S thresholded at 0.7": {"sage": {"saliency_mode": "threshold", "threshold": 0.7}},
     "D = mix (blur/noise/mean/swap)": {"sage": {"degradation": "mix"}},
-    "old D (blur/noise/mean, 0.6-1, own stats)": {"sage": {"degradation": "blur+noise+mean", "strength_min": 0.6, "fill": "image"}},
     "batchnorm clean": {"sage": {"batchnorm": "clean"}},
+    "views on half the rows": {"sage": {"view_share": 0.5}},
+    "plain shuffling (no annotated share)": {"annotated_share": 0.0},
 }
 
 
@@ -44,7 +50,7 @@ class BenchSettings:
     suites: list[str] = field(default_factory=lambda: list(KINDS))
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: int = 3
-    epochs: int = 12
+    epochs: int = 20
     n: int = 600
     data_size: int = 64
     image_size: int = 32
@@ -55,7 +61,7 @@ class BenchSettings:
     coverages: list[float] = field(default_factory=lambda: [0.25, 0.1])
     ablation_suite: str = "decoy-texture"
     ablation_seeds: int = 2
-    ablation_coverages: list[float] = field(default_factory=lambda: [1.0])
+    ablation_coverages: list[float] = field(default_factory=lambda: [1.0, 0.1])
     ablations: list[str] = field(default_factory=lambda: list(ABLATIONS))
 
     @classmethod
@@ -83,7 +89,9 @@ class BenchSettings:
 
     def fingerprint(self) -> str:
         keys = ("epochs", "n", "data_size", "image_size", "backbone", "batch_size", "lr", "augment")
-        blob = json.dumps({k: getattr(self, k) for k in keys} | {"defaults": {k: TrainConfig().to_dict()[k] for k in ("sage", "baselines")}}, sort_keys=True)
+        blob = json.dumps(
+            {k: getattr(self, k) for k in keys} | {"defaults": TrainConfig().to_dict()}, sort_keys=True
+        )
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -117,11 +125,21 @@ def plan(settings: BenchSettings, ablation: bool) -> list[RunSpec]:
     return unique
 
 
-def run_bench(settings: BenchSettings, out_md: Path, work_dir: Path, ablation: bool = True, fresh: bool = False) -> list[dict]:
-    """Run (or resume) the benchmark and write the markdown report; returns the result records."""
-    from sage.training import fit
+def run_bench(
+    settings: BenchSettings,
+    out_md: Path,
+    work_dir: Path,
+    ablation: bool = True,
+    fresh: bool = False,
+    jobs: int = 1,
+) -> list[dict]:
+    """Run (or resume) the benchmark and write the markdown report; returns the result records.
 
-    torch.set_num_threads(1)  # identical conditions for every method; timing ratios stay comparable
+    jobs > 1 trains that many runs at once, each in its own process with one thread (the datasets
+    are written first, by this process). Every run, whatever its method, shares the machine the
+    same way, so seconds-per-epoch ratios stay comparable; they are medians over epochs, which a
+    passing burst of other load moves less than a mean.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     results_path = work_dir / "results.json"
     fingerprint = settings.fingerprint()
@@ -129,35 +147,68 @@ def run_bench(settings: BenchSettings, out_md: Path, work_dir: Path, ablation: b
     if results_path.is_file() and not fresh:
         done = {r["key"]: r for r in json.loads(results_path.read_text())}
     runs = plan(settings, ablation)
+    todo = [(i, spec) for i, spec in enumerate(runs, start=1) if spec.key(fingerprint) not in done]
+    for _, spec in todo:
+        dataset_dir(settings, work_dir, spec.suite, spec.seed, spec.clean)
     started = time.perf_counter()
-    for i, spec in enumerate(runs, start=1):
-        key = spec.key(fingerprint)
-        if key in done:
-            continue
-        data_dir = dataset_dir(settings, work_dir, spec.suite, spec.seed, spec.clean)
-        options = settings.train_options() | {"method": spec.method, "seed": spec.seed, "saliency_fraction": spec.coverage}
-        options = _merge(options, ABLATIONS.get(spec.variant, {}))
-        t0 = time.perf_counter()
-        metrics = fit(TrainConfig.from_dict(options), data_dir, work_dir / "runs" / "last")
-        record = {
-            "key": key, **dataclasses.asdict(spec),
-            "test_accuracy": metrics["test_accuracy"], "val_accuracy": metrics["val_accuracy"],
-            "alignment": metrics["test"].get("alignment", {}), "seconds_per_epoch": metrics["seconds_per_epoch"],
-            "wall_seconds": time.perf_counter() - t0,
-        }  # fmt: skip
-        done[key] = record
+
+    def record_done(i: int, spec: RunSpec, record: dict) -> None:
+        done[record["key"]] = record
         _atomic_write(results_path, json.dumps(list(done.values()), indent=1))
         print(f"[{i}/{len(runs)}] {spec.suite} {'clean ' if spec.clean else ''}{spec.method} {spec.variant} "
               f"cov={spec.coverage} seed={spec.seed}: test {record['test_accuracy']:.3f} "
               f"({record['seconds_per_epoch']:.2f} s/epoch, {time.perf_counter() - started:.0f}s elapsed)", flush=True)  # fmt: skip
+
+    if jobs <= 1:
+        _init_bench_process()
+        for i, spec in todo:
+            record_done(i, spec, _bench_run(settings, spec, fingerprint, work_dir, "last"))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_bench_process) as pool:
+            futures = {
+                pool.submit(_bench_run, settings, spec, fingerprint, work_dir, f"job-{i}"): (i, spec)
+                for i, spec in todo
+            }
+            for future in as_completed(futures):
+                record_done(*futures[future], future.result())
     records = [done[s.key(fingerprint)] for s in runs]
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(render_report(settings, records, ablation))
+    out_md.write_text(render_report(settings, records, ablation, jobs))
     return records
 
 
+def _init_bench_process() -> None:
+    torch.set_num_threads(1)  # identical conditions for every method; timing ratios stay comparable
+
+
+def _bench_run(settings: BenchSettings, spec: RunSpec, fingerprint: str, work_dir: Path, slot: str) -> dict:
+    from sage.training import fit
+
+    data_dir = dataset_dir(settings, work_dir, spec.suite, spec.seed, spec.clean)
+    options = settings.train_options() | {
+        "method": spec.method,
+        "seed": spec.seed,
+        "saliency_fraction": spec.coverage,
+    }
+    options = _merge(options, ABLATIONS.get(spec.variant, {}))
+    t0 = time.perf_counter()
+    out_dir = work_dir / "runs" / slot
+    metrics = fit(TrainConfig.from_dict(options), data_dir, out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {
+        "key": spec.key(fingerprint), **dataclasses.asdict(spec),
+        "test_accuracy": metrics["test_accuracy"], "val_accuracy": metrics["val_accuracy"],
+        "alignment": metrics["test"].get("alignment", {}),
+        "seconds_per_epoch": float(np.median([h["seconds"] for h in metrics["history"]])),
+        "wall_seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+
+
 def dataset_dir(settings: BenchSettings, work_dir: Path, suite: str, seed: int, clean: bool) -> Path:
-    path = work_dir / "data" / f"{suite}-n{settings.n}-p{settings.data_size}-s{seed}{'-clean' if clean else ''}"
+    path = (
+        work_dir / "data" / f"{suite}-n{settings.n}-p{settings.data_size}-s{seed}{'-clean' if clean else ''}"
+    )
     if not (path / "labels.csv").is_file():
         make_dataset(suite, path, n=settings.n, seed=seed, clean=clean, image_size=settings.data_size)
     return path
@@ -165,9 +216,14 @@ def dataset_dir(settings: BenchSettings, work_dir: Path, suite: str, seed: int, 
 
 # -- report ---------------------------------------------------------------------------------------
 
+
 def _stats(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=np.float64)
-    return (float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0) if len(arr) else (float("nan"), 0.0)
+    return (
+        (float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0)
+        if len(arr)
+        else (float("nan"), 0.0)
+    )
 
 
 def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -186,7 +242,7 @@ def _mark(ok: bool) -> str:
     return "**pass**" if ok else "**FAIL**"
 
 
-def render_report(settings: BenchSettings, records: list[dict], ablation: bool) -> str:
+def render_report(settings: BenchSettings, records: list[dict], ablation: bool, jobs: int = 1) -> str:
     def select(**kw) -> list[dict]:
         return [r for r in records if all(r.get(k) == v for k, v in kw.items())]
 
@@ -199,21 +255,29 @@ def render_report(settings: BenchSettings, records: list[dict], ablation: bool) 
         f"Backbone `{settings.backbone}`, {settings.image_size} px inputs (datasets drawn at {settings.data_size} px), "
         f"{settings.n} images per dataset (60/20/20 train/val/test), {settings.epochs} epochs, batch {settings.batch_size}, "
         f"AdamW lr {settings.lr} cosine, augmentation `{settings.augment}`, {settings.seeds} seeds (seed s draws dataset s "
-        f"and trains with seed s), CPU with 1 thread per run ({platform.processor() or platform.machine()}, "
+        f"and trains with seed s), CPU with 1 thread per run and {jobs} run{'s' if jobs > 1 else ''} at a time "
+        f"({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores shared, torch {torch.__version__}). Test splits carry a random decoy; "
         "train/val carry the class-coded decoy. The clean ceiling is `ce` trained on the clean twin (decoy present "
         "but random everywhere) and tested on the identical test split. Accuracy in %, mean ± sample std over seeds. "
         "Alignment: Grad-CAM of the predicted class vs the human map on the test split. Seconds per epoch: training "
-        "only, same process, same thread count, ratio to `ce` on the same suite.",
+        "only, median over a run's epochs, mean over seeds, same thread count; × ce is its ratio to `ce` on the same suite.",
         "",
     ]
     summary: list[tuple[str, str, bool]] = []
     for suite in settings.suites:
         ce = _stats(accs(suite=suite, method="ce", clean=False, coverage=1.0, variant="default"))[0]
         clean = _stats(accs(suite=suite, clean=True))[0]
-        ce_sec = _stats([r["seconds_per_epoch"] for r in select(suite=suite, method="ce", clean=False, coverage=1.0)])[0]
+        ce_sec = _stats(
+            [r["seconds_per_epoch"] for r in select(suite=suite, method="ce", clean=False, coverage=1.0)]
+        )[0]
         sage_acc = _stats(accs(suite=suite, method="sage", clean=False, coverage=1.0, variant="default"))[0]
-        lines += [f"## {suite}", "", f"Clean ceiling (ce on the clean twin): {_pm(accs(suite=suite, clean=True))}.", ""]
+        lines += [
+            f"## {suite}",
+            "",
+            f"Clean ceiling (ce on the clean twin): {_pm(accs(suite=suite, clean=True))}.",
+            "",
+        ]
         lines += ["| method | test acc | gap closed | soft IoU | Pearson r | pointing | s/epoch | × ce | target |",
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for method in settings.methods:
@@ -222,7 +286,10 @@ def render_report(settings: BenchSettings, records: list[dict], ablation: bool) 
                 continue
             mean = _stats([r["test_accuracy"] for r in rows])[0]
             gap = gap_closed(mean, ce, clean)
-            align = {k: [r["alignment"].get(k, float("nan")) for r in rows] for k in ("soft_iou", "pearson", "pointing_game")}
+            align = {
+                k: [r["alignment"].get(k, float("nan")) for r in rows]
+                for k in ("soft_iou", "pearson", "pointing_game")
+            }
             sec = _stats([r["seconds_per_epoch"] for r in rows])[0]
             ratio = sec / ce_sec if ce_sec else float("nan")
             target = ""
@@ -235,11 +302,15 @@ def render_report(settings: BenchSettings, records: list[dict], ablation: bool) 
             elif method == "sage-inverted":
                 ok = mean <= ce + 0.05
                 target = f"≤ ce + 5: {_mark(ok)}"
-                summary.append((f"{suite}: sage-inverted ≤ ce + 5 points", f"{mean * 100:.1f} vs ce {ce * 100:.1f}", ok))
+                summary.append(
+                    (f"{suite}: sage-inverted ≤ ce + 5 points", f"{mean * 100:.1f} vs ce {ce * 100:.1f}", ok)
+                )
             elif method != "ce":
                 ok = sage_acc >= mean
                 target = f"sage ≥ {method}: {_mark(ok)}"
-                summary.append((f"{suite}: sage mean ≥ {method} mean", f"{sage_acc * 100:.1f} vs {mean * 100:.1f}", ok))
+                summary.append(
+                    (f"{suite}: sage mean ≥ {method} mean", f"{sage_acc * 100:.1f} vs {mean * 100:.1f}", ok)
+                )
             lines.append(
                 f"| {method} | {_pm([r['test_accuracy'] for r in rows])} | {_gap_text(gap)} | {_pm(align['soft_iou'], 1, 3)} | "
                 f"{_pm(align['pearson'], 1, 3)} | {_pm(align['pointing_game'], 1, 2)} | {sec:.2f} | {ratio:.2f} | {target} |"
@@ -250,21 +321,32 @@ def render_report(settings: BenchSettings, records: list[dict], ablation: bool) 
                       "| method | " + " | ".join(f"{c:.0%} maps" for c in covs) + " | gap closed at " + f"{covs[-1]:.0%} | target |",
                       "|---|" + "---|" * (len(covs) + 2)]  # fmt: skip
             for method in [m for m in settings.methods if m in SALIENCY_METHODS]:
-                cells = [_pm(accs(suite=suite, method=method, clean=False, coverage=c, variant="default")) for c in covs]
-                low = _stats(accs(suite=suite, method=method, clean=False, coverage=covs[-1], variant="default"))[0]
+                cells = [
+                    _pm(accs(suite=suite, method=method, clean=False, coverage=c, variant="default"))
+                    for c in covs
+                ]
+                low = _stats(
+                    accs(suite=suite, method=method, clean=False, coverage=covs[-1], variant="default")
+                )[0]
                 gap = gap_closed(low, ce, clean)
                 target = ""
                 if method == "sage" and covs[-1] <= 0.1:
                     ok = gap is None and low >= clean - 0.02 or gap is not None and gap >= 0.8
                     target = f"gap ≥ 80% at {covs[-1]:.0%}: {_mark(ok)}"
-                    summary.append((f"{suite}: sage closes ≥ 80% of the gap with {covs[-1]:.0%} maps", _gap_text(gap), ok))
+                    summary.append(
+                        (
+                            f"{suite}: sage closes ≥ 80% of the gap with {covs[-1]:.0%} maps",
+                            _gap_text(gap),
+                            ok,
+                        )
+                    )
                 lines.append(f"| {method} | " + " | ".join(cells) + f" | {_gap_text(gap)} | {target} |")
         lines.append("")
     if ablation and any(r["variant"] != "default" for r in records):
         suite = settings.ablation_suite
         lines += [f"## SAGE ablation ({suite}, {settings.ablation_seeds} seeds)", "",
                   "Each row changes one knob from the defaults in `sage/config.py` (`SageOptions`).", "",
-                  "| variant | overrides | " + " | ".join(f"{c:.0%} maps" for c in settings.ablation_coverages) + " | s/epoch |",
+                  "| variant | overrides | " + " | ".join(f"{c:.0%} maps" for c in settings.ablation_coverages) + " | s/epoch (mean of its runs) |",
                   "|---|---|" + "---|" * (len(settings.ablation_coverages) + 1)]  # fmt: skip
         for variant in settings.ablations:
             cells, secs = [], []
@@ -274,10 +356,19 @@ def render_report(settings: BenchSettings, records: list[dict], ablation: bool) 
                 cells.append(_pm([r["test_accuracy"] for r in rows]))
                 secs += [r["seconds_per_epoch"] for r in rows]
             sec = f"{_stats(secs)[0]:.2f}" if secs else "n/a"
-            lines.append(f"| {variant} | `{json.dumps(ABLATIONS[variant])}` | " + " | ".join(cells) + f" | {sec} |")
+            lines.append(
+                f"| {variant} | `{json.dumps(ABLATIONS[variant])}` | " + " | ".join(cells) + f" | {sec} |"
+            )
         lines.append("")
     passed = sum(ok for *_, ok in summary)
-    head = ["## Targets", "", f"{passed} of {len(summary)} targets met.", "", "| target | value | result |", "|---|---|---|"]
+    head = [
+        "## Targets",
+        "",
+        f"{passed} of {len(summary)} targets met.",
+        "",
+        "| target | value | result |",
+        "|---|---|---|",
+    ]
     head += [f"| {name} | {value} | {_mark(ok)} |" for name, value, ok in summary]
     return "\n".join(lines[:3] + [lines[3], ""] + head + [""] + lines[4:]) + "\n"
 

@@ -55,14 +55,18 @@ def _parse_set(pairs: list[str]) -> dict[str, Any]:
 def _merge(base: dict, extra: dict) -> dict:
     merged = dict(base)
     for k, v in extra.items():
-        merged[k] = _merge(merged.get(k, {}), v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        merged[k] = (
+            _merge(merged.get(k, {}), v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        )
     return merged
 
 
 def cmd_make_dataset(args: argparse.Namespace) -> int:
     from sage.synthetic import make_dataset
 
-    out = make_dataset(args.kind, args.out, n=args.n, seed=args.seed, clean=args.clean, image_size=args.image_size)
+    out = make_dataset(
+        args.kind, args.out, n=args.n, seed=args.seed, clean=args.clean, image_size=args.image_size
+    )
     print(f"wrote {args.kind}{' (clean)' if args.clean else ''} with {args.n} images to {out}")
     return 0
 
@@ -137,7 +141,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "n": args.n, "image_size": args.image_size, "backbone": args.backbone, "coverages": args.coverage,
     }  # fmt: skip
     settings = settings.with_overrides({k: v for k, v in overrides.items() if v is not None})
-    run_bench(settings, out_md=Path(args.out), work_dir=Path(args.work), ablation=not args.no_ablation, fresh=args.fresh)
+    run_bench(
+        settings,
+        out_md=Path(args.out),
+        work_dir=Path(args.work),
+        ablation=not args.no_ablation,
+        fresh=args.fresh,
+        jobs=args.jobs,
+    )
     print(f"wrote {args.out}")
     return 0
 
@@ -153,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--n", type=int, default=600, help="number of images (default 600)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clean", action="store_true", help="the shortcut carries no class information (the ceiling)")
-    p.add_argument("--image-size", type=int, default=64, help="side of the written images in pixels (default 64)")
+    p.add_argument(
+        "--clean", action="store_true", help="the shortcut carries no class information (the ceiling)"
+    )
+    p.add_argument(
+        "--image-size", type=int, default=64, help="side of the written images in pixels (default 64)"
+    )
     p.set_defaults(func=cmd_make_dataset)
 
     p = sub.add_parser("train", help="train a model on a dataset folder; prints the metrics as JSON")
@@ -170,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--pretrained", help="local weights file for the backbone")
     p.add_argument("--config", help="JSON file of training options (TrainConfig.from_dict)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any option, e.g. sage.margin=0.3")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any option, e.g. sage.margin=0.3"
+    )
     p.add_argument("--checkpoint", action="store_true", help="write checkpoint.pt every epoch")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--quiet", action="store_true")
@@ -198,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="bench/out", help="datasets and the resumable results.json")
     p.add_argument("--no-ablation", action="store_true")
     p.add_argument("--fresh", action="store_true", help="ignore results already in WORK/results.json")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and thread each")
     p.set_defaults(func=cmd_bench)
     return parser
 

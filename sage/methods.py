@@ -136,7 +136,9 @@ def embedding_distance(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Ten
 
 def triplet(anchor, positive, negative, margin: float, kind: str) -> torch.Tensor:
     """Per-row max(0, d(anchor, positive) - d(anchor, negative) + margin)."""
-    return F.relu(embedding_distance(anchor, positive, kind) - embedding_distance(anchor, negative, kind) + margin)
+    return F.relu(
+        embedding_distance(anchor, positive, kind) - embedding_distance(anchor, negative, kind) + margin
+    )
 
 
 def degraded_confidence_hinge(logits_minus, labels, temperature: float, margin: float) -> torch.Tensor:
@@ -165,6 +167,12 @@ class SageTask(Task):
         o = self.config.sage
         if o.saliency_mode == "threshold":
             s = (s >= o.threshold).to(s.dtype)
+        elif o.saliency_mode == "ramp":
+            s = (
+                ((s - o.threshold) / (1 - o.threshold)).clamp(0, 1)
+                if o.threshold < 1
+                else (s >= 1).to(s.dtype)
+            )
         return 1 - s if self.inverted else s
 
     def forward(self, batch):
@@ -172,15 +180,31 @@ class SageTask(Task):
         x, y = batch.images, batch.labels
         n = x.shape[0]
         rows = batch.has_saliency.nonzero().flatten()
+        cap = max(1, math.ceil(o.view_share * n))
+        if len(rows) > cap:  # views for a random subset of the annotated rows
+            rows = rows[torch.randperm(len(rows), device=rows.device)[:cap]].sort().values
         if len(rows) == 0:
             logits = self.model(x)
             ce = F.cross_entropy(logits.float(), y)
             zero = ce.new_zeros(())
-            return {"loss": ce, "output": logits, "ce": ce.detach(), "triplet": zero, "jsd": zero, "hinge": zero}
+            return {
+                "loss": ce,
+                "output": logits,
+                "ce": ce.detach(),
+                "triplet": zero,
+                "jsd": zero,
+                "hinge": zero,
+            }
         xs, ys = x[rows], y[rows]
         s = self.saliency(batch)[rows].to(x.dtype)
         donors = (x, rows) if o.swap_from_batch else None  # swap may take any image, annotated or not
-        kw = dict(kind=o.degradation, strength_min=o.strength_min, strength_max=o.strength_max, fill=o.fill, donors=donors)
+        kw = dict(
+            kind=o.degradation,
+            strength_min=o.strength_min,
+            strength_max=o.strength_max,
+            fill=o.fill,
+            donors=donors,
+        )
         x_plus = salient_preserving_view(xs, s, degrade(xs, **kw))  # independent draws of D per view
         x_minus = saliency_degrading_view(xs, s, degrade(xs, **kw))
         inputs = torch.cat([x, x_plus, x_minus])
@@ -224,7 +248,9 @@ def create_task(model: Classifier, config: TrainConfig) -> Task:
     if config.method == "sage-inverted":
         return SageTask(model, config, inverted=True)
     if config.method not in TASKS:
-        raise ValueError(f"unknown method {config.method!r}; choose one of: {', '.join([*TASKS, 'sage-inverted'])}")
+        raise ValueError(
+            f"unknown method {config.method!r}; choose one of: {', '.join([*TASKS, 'sage-inverted'])}"
+        )
     return TASKS[config.method](model, config)
 
 

@@ -81,7 +81,9 @@ def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
     else:
         keep, held = stratified_holdout(train.labels.numpy(), config.val_fraction, config.seed)
         if len(held) == 0 or len(keep) == 0:
-            raise ValueError(f"{data_dir}: too few training images to hold out a validation split; add a val split")
+            raise ValueError(
+                f"{data_dir}: too few training images to hold out a validation split; add a val split"
+            )
         train, val = train.subset(keep), train.subset(held)
     train = limit_saliency(train, config.saliency_fraction, config.seed)
     test = load_split(index, test_samples, config.image_size) if test_samples else None
@@ -93,7 +95,10 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps_per_epoch
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     else:
@@ -101,7 +106,9 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps_per_epoch
     total = config.epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 1))
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=max(total, 1)
+        )
     else:
         cosine = config.schedule == "cosine"
 
@@ -117,13 +124,54 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps_per_epoch
     return optimizer, scheduler
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Shuffled index batches; a last batch of one row is dropped (batch norm needs two)."""
+def batches(n: int, batch_size: int, generator: torch.Generator, annotated: torch.Tensor | None = None,
+            share: float = 0.0) -> list[torch.Tensor]:  # fmt: skip
+    """Shuffled index batches; a last batch of one row is dropped (batch norm needs two).
+
+    With `annotated` (a (n,) bool mask) and `share` > 0, every batch of `batch_size` holds at least
+    round(share * batch_size) annotated rows: the annotated images are cycled through (reshuffled on
+    each pass) as often as that takes and the others fill the rest of each batch in shuffled order
+    (those that do not fit are skipped this epoch). The number of batches per epoch stays
+    ceil(n / batch_size), so the step budget is the one plain shuffling gives.
+    """
     order = torch.randperm(n, generator=generator)
     chunks = list(order.split(batch_size))
+    if annotated is not None and share > 0 and len(chunks) > 1:
+        per_batch = min(batch_size, max(1, round(share * batch_size)))
+        if 0 < int(annotated.sum()) < per_batch * len(chunks):  # plain shuffling would not reach the share
+            chunks = _annotated_share_batches(order, annotated, per_batch, batch_size, len(chunks), generator)
     if len(chunks) > 1 and len(chunks[-1]) == 1:
         chunks.pop()
     return chunks
+
+
+def _annotated_share_batches(
+    order, annotated, per_batch, batch_size, n_batches, generator
+) -> list[torch.Tensor]:
+    marked = order[annotated[order]]
+    rest = order[~annotated[order]]
+    need = per_batch * n_batches
+    cycles = [marked] + [
+        marked[torch.randperm(len(marked), generator=generator)] for _ in range(need // len(marked))
+    ]
+    stream = torch.cat(cycles)[:need].view(n_batches, per_batch)
+    fill = list(rest.tensor_split(n_batches)) if len(rest) else [rest] * n_batches
+    out = []
+    for i in range(n_batches):
+        rows = torch.cat([stream[i], fill[i][: batch_size - per_batch]])
+        out.append(rows[torch.randperm(len(rows), generator=generator)])
+    return out
+
+
+def epoch_batches(data: SplitTensors, config: TrainConfig, seed: int) -> list[torch.Tensor]:
+    """The index batches of one epoch of `data` (see `batches`)."""
+    return batches(
+        len(data),
+        config.batch_size,
+        torch.Generator().manual_seed(seed),
+        data.has_saliency,
+        config.annotated_share,
+    )
 
 
 def to_batch(split: SplitTensors, rows: torch.Tensor, device: torch.device, augment: str) -> Batch:
@@ -142,8 +190,7 @@ def train_one_epoch(
 ) -> dict[str, float]:  # fmt: skip
     """One pass over the training split; returns the mean of each loss term and the accuracy."""
     task.train()
-    generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
-    chunks = batches(len(data), config.batch_size, generator)
+    chunks = epoch_batches(data, config, _epoch_seed(config.seed, epoch))
     amp = config.amp and device.type == "cuda"
     sums: dict[str, float] = {}
     correct = seen = 0
@@ -155,7 +202,9 @@ def train_one_epoch(
             result = task(batch)
         loss = result["loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; lower lr or enable grad_clip")
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {epoch}, step {step}; lower lr or enable grad_clip"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -173,7 +222,9 @@ def train_one_epoch(
     return means
 
 
-def validation_loss(model: Classifier, data: SplitTensors, device: torch.device, batch_size: int = 256) -> dict[str, float]:
+def validation_loss(
+    model: Classifier, data: SplitTensors, device: torch.device, batch_size: int = 256
+) -> dict[str, float]:
     """Cross-entropy and accuracy on a split (the per-epoch check; the full report is `evaluate`)."""
     model.eval()
     total = correct = 0.0
@@ -216,20 +267,31 @@ def fit(
     device = resolve_device(config.device)
     seed_everything(config.seed, config.deterministic)
     data = prepare_data(config, data_dir)
-    model = create_model(config.backbone, len(data.labels), config.pretrained_path, config.image_size).to(device)
+    model = create_model(config.backbone, len(data.labels), config.pretrained_path, config.image_size).to(
+        device
+    )
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     task = create_task(model, config)
-    steps = len(batches(len(data.train), config.batch_size, torch.Generator().manual_seed(0)))
+    steps = len(epoch_batches(data.train, config, 0))
     optimizer, scheduler = build_optimizer(config, model, steps)
 
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
+    state = {
+        "epoch": 0,
+        "best_val_loss": math.inf,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "history": [],
+        "train_seconds": 0.0,
+    }
     best_weights = None
     checkpoint_path = out_dir / "checkpoint.pt"
     if resume and checkpoint_path.is_file():
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if ckpt["config"] != config.to_dict():
-            raise ValueError(f"{checkpoint_path} was written with another configuration; resume with the same one")
+            raise ValueError(
+                f"{checkpoint_path} was written with another configuration; resume with the same one"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
@@ -253,13 +315,27 @@ def fit(
             elapsed = time.perf_counter() - train_clock
             done_steps = (epoch - start_epoch) * steps + step
             remaining = total_steps - ((epoch - 1) * steps + step)
-            progress(_event(epoch, config.epochs, step, n_steps, losses, None, elapsed / max(done_steps, 1) * remaining, images_done / max(elapsed, 1e-9)))
+            progress(
+                _event(
+                    epoch,
+                    config.epochs,
+                    step,
+                    n_steps,
+                    losses,
+                    None,
+                    elapsed / max(done_steps, 1) * remaining,
+                    images_done / max(elapsed, 1e-9),
+                )
+            )
 
-        losses = train_one_epoch(task, optimizer, scheduler, data.train, config, device, epoch, report, should_cancel)
-        state["train_seconds"] += time.perf_counter() - epoch_start
+        losses = train_one_epoch(
+            task, optimizer, scheduler, data.train, config, device, epoch, report, should_cancel
+        )
+        epoch_seconds = time.perf_counter() - epoch_start
+        state["train_seconds"] += epoch_seconds
         val = validation_loss(model, data.val, device)
         state["epoch"] = epoch
-        state["history"].append({"epoch": epoch, "train": losses, "val": val})
+        state["history"].append({"epoch": epoch, "train": losses, "val": val, "seconds": epoch_seconds})
         if val["loss"] < state["best_val_loss"] - 1e-6:
             state.update(best_val_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
             if config.early_stopping_patience:
@@ -269,7 +345,9 @@ def fit(
         if progress is not None:
             elapsed = time.perf_counter() - train_clock
             eta = elapsed / (epoch - start_epoch + 1) * (config.epochs - epoch)
-            progress(_event(epoch, config.epochs, steps, steps, losses, val, eta, images_done / max(elapsed, 1e-9)))
+            progress(
+                _event(epoch, config.epochs, steps, steps, losses, val, eta, images_done / max(elapsed, 1e-9))
+            )
         if config.checkpoint:
             _atomic_save(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),

@@ -1,3 +1,4 @@
+import json
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def test_gap_closed():
 
 
 def test_report_marks_targets_pass_and_fail():
-    settings = BenchSettings(suites=["decoy-shapes"], seeds=2, coverages=[0.1], methods=["ce", "blur", "sage", "sage-inverted"])
+    settings = BenchSettings(
+        suites=["decoy-shapes"], seeds=2, coverages=[0.1], methods=["ce", "blur", "sage", "sage-inverted"]
+    )
     acc = {"ce": 0.4, "blur": 0.95, "sage": 0.9, "sage-inverted": 0.5}
     records = [{"suite": "decoy-shapes", "method": "ce", "seed": s, "coverage": 1.0, "variant": "default", "clean": True,
                 "test_accuracy": 1.0, "alignment": {}, "seconds_per_epoch": 1.0} for s in range(2)]  # fmt: skip
@@ -45,7 +48,17 @@ def test_report_marks_targets_pass_and_fail():
 def test_smoke_bench_writes_a_report_and_resumes(tmp_path, capsys):
     from sage.cli import main
 
-    argv = ["bench", "--preset", "smoke", "--suite", "decoy-shapes", "--out", str(tmp_path / "ml.md"), "--work", str(tmp_path / "work")]
+    argv = [
+        "bench",
+        "--preset",
+        "smoke",
+        "--suite",
+        "decoy-shapes",
+        "--out",
+        str(tmp_path / "ml.md"),
+        "--work",
+        str(tmp_path / "work"),
+    ]
     assert main(argv) == 0
     text = (tmp_path / "ml.md").read_text()
     for heading in ("## Targets", "## decoy-shapes", "Clean ceiling", "25% maps", "## SAGE ablation"):
@@ -53,6 +66,22 @@ def test_smoke_bench_writes_a_report_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0
     assert "[" not in capsys.readouterr().out  # every run was already recorded
+
+
+@pytest.mark.slow
+def test_parallel_bench_gives_the_sequential_results(tmp_path):
+    from sage.cli import main
+
+    results = {}
+    for jobs in (1, 2):
+        work = tmp_path / f"work{jobs}"
+        argv = ["bench", "--preset", "smoke", "--suite", "decoy-shapes", "--no-ablation", "--jobs", str(jobs),
+                "--out", str(tmp_path / f"ml{jobs}.md"), "--work", str(work)]  # fmt: skip
+        assert main(argv) == 0
+        records = json.loads((work / "results.json").read_text())
+        results[jobs] = {r["key"]: (r["test_accuracy"], r["val_accuracy"]) for r in records}
+    assert len(results[1]) == 1 + 7 + 5  # ceiling, every method, every saliency method at 25% maps
+    assert results[2] == results[1]  # same runs, same numbers, whichever process trained them
 
 
 @pytest.mark.slow

@@ -87,6 +87,24 @@ def test_sage_threshold_mode_binarises_the_map():
     assert set(task.saliency(batch).unique().tolist()) <= {0.0, 1.0}
 
 
+def test_sage_ramp_mode_drops_the_faint_rim_and_keeps_the_core_graded():
+    batch = toy_batch()
+    batch.saliency[:, :, 0, :4] = torch.tensor([0.2, 0.5, 0.75, 1.0])
+    task = make_task("sage", sage={"saliency_mode": "ramp", "threshold": 0.5})
+    assert task.saliency(batch)[:, :, 0, :4].tolist()[0][0] == [0.0, 0.0, 0.5, 1.0]
+    inverted = make_task("sage-inverted", sage={"saliency_mode": "ramp", "threshold": 0.5})
+    assert torch.equal(inverted.saliency(batch), 1 - task.saliency(batch))
+
+
+def test_view_share_caps_the_rows_that_get_views():
+    seen = []
+    for share, expected in ((1.0, 16 * 3), (0.5, 16 + 2 * 8), (0.01, 16 + 2)):
+        task = make_task("sage", sage={"view_share": share})
+        task.model.net.features.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+        task(toy_batch(n=16))
+        assert seen[-1] == expected
+
+
 def test_clean_batchnorm_keeps_running_stats_of_the_clean_view_only():
     batch = toy_batch()
     task = make_task("sage", sage={"batchnorm": "clean", "degradation": "mean"})

@@ -13,7 +13,11 @@ def test_fit_writes_a_complete_artifact_and_reports_progress(shapes_dir, tiny_co
     for key in ("val_accuracy", "val_loss", "epochs_run", "train_seconds", "test_accuracy", "images_per_s"):
         assert key in metrics
     assert metrics["epochs_run"] == 2 and metrics["num_train"] == 48 and metrics["num_test"] == 16
-    assert "alignment" in metrics["test"] and set(metrics["test"]["alignment"]) == {"soft_iou", "pearson", "pointing_game"}
+    assert "alignment" in metrics["test"] and set(metrics["test"]["alignment"]) == {
+        "soft_iou",
+        "pearson",
+        "pointing_game",
+    }
     json.dumps(metrics)  # JSON-serialisable for the worker
     ckpt = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
     assert ckpt["labels"] == ["circle", "cross", "square", "triangle"]
@@ -90,3 +94,30 @@ def test_cuda_request_without_a_gpu_is_an_error(shapes_dir, tiny_config, tmp_pat
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         fit(tiny_config(device="cuda"), shapes_dir, tmp_path / "run")
+
+
+def test_annotated_share_puts_that_share_of_annotated_images_in_every_batch():
+    from sage.training import batches
+
+    annotated = torch.zeros(360, dtype=torch.bool)
+    annotated[torch.randperm(360, generator=torch.Generator().manual_seed(1))[:36]] = True  # maps on 10%
+    plain = batches(360, 32, torch.Generator().manual_seed(0))
+    chunks = batches(360, 32, torch.Generator().manual_seed(0), annotated, 0.5)
+    assert len(chunks) == len(plain)  # the step budget of an epoch is unchanged
+    for rows in chunks:
+        assert len(rows) == 32 and int(annotated[rows].sum()) == 16
+    seen = torch.cat(chunks)
+    unannotated = seen[~annotated[seen]]
+    assert len(unannotated.unique()) == len(unannotated)  # images without a map at most once an epoch
+    assert set(seen[annotated[seen]].tolist()) == set(
+        annotated.nonzero().flatten().tolist()
+    )  # every map is used
+
+
+def test_annotated_share_leaves_batches_alone_when_shuffling_already_reaches_it():
+    from sage.training import batches
+
+    everything = torch.ones(100, dtype=torch.bool)
+    for mask, share in ((everything, 0.5), (torch.zeros(100, dtype=torch.bool), 0.5), (everything, 0.0)):
+        chunks = batches(100, 32, torch.Generator().manual_seed(0), mask, share)
+        assert sorted(torch.cat(chunks).tolist()) == list(range(100))
