@@ -14,6 +14,7 @@ from app.api import annotations, auth, images, models, predictions, projects, to
 from app.db import check_ready, make_engine, make_session_factory
 from app.metrics import install_metrics
 from app.queue import check_broker, make_celery
+from app.schemas import API
 from app.settings import Settings, get_settings
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     for module in (auth, tokens, projects, images, annotations, training, models, predictions):
-        app.include_router(module.router, prefix="/api/v1")
+        app.include_router(module.router, prefix=API)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

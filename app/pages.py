@@ -22,8 +22,11 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from app import security
+from app.api.models import model_out
+from app.api.training import run_out
 from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_role
 from app.models import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
+from app.schemas import API
 from app.services.images import next_image
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -34,7 +37,9 @@ router = APIRouter(include_in_schema=False)
 
 def _tojson_script(value: Any) -> Markup:
     """JSON safe inside <script type="application/json"> (no `</script>` break-out)."""
-    text = json.dumps(value, default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    text = (
+        json.dumps(value, default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    )
     return Markup(text)
 
 
@@ -64,14 +69,21 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return response
 
 
-def error_page(request: Request, user: User | None, status_code: int, title: str, message: str) -> HTMLResponse:
+def error_page(
+    request: Request, user: User | None, status_code: int, title: str, message: str
+) -> HTMLResponse:
     return render(
-        request, "error.html", {"user": user, "title": title, "message": message, "status": status_code}, status_code
+        request,
+        "error.html",
+        {"user": user, "title": title, "message": message, "status": status_code},
+        status_code,
     )
 
 
 def _not_found(request: Request, user: User | None, what: str = "page") -> HTMLResponse:
-    return error_page(request, user, 404, "Not found", f"There is no such {what}, or you are not a member of it.")
+    return error_page(
+        request, user, 404, "Not found", f"There is no such {what}, or you are not a member of it."
+    )
 
 
 class ProjectAccess:
@@ -144,16 +156,25 @@ def active_model(session: Session, project_id: int) -> ModelVersion | None:
 
 def latest_run(session: Session, project_id: int) -> TrainingRun | None:
     return session.scalar(
-        select(TrainingRun).where(TrainingRun.project_id == project_id).order_by(TrainingRun.id.desc()).limit(1)
+        select(TrainingRun)
+        .where(TrainingRun.project_id == project_id)
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
     )
 
 
 def neighbours(session: Session, project_id: int, image_id: int) -> dict[str, Any]:
     prev_id = session.scalar(
-        select(Image.id).where(Image.project_id == project_id, Image.id < image_id).order_by(Image.id.desc()).limit(1)
+        select(Image.id)
+        .where(Image.project_id == project_id, Image.id < image_id)
+        .order_by(Image.id.desc())
+        .limit(1)
     )
     next_id = session.scalar(
-        select(Image.id).where(Image.project_id == project_id, Image.id > image_id).order_by(Image.id).limit(1)
+        select(Image.id)
+        .where(Image.project_id == project_id, Image.id > image_id)
+        .order_by(Image.id)
+        .limit(1)
     )
     position = session.scalar(
         select(func.count(Image.id)).where(Image.project_id == project_id, Image.id <= image_id)
@@ -171,36 +192,18 @@ def image_json(image: Image) -> dict[str, Any]:
         "label": image.label,
         "import_label": image.import_label,
         "annotation_count": image.annotation_count,
-        "file_url": f"/api/v1/images/{image.id}/file",
+        "file_url": f"{API}/images/{image.id}/file",
     }
 
 
 def model_json(model: ModelVersion | None) -> dict[str, Any] | None:
-    if model is None:
-        return None
-    return {
-        "id": model.id,
-        "version": model.version,
-        "metrics": model.metrics,
-        "backbone": model.backbone,
-        "labels": model.labels,
-        "created_at": model.created_at,
-    }
+    """The model as the REST API gives it, so a page's first paint and its later fetches agree."""
+    return None if model is None else model_out(model).model_dump(mode="json")
 
 
 def run_json(run: TrainingRun | None) -> dict[str, Any] | None:
-    if run is None:
-        return None
-    return {
-        "id": run.id,
-        "status": run.status,
-        "progress": run.progress,
-        "metrics": run.metrics,
-        "error": run.error,
-        "model_id": run.model_id,
-        "created_at": run.created_at,
-        "finished_at": run.finished_at,
-    }
+    """The training run as the REST API gives it."""
+    return None if run is None else run_out(run).model_dump(mode="json")
 
 
 # --- login -------------------------------------------------------------------------------------------
@@ -227,7 +230,10 @@ def login_submit(
 
     def again(message: str, status_code: int) -> HTMLResponse:
         return render(
-            request, "login.html", {"next": target, "error": message, "username": username}, status_code=status_code
+            request,
+            "login.html",
+            {"next": target, "error": message, "username": username},
+            status_code=status_code,
         )
 
     if not security.verify_csrf(request, csrf_token):
@@ -270,7 +276,9 @@ def projects_page(request: Request, user: OptionalUser, session: SessionDep):
         return _login_redirect(request)
     query = select(Project).order_by(Project.name)
     if not user.is_admin:
-        query = query.join(ProjectMember, ProjectMember.project_id == Project.id).where(ProjectMember.user_id == user.id)
+        query = query.join(ProjectMember, ProjectMember.project_id == Project.id).where(
+            ProjectMember.user_id == user.id
+        )
     projects = []
     for project in session.scalars(query):
         model = active_model(session, project.id)
@@ -345,12 +353,20 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
 
 
 @router.get("/projects/{pid}/annotate", response_class=HTMLResponse)
-def annotate_next(request: Request, pid: int, user: OptionalUser, session: SessionDep, after: int | None = None):
+def annotate_next(
+    request: Request, pid: int, user: OptionalUser, session: SessionDep, after: int | None = None
+):
     access, response = _with_project(request, user, session, pid)
     if response:
         return response
     if not access.at_least("annotator"):
-        return error_page(request, user, 403, "Annotators only", "Your role in this project is viewer: you can look, not paint.")
+        return error_page(
+            request,
+            user,
+            403,
+            "Annotators only",
+            "Your role in this project is viewer: you can look, not paint.",
+        )
     image, _policy = next_image(session, access.project, user, after=after)
     if image is None:
         return render(
@@ -367,16 +383,26 @@ def annotate_page(request: Request, pid: int, iid: int, user: OptionalUser, sess
     if response:
         return response
     if not access.at_least("annotator"):
-        return error_page(request, user, 403, "Annotators only", "Your role in this project is viewer: you can look, not paint.")
+        return error_page(
+            request,
+            user,
+            403,
+            "Annotators only",
+            "Your role in this project is viewer: you can look, not paint.",
+        )
     image = session.get(Image, iid)
     if image is None or image.project_id != pid:
         return _not_found(request, user, "image")
-    mine = session.scalar(select(Annotation).where(Annotation.image_id == iid, Annotation.author_id == user.id))
+    mine = session.scalar(
+        select(Annotation).where(Annotation.image_id == iid, Annotation.author_id == user.id)
+    )
     model = active_model(session, pid)
     has_prediction = bool(
         model
         and session.scalar(
-            select(func.count(Prediction.id)).where(Prediction.image_id == iid, Prediction.model_id == model.id)
+            select(func.count(Prediction.id)).where(
+                Prediction.image_id == iid, Prediction.model_id == model.id
+            )
         )
     )
     counts = project_counts(session, pid, user)
@@ -425,7 +451,9 @@ def review_page(request: Request, pid: int, iid: int, user: OptionalUser, sessio
         "model": model_json(model),
         "nav": neighbours(session, pid, iid),
     }
-    return render(request, "review.html", {**_page_context(user, access, "review"), "image": image, "boot": boot})
+    return render(
+        request, "review.html", {**_page_context(user, access, "review"), "image": image, "boot": boot}
+    )
 
 
 @router.get("/projects/{pid}/models", response_class=HTMLResponse)
@@ -443,9 +471,15 @@ def predictions_page(request: Request, pid: int, user: OptionalUser, session: Se
     if response:
         return response
     model = active_model(session, pid)
-    boot = {"project": {"id": pid, "labels": access.project.labels}, "model": model_json(model), "role": access.role}
+    boot = {
+        "project": {"id": pid, "labels": access.project.labels},
+        "model": model_json(model),
+        "role": access.role,
+    }
     return render(
-        request, "predictions.html", {**_page_context(user, access, "predictions"), "model": model, "boot": boot}
+        request,
+        "predictions.html",
+        {**_page_context(user, access, "predictions"), "model": model, "boot": boot},
     )
 
 

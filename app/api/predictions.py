@@ -33,6 +33,7 @@ from app.deps import (
 from app.imaging import ImageError, decode_image
 from app.models import Image, ModelVersion, Prediction
 from app.queue import TASK_PREDICT
+from app.schemas import API
 from app.services import models as model_service
 from app.services import predictions as prediction_service
 
@@ -81,7 +82,7 @@ class StoredPrediction(BaseModel):
 
 
 def stored_out(p: Prediction, model: ModelVersion, image: Image) -> StoredPrediction:
-    base = f"/api/v1/images/{p.image_id}/prediction"
+    base = f"{API}/images/{p.image_id}/prediction"
     return StoredPrediction(
         image_id=p.image_id,
         model_id=p.model_id,
@@ -94,7 +95,7 @@ def stored_out(p: Prediction, model: ModelVersion, image: Image) -> StoredPredic
         alignment_detail=p.alignment_detail or {},
         heatmap_url=f"{base}/heatmap.png" if p.heatmap_key else None,
         overlay_url=f"{base}/overlay.png" if p.heatmap_key else None,
-        image_url=f"/api/v1/images/{p.image_id}/file",
+        image_url=f"{API}/images/{p.image_id}/file",
         image_label=image.label,
         created_at=p.created_at,
     )
@@ -149,7 +150,7 @@ def predict(
     result: AsyncResult = celery.send_task(TASK_PREDICT, args=[job], expires=expires)
     if run_async:
         response.status_code = status.HTTP_202_ACCEPTED
-        return PredictJob(job_id=result.id, status="pending", poll_url=f"/api/v1/predict-jobs/{result.id}")
+        return PredictJob(job_id=result.id, status="pending", poll_url=f"{API}/predict-jobs/{result.id}")
     try:
         answer = result.get(timeout=settings.predict_timeout_s, interval=0.01, propagate=True)
     except CeleryTimeout:
@@ -159,7 +160,7 @@ def predict(
                 "message": f"no predict worker answered within {settings.predict_timeout_s:.0f} s; "
                 "poll the job later or check that a worker consumes the `predict` queue",
                 "job_id": result.id,
-                "poll_url": f"/api/v1/predict-jobs/{result.id}",
+                "poll_url": f"{API}/predict-jobs/{result.id}",
             },
         ) from None
     except Exception as exc:  # noqa: BLE001 - the worker's error, re-raised by Celery
@@ -173,7 +174,7 @@ def predict_job(job_id: JobId, user: CurrentUser, session: SessionDep, request: 
     shown only to members of its project (a pending job reveals nothing)."""
     result = AsyncResult(job_id, app=request.app.state.celery)
     state = result.state
-    poll_url = f"/api/v1/predict-jobs/{job_id}"
+    poll_url = f"{API}/predict-jobs/{job_id}"
     if state == "SUCCESS":
         answer = result.result
         check_project_access(session, user, int(answer["project_id"]), "viewer")

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.deps import MAX_ID, CurrentUser, ProjectManager, ProjectViewer, SessionDep, check_project_access
 from app.models import TrainingRun, User
+from app.schemas import API
 from app.services import training as training_service
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def run_out(run: TrainingRun, *, lineage: bool = False, joined: bool | None = No
         heartbeat_at=run.heartbeat_at,
         lineage=(run.lineage or {}) if lineage else None,
         joined=joined,
-        events_url=f"/api/v1/training-runs/{run.id}/events",
+        events_url=f"{API}/training-runs/{run.id}/events",
     )
 
 
