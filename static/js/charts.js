@@ -26,7 +26,8 @@ export function lineChart(svg, series, { yMin, yMax, format = (v) => v.toFixed(2
   const xs = pts.map((p) => p[0]);
   const ys = pts.map((p) => p[1]);
   const x0 = Math.min(...xs);
-  const x1 = Math.max(...xs, x0 + 1);
+  const last = Math.max(...xs);
+  const x1 = Math.max(last, x0 + 1); // the scale needs a width even for a single epoch
   const y0 = yMin ?? Math.min(...ys);
   const y1 = yMax ?? Math.max(...ys, y0 + 1e-6);
   const sx = (x) => pad.l + ((x - x0) / (x1 - x0)) * (W - pad.l - pad.r);
@@ -39,7 +40,7 @@ export function lineChart(svg, series, { yMin, yMax, format = (v) => v.toFixed(2
     svg.append(t);
   }
   const xl = svgEl("text", { x: W - pad.r, y: H - 6, "text-anchor": "end" });
-  xl.textContent = `epoch ${x1}`;
+  xl.textContent = `epoch ${last}`;
   svg.append(xl);
   series.forEach((s, i) => {
     const good = s.points.filter(([, y]) => Number.isFinite(y));

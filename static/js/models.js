@@ -91,7 +91,7 @@ function showRun(run, liveEpochs = null) {
   $("run-detail").hidden = false;
   $("detail-title").textContent = `Run #${run.id} · ${run.status}`;
   const opts = run.options || {};
-  $("detail-meta").textContent = [opts.method, opts.backbone, opts.epochs && `${opts.epochs} epochs`, opts.image_size && `${opts.image_size}px`]
+  $("detail-meta").textContent = [opts.method, opts.backbone, opts.epochs && `${opts.epochs} epoch${opts.epochs === 1 ? "" : "s"}`, opts.image_size && `${opts.image_size}px`]
     .filter(Boolean)
     .join(" · ");
   const m = run.metrics || {};
