@@ -76,6 +76,19 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class LoginFailure(Base):
+    """One failed login, for the rate limit every web process shares (`app.security`). The key is
+    the SHA-256 of the lower-cased username and the client address, so a password typed into the
+    username field is never stored."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key_at", "key", "at"), Index("ix_login_failures_at", "at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Project(Base):
     __tablename__ = "projects"
 

@@ -16,17 +16,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from fastapi import HTTPException, Request, Response, status
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy import delete, func, select
 
+from app.models import LoginFailure, as_utc, utcnow
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -232,45 +232,43 @@ def verify_csrf(request: Request, token: str | None) -> bool:
 
 
 class LoginRateLimiter:
-    """Failed login attempts per (username, client address) in a sliding one-minute window.
+    """Failed login attempts per (username, client address) in a sliding window, in the database.
 
-    In-process: with several web processes each keeps its own window, so the effective limit is
-    multiplied by the process count (acceptable for a brute-force brake; a Redis-backed limiter
-    can replace this class behind the same two methods).
+    Every web process (and host) sees the same count, and a restart does not reset it. Rows older
+    than the window are pruned as failures are recorded; a successful login clears its key.
     """
 
     def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
         self.per_minute = per_minute
         self.window_s = window_s
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-        self._lock = threading.Lock()
 
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        q = self._failures.setdefault(key, deque())
-        while q and now - q[0] >= self.window_s:
-            q.popleft()
-        return q
+    @staticmethod
+    def _key(username: str, client: str) -> str:
+        return hashlib.sha256(f"{username.lower()}\0{client}".encode()).hexdigest()
 
-    def retry_after(self, username: str, client: str) -> int:
+    def retry_after(self, session: Session, username: str, client: str) -> int:
         """Seconds until another attempt is allowed; 0 when allowed now."""
-        now = time.monotonic()
-        with self._lock:
-            q = self._recent((username.lower(), client), now)
-            if len(q) < self.per_minute:
-                return 0
-            return max(1, int(self.window_s - (now - q[0])) + 1)
+        now = utcnow()
+        since = now - timedelta(seconds=self.window_s)
+        count, oldest = session.execute(
+            select(func.count(), func.min(LoginFailure.at)).where(
+                LoginFailure.key == self._key(username, client), LoginFailure.at > since
+            )
+        ).one()
+        if count < self.per_minute:
+            return 0
+        return max(1, int(self.window_s - (now - as_utc(oldest)).total_seconds()) + 1)
 
-    def record_failure(self, username: str, client: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._recent((username.lower(), client), now).append(now)
-            if len(self._failures) > 100_000:  # bound memory under a spraying attack
-                for key in [k for k, q in self._failures.items() if not q][:50_000]:
-                    del self._failures[key]
+    def record_failure(self, session: Session, username: str, client: str) -> None:
+        """Record a failure (committed at once: the request goes on to fail)."""
+        now = utcnow()
+        session.execute(delete(LoginFailure).where(LoginFailure.at <= now - timedelta(seconds=self.window_s)))
+        session.add(LoginFailure(key=self._key(username, client), at=now))
+        session.commit()
 
-    def reset(self, username: str, client: str) -> None:
-        with self._lock:
-            self._failures.pop((username.lower(), client), None)
+    def reset(self, session: Session, username: str, client: str) -> None:
+        session.execute(delete(LoginFailure).where(LoginFailure.key == self._key(username, client)))
+        session.commit()
 
 
 def login_limiter(request: Request) -> LoginRateLimiter:
@@ -293,7 +291,7 @@ def login_with_password(request: Request, session: Session, username: str, passw
 
     limiter = login_limiter(request)
     client = request.client.host if request.client else "unknown"
-    wait = limiter.retry_after(username, client)
+    wait = limiter.retry_after(session, username, client)
     if wait:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -302,11 +300,11 @@ def login_with_password(request: Request, session: Session, username: str, passw
         )
     user = authenticate(session, username, password)
     if user is None:
-        limiter.record_failure(username, client)
+        limiter.record_failure(session, username, client)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="wrong username or password",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    limiter.reset(username, client)
+    limiter.reset(session, username, client)
     return user

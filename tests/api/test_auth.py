@@ -110,6 +110,25 @@ def test_login_attempts_are_rate_limited(client, app, make_user):
     )
 
 
+def test_the_login_limit_is_shared_by_every_web_process_and_cleared_by_a_success(client, settings, make_user):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    make_user("frank")
+    limit = settings.login_attempts_per_minute
+    bad = {"username": "Frank", "password": "bad password"}  # usernames match case-insensitively
+    with TestClient(create_app(settings)) as other:  # a second web process on the same database
+        for i in range(limit - 1):
+            assert (client if i % 2 else other).post("/api/v1/auth/token", data=bad).status_code == 401
+        ok = {"username": "frank", "password": PASSWORD}
+        assert other.post("/api/v1/auth/token", data=ok).status_code == 200  # a success clears the count
+        for i in range(limit):
+            assert (client if i % 2 else other).post("/api/v1/auth/token", data=bad).status_code == 401
+        assert client.post("/api/v1/auth/token", data=ok).status_code == 429
+        assert other.post("/api/v1/auth/token", data=ok).status_code == 429
+
+
 def test_forged_and_garbage_bearer_tokens_are_401(client, make_user, settings):
     user = make_user()
     other = settings.model_copy(update={"secret_key": "another-secret"})
