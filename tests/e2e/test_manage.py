@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from tests.e2e.conftest import ADMIN, _png, shot
+from tests.e2e.conftest import ADMIN, PASSWORD, _png, shot
 
 pytestmark = [pytest.mark.browser]
 
@@ -153,3 +153,21 @@ def test_cancel_a_running_run_then_activate_an_older_model(new_page, world, work
     assert other.get_by_role("button", name="Activate").is_visible()
     shot(page, "model-rolled-back")
     assert not page.js_errors, page.js_errors
+
+
+def test_a_viewer_can_look_but_the_painter_refuses_them(new_page, world):
+    pid = _new_project(world, "E2E viewers")
+    with world.api(ADMIN) as api:
+        api.post("/users", json={"username": "e2e-viewer", "password": PASSWORD}).raise_for_status()
+        api.post(
+            f"/projects/{pid}/members", json={"username": "e2e-viewer", "role": "viewer"}
+        ).raise_for_status()
+        files = [("files", ("v.png", _png(400, size=(40, 40)), "image/png"))]
+        iid = api.post(f"/projects/{pid}/images", files=files).json()["images"][0]["id"]
+    page = new_page("e2e-viewer")
+    assert page.goto(f"/projects/{pid}").status == 200
+    for url in (f"/projects/{pid}/annotate", f"/projects/{pid}/annotate/{iid}"):
+        response = page.goto(url)
+        assert response.status == 403
+        assert "Annotators only" in page.content()
+    assert page.goto(f"/projects/{pid}/review/{iid}").status == 200  # looking is allowed
