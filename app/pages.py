@@ -352,6 +352,12 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
 # --- annotate ----------------------------------------------------------------------------------------
 
 
+def _annotators_only(request: Request, user) -> HTMLResponse:
+    return error_page(
+        request, user, 403, "Annotators only", "Your role in this project is viewer: you can look, not paint."
+    )
+
+
 @router.get("/projects/{pid}/annotate", response_class=HTMLResponse)
 def annotate_next(
     request: Request, pid: int, user: OptionalUser, session: SessionDep, after: int | None = None
@@ -360,13 +366,7 @@ def annotate_next(
     if response:
         return response
     if not access.at_least("annotator"):
-        return error_page(
-            request,
-            user,
-            403,
-            "Annotators only",
-            "Your role in this project is viewer: you can look, not paint.",
-        )
+        return _annotators_only(request, user)
     image, _policy = next_image(session, access.project, user, after=after)
     if image is None:
         return render(
@@ -383,13 +383,7 @@ def annotate_page(request: Request, pid: int, iid: int, user: OptionalUser, sess
     if response:
         return response
     if not access.at_least("annotator"):
-        return error_page(
-            request,
-            user,
-            403,
-            "Annotators only",
-            "Your role in this project is viewer: you can look, not paint.",
-        )
+        return _annotators_only(request, user)
     image = session.get(Image, iid)
     if image is None or image.project_id != pid:
         return _not_found(request, user, "image")
