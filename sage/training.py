@@ -128,11 +128,12 @@ def batches(n: int, batch_size: int, generator: torch.Generator, annotated: torc
             share: float = 0.0) -> list[torch.Tensor]:  # fmt: skip
     """Shuffled index batches; a last batch of one row is dropped (batch norm needs two).
 
-    With `annotated` (a (n,) bool mask) and `share` > 0, every batch of `batch_size` holds at least
-    round(share * batch_size) annotated rows: the annotated images are cycled through (reshuffled on
-    each pass) as often as that takes and the others fill the rest of each batch in shuffled order
-    (those that do not fit are skipped this epoch). The number of batches per epoch stays
-    ceil(n / batch_size), so the step budget is the one plain shuffling gives.
+    With `annotated` (a (n,) bool mask) and `share` > 0, when the annotated images are too few for
+    plain shuffling to give each batch round(share * batch_size) of them on average, every batch
+    holds exactly that many: the annotated images are cycled through (reshuffled on each pass) as
+    often as that takes and the others fill the rest of each batch in shuffled order (those that do
+    not fit are skipped this epoch). With enough annotated images plain shuffling is kept. The
+    number of batches per epoch stays ceil(n / batch_size), so the step budget is unchanged.
     """
     order = torch.randperm(n, generator=generator)
     chunks = list(order.split(batch_size))
