@@ -187,9 +187,10 @@ class TrainConfig:
         val split.
     saliency_fraction: keep saliency maps on only this seeded share of the training images
         (the rest train with cross-entropy alone); 1.0 keeps all.
-    annotated_share: at least this share of every training batch is drawn from the images with a
-        saliency map, which are then revisited more often within an epoch (an epoch keeps its
-        number of steps, so some images without a map sit an epoch out); 0 shuffles plainly.
+    annotated_share: when fewer than this share of the training images have a saliency map, each
+        batch draws this share from them, revisiting them more often within an epoch (an epoch
+        keeps its number of steps, so some images without a map sit an epoch out); when more
+        have one, or at 0, batches are shuffled plainly (see `sage.training.batches`).
         Method-independent: it changes which images a batch holds, not the loss. With maps on
         10% of the images and plain shuffling a batch of 32 holds about 3 annotated images and
         the saliency terms barely act; see `SageOptions` for the evidence behind 0.5.
