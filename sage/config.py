@@ -112,7 +112,7 @@ class SageOptions:
         ce's time instead of 3x, at some accuracy: 20 epochs, 3 seeds, 100% maps, decoy-texture
         95.6 -> 90.8, decoy-digits 96.7 -> 94.7. One step, batch 32, 32 px, 1 thread, quiet
         machine: ce 21.2 ms, the model alone on 96 rows 61.9 ms (2.92x), sage 63.5 ms (3.00x),
-        view_share 0.75 51.5 ms (2.43x).
+        view_share 0.75 51.5 ms (2.43x); another pair of runs: view_share 0.5 1.99x and 2.01x.
     batchnorm: "joint" (default) uses the statistics of the whole three-view batch (native
         BatchNorm, no extra cost); "clean" normalises all three views with the clean view's batch
         statistics (and only the clean view updates the running statistics), about 0.65x ce
