@@ -32,6 +32,8 @@ from sqlalchemy import insert, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import pct  # bench/common.py: the script's folder is on sys.path  # noqa: E402
+
 from app.db import make_engine, make_session_factory, upgrade_to_head  # noqa: E402
 from app.models import Annotation, AnnotationRevision, Image, Project, ProjectMember  # noqa: E402
 from app.services import users as user_service  # noqa: E402
@@ -172,10 +174,6 @@ def timed(fn, n: int, warmup: int = 10) -> list[float]:
         fn(warmup + i)
         out.append((time.perf_counter() - t) * 1000)
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
 def run_backend(

@@ -23,6 +23,8 @@ import statistics
 import threading
 from pathlib import Path
 
+from common import pct  # bench/common.py: the folder of this script is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SIZE = 4096
@@ -69,11 +71,6 @@ window.ready = true;
 """
 
 
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/ui.md")
@@ -116,7 +113,7 @@ def main() -> None:
         for size, step in [(32, 16), (128, 40), (400, 60), (1000, 120)]:
             page.evaluate("([s, c, st]) => window.segments(s, c, st)", [size, 20, step])  # warm-up (JIT)
             times = page.evaluate("([s, c, st]) => window.segments(s, c, st)", [size, args.segments, step])
-            rows.append((size, step, statistics.median(times), pct(times, 0.95), max(times)))
+            rows.append((size, step, statistics.median(times), pct(times, 95), max(times)))
             print(f"brush {size:5d}px step {step:4d}px: p50 {rows[-1][2]:.2f} ms  p95 {rows[-1][3]:.2f} ms")
 
         # Real mouse input end to end: frames composited while Playwright drags across the canvas.
@@ -151,8 +148,8 @@ def main() -> None:
     lines += [
         "",
         f"Real mouse strokes (Playwright, brush 200 px, {len(segs)} segments, {len(frames)} frames):",
-        f"segment rasterise p50 {statistics.median(segs):.2f} ms, p95 {pct(segs, 0.95):.2f} ms; "
-        f"frame composite p50 {statistics.median(frames):.2f} ms, p95 {pct(frames, 0.95):.2f} ms.",
+        f"segment rasterise p50 {statistics.median(segs):.2f} ms, p95 {pct(segs, 95):.2f} ms; "
+        f"frame composite p50 {statistics.median(frames):.2f} ms, p95 {pct(frames, 95):.2f} ms.",
         "",
         f"Saving: encoding the 4096x4096 mask as an 8-bit grayscale PNG (CompressionStream deflate) takes "
         f"{enc_ms:.0f} ms ({encode[0]['bytes'] / 1024:.0f} KiB).",

@@ -34,6 +34,8 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import pct  # bench/common.py: the script's folder is on sys.path  # noqa: E402
+
 from app.db import make_engine, make_session_factory, upgrade_to_head  # noqa: E402
 from app.processes import child_env  # noqa: E402
 from app.settings import Settings  # noqa: E402
@@ -67,11 +69,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 class Mode:
