@@ -20,7 +20,8 @@ from schemathesis import GenerationMode
 from tests.api.conftest import mask_png, noise_png, put_annotation, upload
 
 TAGS = {"auth", "tokens", "projects", "images", "annotations"}
-EXAMPLES = 10  # enough that the 2xx count below does not hinge on the seed hypothesis derives from this source
+# Enough that the 2xx count below does not hinge on the seed hypothesis derives from this source.
+EXAMPLES = 10
 
 
 def test_no_server_errors(app, client, make_user, make_project, auth_headers):
