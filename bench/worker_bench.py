@@ -39,17 +39,8 @@ from common import pct  # bench/common.py: the script's folder is on sys.path  #
 from app.db import make_engine, make_session_factory, upgrade_to_head  # noqa: E402
 from app.processes import child_env  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from tests.worker.conftest import tiny_image  # noqa: E402 - the same data the worker tests train on
+from tests.worker.conftest import LABELS, TINY_TRAINING, tiny_image  # noqa: E402 - the worker tests' data
 
-LABELS = ["left", "right"]
-TRAINING = {
-    "method": "sage",
-    "backbone": "tiny",
-    "image_size": 32,
-    "epochs": 2,
-    "batch_size": 8,
-    "device": "cpu",
-}
 REDIS_URL = "redis://127.0.0.1:6379/13"
 # One intra-op thread in the workers and in the raw measurement: this machine's two cores are
 # shared, and a multi-threaded kernel stalls whenever another job holds a core.
@@ -153,7 +144,13 @@ class Mode:
         with make_session_factory(engine)() as s:
             user = users.create_user(s, "bench", "correct horse battery", is_admin=True)
             project = projects.create_project(
-                s, user, name="bench", labels=LABELS, backbone="tiny", image_size=32, training=dict(TRAINING)
+                s,
+                user,
+                name="bench",
+                labels=LABELS,
+                backbone="tiny",
+                image_size=32,
+                training=dict(TINY_TRAINING),
             )
             files, maps = [], []
             for i in range(n):
