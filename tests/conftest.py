@@ -26,7 +26,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "SAGE_TEST_POSTGRES_URL", f"postgresql+psycopg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
 )
 # Redis database numbers: each user of Redis in the suite takes its own, flushed before use.
-REDIS_DB_FIXTURE = 11
+# SAGE_TEST_REDIS_DB moves the block (fixture, worker stack) so two checkouts can test at once.
+REDIS_DB_BASE = int(os.environ.get("SAGE_TEST_REDIS_DB", "11"))
+REDIS_DB_FIXTURE = REDIS_DB_BASE
 REQUIRE_SERVICES = os.environ.get("SAGE_REQUIRE_SERVICES", "") not in ("", "0", "false")
 
 

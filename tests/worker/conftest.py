@@ -26,9 +26,9 @@ from PIL import Image as PILImage
 
 from app.db import make_engine, make_session_factory
 from app.settings import Settings
-from tests.conftest import REDIS_HOST, REDIS_PORT, _truncate_all, require_service
+from tests.conftest import REDIS_DB_BASE, REDIS_HOST, REDIS_PORT, _truncate_all, require_service
 
-REDIS_DB_WORKER = 12
+REDIS_DB_WORKER = REDIS_DB_BASE + 1
 ROOT = Path(__file__).resolve().parents[2]
 TINY_TRAINING = {
     "method": "sage",
