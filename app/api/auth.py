@@ -44,9 +44,12 @@ def me(user: CurrentUser) -> User:
 
 
 @router.post("/users/me/password", status_code=status.HTTP_204_NO_CONTENT)
-def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep) -> Response:
-    """Change your password; every session and access token issued before ends (API tokens stay)."""
-    if not security.verify_password(user.password_hash, body.current_password):
+def change_password(
+    request: Request, body: PasswordChange, user: CurrentUser, session: SessionDep
+) -> Response:
+    """Change your password; every session and access token issued before ends (API tokens stay).
+    The current-password check is throttled like sign-in (429 with Retry-After)."""
+    if not security.check_password_throttled(request, session, user, body.current_password):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="the current password is wrong")
     user_service.update_user(session, user, password=body.new_password)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

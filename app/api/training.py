@@ -14,7 +14,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
-from app.deps import MAX_ID, CurrentUser, ProjectManager, ProjectViewer, SessionDep, check_project_access
+from app.deps import (
+    MAX_ID,
+    CurrentUser,
+    ProjectManager,
+    ProjectViewer,
+    SessionDep,
+    SettingsDep,
+    check_project_access,
+)
 from app.models import TrainingRun, User
 from app.schemas import API
 from app.services import training as training_service
@@ -101,13 +109,20 @@ def start_training(
     user: CurrentUser,
     session: SessionDep,
     request: Request,
+    settings: SettingsDep,
     body: Annotated[TrainingRequest | None, Body()] = None,
 ) -> TrainingRunOut:
     """Train the project's model now ("train now"). Options override the project's defaults for
     this run only and are validated before anything is queued (422). When a run is already queued
     or running, it is returned instead (`joined: true`)."""
     result = training_service.create_or_join_run(
-        session, project, user, body.training if body else None, force=True, reason="manual"
+        session,
+        project,
+        user,
+        body.training if body else None,
+        force=True,
+        reason="manual",
+        settings=settings,
     )
     if result.created:
         try:

@@ -74,7 +74,42 @@ def project_defaults(project: Project) -> dict[str, Any]:
     return base
 
 
-def resolve_options(project: Project, options: dict[str, Any] | None) -> dict[str, Any]:
+def check_bounds(config: Any, settings: Settings | None) -> None:
+    """Upper bounds on the knobs that size a run (epochs, image size, batch size): a request
+    cannot queue a run that would hold a training worker for days or exhaust its memory."""
+    limits = settings or Settings()
+    for name, bound in (
+        ("epochs", limits.max_train_epochs),
+        ("image_size", limits.max_train_image_size),
+        ("batch_size", limits.max_train_batch_size),
+    ):
+        value = getattr(config, name)
+        if value > bound:
+            raise InvalidTrainingOptions(
+                f"invalid training options: {name} is {value}, over this server's limit of {bound}"
+            )
+
+
+def check_project_training(fields: dict[str, Any], settings: Settings | None = None) -> None:
+    """Validate a project's stored training defaults as a run would use them (422 naming an
+    unknown key or a bad value), so a project can never hold options no run can train with."""
+    merged = {
+        "backbone": fields.get("backbone", "tiny"),
+        "image_size": fields.get("image_size", 64),
+        **(fields.get("training") or {}),
+    }
+    from sage.config import TrainConfig
+
+    try:
+        config = TrainConfig.from_dict(merged)
+    except (ValueError, TypeError) as exc:
+        raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
+    check_bounds(config, settings)
+
+
+def resolve_options(
+    project: Project, options: dict[str, Any] | None, settings: Settings | None = None
+) -> dict[str, Any]:
     """Project defaults overridden by a run's options, validated by `sage.config.TrainConfig`.
 
     Raises InvalidTrainingOptions (422) naming the bad key, before anything is stored or queued.
@@ -92,6 +127,7 @@ def resolve_options(project: Project, options: dict[str, Any] | None) -> dict[st
         config = TrainConfig.from_dict(merged)
     except (ValueError, TypeError) as exc:
         raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
+    check_bounds(config, settings)
     if len(config.labels) < 2:
         raise InvalidTrainingOptions(
             f"project {project.id} has {len(config.labels)} label(s); a classifier needs at least two: "
@@ -154,7 +190,7 @@ def create_or_join_run(
     nothing was due. Commits; the caller then enqueues with `enqueue_run` (after the commit, so a
     fast worker never looks for a row that is not there yet).
     """
-    resolved = resolve_options(project, options)
+    resolved = resolve_options(project, options, settings)
     lock_project(session, project.id)
     existing = active_run(session, project.id)
     if existing is not None:
