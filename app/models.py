@@ -56,6 +56,9 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Browser sessions carry the epoch they were issued in; logout and password change bump it,
+    # which ends every session issued before, server side.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiToken(Base):
@@ -72,6 +75,8 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # "write": everything the owner may do; "read": safe methods (GET, HEAD, OPTIONS) only.
+    scope: Mapped[str] = mapped_column(String(10), default="write", server_default="write")
 
     user: Mapped[User] = relationship()
 

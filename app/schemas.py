@@ -71,11 +71,17 @@ class UserUpdate(Strict):
 class PasswordChange(Strict):
     current_password: Annotated[str, StringConstraints(max_length=1024)]
     new_password: Annotated[str, StringConstraints(min_length=8, max_length=1024)]
+    keep_api_tokens: bool = Field(
+        default=False, description="keep your personal API tokens (by default they are revoked)"
+    )
 
 
 class ApiTokenCreate(Strict):
     name: Annotated[Name, StringConstraints(max_length=100)]
-    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    expires_in_days: int | None = Field(
+        default=None, ge=1, le=3650, description="default: the server's SAGE_API_TOKEN_DEFAULT_TTL_DAYS"
+    )
+    scope: Literal["read", "write"] = Field(default="write", description="read: GET requests only")
 
 
 class ApiTokenOut(BaseModel):
@@ -88,6 +94,7 @@ class ApiTokenOut(BaseModel):
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    scope: str
 
 
 class ApiTokenCreated(ApiTokenOut):

@@ -31,10 +31,14 @@ def issue_access_token(
 
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
-def logout(response: Response, settings: SettingsDep) -> Response:
-    """End the browser session (clears the session cookie; bearer tokens are unaffected)."""
+def logout(request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
+    """End your browser sessions server side (every session cookie issued so far stops working)
+    and clear the cookie. With the cookie, send the CSRF token like any other write. Bearer
+    tokens are unaffected."""
+    security.end_sessions(session, user)
+    session.commit()
     out = Response(status_code=status.HTTP_204_NO_CONTENT)
-    security.logout_session(out, settings)
+    security.logout_session(out, settings, request)
     return out
 
 
@@ -51,7 +55,7 @@ def change_password(
     The current-password check is throttled like sign-in (429 with Retry-After)."""
     if not security.check_password_throttled(request, session, user, body.current_password):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="the current password is wrong")
-    user_service.update_user(session, user, password=body.new_password)
+    user_service.update_user(session, user, password=body.new_password, keep_api_tokens=body.keep_api_tokens)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
