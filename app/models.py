@@ -109,6 +109,8 @@ class Project(Base):
     retrain_min_new: Mapped[int] = mapped_column(Integer, default=20)
     activation_policy: Mapped[str] = mapped_column(String(20), default="auto")  # auto | manual
     next_policy: Mapped[str] = mapped_column(String(20), default="sequential")
+    # Why beat's periodic retraining could not start a run here (bad stored options, ...); None when fine.
+    retrain_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from app.models import as_utc
+
 
 def _no_control_chars(value: str) -> str:
     if any(ord(c) < 32 or c == "\x7f" for c in value):
@@ -202,6 +204,9 @@ class ProjectOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     role: RoleName = Field(description="the caller's role (site admins: manager)")
+    retrain_error: str | None = Field(
+        default=None, description="why scheduled retraining could not start a run (None when fine)"
+    )
     summary: ProjectSummary
 
 
@@ -379,8 +384,9 @@ def project_out(project: Any, role: str, summary: dict[str, Any]) -> ProjectOut:
         retrain_min_new=project.retrain_min_new,
         activation_policy=project.activation_policy,
         next_policy=project.next_policy,
-        created_at=project.created_at,
-        updated_at=project.updated_at,
+        created_at=as_utc(project.created_at),
+        updated_at=as_utc(project.updated_at),
         role=role,
+        retrain_error=getattr(project, "retrain_error", None),
         summary=ProjectSummary(**summary),
     )

@@ -256,8 +256,8 @@ def _parse_labels(text: str, project: Project, problems: _Problems) -> list[_Row
                 continue
             if len(values) < len(cols):
                 values = values + [""] * (len(cols) - len(values))
-            name = values[i_image].strip()
-            label = values[i_label].strip() or None
+            name = csv_value(values[i_image].strip())
+            label = csv_value(values[i_label].strip()) or None
             split = (values[i_split].strip() if i_split is not None else "") or "train"
             if not name:
                 problems.add(LABELS_CSV, "the image column is empty", line)
@@ -475,12 +475,27 @@ def _export_name(img: Image, used_names: set[str], used_stems: set[str]) -> str:
     return name
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: str) -> str:
+    """A cell safe to open in a spreadsheet: a leading formula character gets a `'` before it
+    (the OWASP rule); `csv_value` undoes it on import, so export -> import round-trips."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def csv_value(cell: str) -> str:
+    """Undo `csv_cell`."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START) else cell
+
+
 def labels_csv(entries: list[DatasetEntry]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["image", "label", "split"])
     for e in entries:
-        writer.writerow([e.name, e.label or "", e.split])
+        writer.writerow([csv_cell(e.name), csv_cell(e.label or ""), e.split])
     return buf.getvalue().encode()
 
 

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import random
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,14 +39,25 @@ NEXT_POLICIES = ("sequential", "random", "uncertainty", "misalignment")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
+MAX_NAME_BYTES = 255  # what every common file system allows for one name
+
+
 def safe_name(name: str | None) -> str:
-    """A file name reduced to its last path component, without control characters (for display
-    and export only: files are stored under their content hash, never under this name)."""
-    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    """A file name reduced to its last path component, Unicode NFC, without control characters,
+    at most 255 UTF-8 bytes (the extension kept). For display and export only: files are stored
+    under their content hash, never under this name."""
+    name = unicodedata.normalize("NFC", (name or "").replace("\\", "/").rsplit("/", 1)[-1])
     name = _UNSAFE_NAME.sub("_", name).strip()
     if name in ("", ".", ".."):
         return ""
-    return name[-255:]
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext.encode()) > 16:
+        stem, ext = name, ""
+    room = MAX_NAME_BYTES - (len(ext.encode()) + 1 if ext else 0)
+    stem = stem.encode()[:room].decode(errors="ignore")
+    return f"{stem}.{ext}" if ext else stem
 
 
 def check_label(project: Project, label: str | None) -> str | None:

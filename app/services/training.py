@@ -243,9 +243,11 @@ def request_cancel(session: Session, run: TrainingRun) -> TrainingRun:
         if result.rowcount == 1:
             add_event(session, run.id, "log", {"message": "cancel requested"})
         else:
+            # The run finished (or published its model) first: the cancel is refused, never
+            # acknowledged and then ignored (publishing only succeeds while no cancel is set).
             session.rollback()
             session.refresh(run)
-            raise TrainingError(f"training run {run.id} is already {run.status}; nothing to cancel")
+            raise TrainingError(f"training run {run.id} already finished ({run.status}); nothing to cancel")
     session.commit()
     session.refresh(run)
     return run
@@ -371,20 +373,22 @@ def finish_run(
     error: str | None = None,
     model_id: int | None = None,
     commit: bool = True,
+    unless_cancelled: bool = False,
 ) -> bool:
     """Move an owned run to a final status. False (and nothing written) when the run was taken
-    away from this worker meanwhile (reaped): the caller must then discard what it produced."""
+    away from this worker meanwhile (reaped), or, with `unless_cancelled`, when a cancel was
+    requested: the caller must then discard what it produced."""
     assert status in FINISHED_STATUSES, status
+    owned = _owned(run_id, worker_id)
+    if unless_cancelled:
+        owned = (*owned, TrainingRun.cancel_requested.is_(False))
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
     if metrics is not None:
         values["metrics"] = metrics
     if model_id is not None:
         values["model_id"] = model_id
     result = session.execute(
-        update(TrainingRun)
-        .where(*_owned(run_id, worker_id))
-        .values(**values)
-        .execution_options(synchronize_session=False)
+        update(TrainingRun).where(*owned).values(**values).execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         session.rollback()
@@ -561,17 +565,44 @@ def retrain_check(session: Session, celery: TaskSender) -> list[int]:
     project_ids = session.scalars(select(Project.id).where(Project.retrain_enabled.is_(True))).all()
     session.rollback()
     for project_id in project_ids:
-        project = session.get(Project, project_id)
-        if project is None or not retrain_due(session, project):
-            session.rollback()
-            continue
         try:
-            request = create_or_join_run(session, project, None, None, force=False, reason="scheduled")
-        except TrainingError as exc:
+            run_id = _retrain_one(session, celery, project_id)
+        except Exception as exc:  # noqa: BLE001 - one project's problem must not stop the others
             session.rollback()
-            log.warning("retrain check: project %s not started: %s", project_id, exc.detail)
+            detail = getattr(exc, "detail", None) or f"{exc.__class__.__name__}: {exc}"
+            log.warning("retrain check: project %s not started: %s", project_id, detail)
+            _set_retrain_error(session, project_id, f"scheduled retraining could not start: {detail}")
             continue
-        if request is not None and request.created:
-            enqueue_run(celery, request.run.id)
-            started.append(request.run.id)
+        if run_id is not None:
+            started.append(run_id)
     return started
+
+
+def _retrain_one(session: Session, celery: TaskSender, project_id: int) -> int | None:
+    project = session.get(Project, project_id)
+    if project is None or not retrain_due(session, project):
+        session.rollback()
+        return None
+    request = create_or_join_run(session, project, None, None, force=False, reason="scheduled")
+    if project.retrain_error is not None:
+        _set_retrain_error(session, project_id, None)
+    if request is not None and request.created:
+        enqueue_run(celery, request.run.id)
+        return request.run.id
+    return None
+
+
+def _set_retrain_error(session: Session, project_id: int, error: str | None) -> None:
+    """Record (or clear) why scheduled retraining of a project could not start; the project page
+    and `GET /projects/{pid}` show it."""
+    try:
+        session.execute(
+            update(Project)
+            .where(Project.id == project_id)
+            .values(retrain_error=error[:2000] if error else None)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    except Exception:  # noqa: BLE001
+        session.rollback()
+        log.exception("retrain check: could not record the error of project %s", project_id)

@@ -1,4 +1,4 @@
-"""hardening: session epochs, API token scopes, SQLite AUTOINCREMENT (ids never reused)
+"""hardening: session epochs, API token scopes, retrain errors, SQLite AUTOINCREMENT (ids never reused)
 
 Revision ID: 0006
 Revises: 0003
@@ -43,11 +43,15 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("session_epoch", sa.Integer(), server_default="0", nullable=False))
     with op.batch_alter_table("api_tokens", schema=None) as batch_op:
         batch_op.add_column(sa.Column("scope", sa.String(length=10), server_default="write", nullable=False))
+    with op.batch_alter_table("projects", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("retrain_error", sa.Text(), nullable=True))
     _rebuild(autoincrement=True)
 
 
 def downgrade() -> None:
     _rebuild(autoincrement=False)
+    with op.batch_alter_table("projects", schema=None) as batch_op:
+        batch_op.drop_column("retrain_error")
     with op.batch_alter_table("api_tokens", schema=None) as batch_op:
         batch_op.drop_column("scope")
     with op.batch_alter_table("users", schema=None) as batch_op:

@@ -193,3 +193,58 @@ def test_image_size_bound_applies_to_projects(client, make_user, auth_headers, s
     with TestClient(create_app(settings.model_copy(update={"max_train_image_size": 128}))) as c:
         body = {"name": "big", "labels": ["a", "b"], "image_size": 256}
         assert c.post("/api/v1/projects", headers=auth_headers(owner), json=body).status_code == 422
+
+
+# --- file names and exports ------------------------------------------------------------------------
+
+
+def test_file_names_are_nfc_and_byte_limited(client, make_user, make_project, auth_headers):
+    owner = make_user()
+    project = make_project(owner)
+    headers = auth_headers(owner)
+    long_name = "é" * 300 + ".png"
+    files = [
+        ("files", (long_name, png_bytes(colour=(1, 2, 3)), "image/png")),
+        ("files", ("e\u0301t\u00e9.png", png_bytes(colour=(4, 5, 6)), "image/png")),
+        ("files", ("../../etc/passwd.png", png_bytes(colour=(7, 8, 9)), "image/png")),
+    ]
+    images = client.post(f"/api/v1/projects/{project.id}/images", headers=headers, files=files).json()[
+        "images"
+    ]
+    names = [image["original_name"] for image in images]
+    assert len(names[0].encode()) <= 255 and names[0].endswith(".png") and names[0].startswith("éé")
+    assert names[1] == "\u00e9t\u00e9.png"
+    assert names[2] == "passwd.png"
+
+
+def test_export_csv_escapes_formula_cells_and_import_undoes_it(client, make_user, make_project, auth_headers):
+    import csv
+    import io
+    import zipfile
+
+    owner = make_user()
+    project = make_project(owner, labels=("=cmd|' /C calc'!A0", "@sum", "plain"))
+    headers = auth_headers(owner)
+    files = [("files", ("+evil.png", png_bytes(colour=(9, 9, 9)), "image/png"))]
+    data = {"label": "=cmd|' /C calc'!A0"}
+    assert (
+        client.post(
+            f"/api/v1/projects/{project.id}/images", headers=headers, files=files, data=data
+        ).status_code
+        == 201
+    )
+    export = client.get(f"/api/v1/projects/{project.id}/export", headers=headers).content
+    archive = zipfile.ZipFile(io.BytesIO(export))
+    text = archive.read(f"project-{project.id}/labels.csv").decode()
+    row = list(csv.DictReader(io.StringIO(text)))[0]
+    assert row["image"] == "'+evil.png" and row["label"] == "'=cmd|' /C calc'!A0"
+    # the escaped export imports back to the same names and labels
+    target = make_project(owner, labels=("=cmd|' /C calc'!A0", "@sum", "plain"))
+    response = client.post(
+        f"/api/v1/projects/{target.id}/import",
+        headers=headers,
+        files={"file": ("d.zip", export, "application/zip")},
+    )
+    assert response.status_code == 201, response.text
+    image = client.get(f"/api/v1/projects/{target.id}/images", headers=headers).json()["items"][0]
+    assert image["original_name"] == "+evil.png" and image["label"] == "=cmd|' /C calc'!A0"
