@@ -193,13 +193,27 @@ class RenderLimiter:
     def __init__(self, slots: int, wait_s: float) -> None:
         self.slots = slots
         self.wait_s = wait_s
-        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphores: dict[int, asyncio.Semaphore] = {}
         self.rejected = 0
 
+    async def _acquire(self, sem: asyncio.Semaphore) -> bool:
+        if self.wait_s <= 0:
+            if sem.locked():
+                return False
+            await sem.acquire()
+            return True
+        try:
+            await asyncio.wait_for(sem.acquire(), timeout=self.wait_s)
+        except TimeoutError:
+            return False
+        return True
+
     def _sem(self) -> asyncio.Semaphore:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.slots)
-        return self._semaphore
+        # One per event loop (a server has one; tests may start several over an app's life).
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._semaphores:
+            self._semaphores[loop] = asyncio.Semaphore(self.slots)
+        return self._semaphores[loop]
 
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run `func(*args)` in a worker thread once a slot is free (HTTPException 503 otherwise)."""
@@ -207,9 +221,7 @@ class RenderLimiter:
         from starlette.concurrency import run_in_threadpool
 
         sem = self._sem()
-        try:
-            await asyncio.wait_for(sem.acquire(), timeout=self.wait_s)
-        except TimeoutError:
+        if not await self._acquire(sem):
             self.rejected += 1
             raise HTTPException(
                 503,
@@ -226,9 +238,9 @@ class RenderLimiter:
         from fastapi import HTTPException
 
         sem = self._sem()
-        try:
-            await asyncio.wait_for(sem.acquire(), timeout=self.wait_s)
-        except TimeoutError:
+        if not await self._acquire(sem):
+            if hasattr(awaitable, "close"):
+                awaitable.close()  # never started: close it so it is not reported as never awaited
             self.rejected += 1
             raise HTTPException(
                 503,

@@ -182,3 +182,16 @@ def encode_mask(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
+
+
+def display_copy(data: bytes, max_side: int) -> Image.Image:
+    """A stored (already verified) image as RGB, no larger than `max_side` on its longest side, for
+    renders meant for a screen. JPEGs are decoded at a reduced scale (libjpeg's DCT scaling), so a
+    40-megapixel photo never occupies its full size in memory."""
+    img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG":
+        img.draft("RGB", (max_side, max_side))
+    img = img.convert("RGB")
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return img

@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
 
     app.state.render_limiter = RenderLimiter(settings.render_slots, settings.render_wait_s)
+    app.state.predict_limiter = RenderLimiter(settings.predict_max_waiting, 0.0)
     install_metrics(app)
     # Added last = outermost: the body limit runs before metrics, routes and authentication.
     app.add_middleware(SecurityHeadersMiddleware)

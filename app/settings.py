@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # process; a request waits up to render_wait_s for a slot, then answers 503 with Retry-After.
     render_slots: int = Field(default=4, ge=1)
     render_wait_s: float = Field(default=10.0, ge=0)
+    # Synchronous predicts waiting for a worker at once per web process (they hold no thread).
+    predict_max_waiting: int = Field(default=64, ge=1)
     # Longest side of an image rendered for display (overlays): bigger images are downscaled first.
     display_max_side: int = Field(default=1024, ge=64)
     # /metrics: when set, scrapes must send `Authorization: Bearer <metrics_token>`.

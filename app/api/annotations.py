@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from sqlalchemy import select
 
 from app.api.images import NoControl, read_upload
@@ -117,10 +117,19 @@ def list_annotations(image: ImageViewer, session: SessionDep) -> ImageAnnotation
     )
 
 
-@router.get("/images/{iid}/saliency.png", response_class=Response, responses={200: PNG})
-def consensus_png(image: ImageViewer, session: SessionDep, storage: StorageDep) -> Response:
-    """The consensus saliency map (mean of the annotators' maps, else the imported map); 404 if none."""
-    png = annotation_service.consensus_png(session, storage, image)
+@router.get(
+    "/images/{iid}/saliency.png",
+    response_class=Response,
+    responses={200: PNG, 503: {"description": "too many renders at once; retry after Retry-After"}},
+)
+async def consensus_png(
+    request: Request, image: ImageViewer, session: SessionDep, storage: StorageDep
+) -> Response:
+    """The consensus saliency map (mean of the annotators' maps, else the imported map); 404 if none.
+    Computed a bounded number at a time (503 with Retry-After when the server stays busy)."""
+    png = await request.app.state.render_limiter.run(
+        annotation_service.consensus_png, session, storage, image
+    )
     if png is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no saliency map for this image yet")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-cache"})
