@@ -182,6 +182,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from app.services import objects
+    from app.storage import get_storage
+
+    settings = get_settings()
+    engine, session = _session(settings)
+    grace = settings.orphan_grace_s if args.grace_s is None else args.grace_s
+    try:
+        report = objects.sweep_orphans(session, get_storage(settings), grace, dry_run=args.dry_run)
+    finally:
+        session.close()
+        engine.dispose()
+    objects.write_report(settings.resolved_data_dir, report)
+    print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sage-studio", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -229,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="an empty folder, or a file name ending in .zip")
     p.add_argument("--only-labelled", action="store_true", help="leave out images without a label")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sweep", help="remove stored files no row uses (older than SAGE_ORPHAN_GRACE_S)")
+    p.add_argument("--dry-run", action="store_true", help="only count them")
+    p.add_argument("--grace-s", type=float, default=None, help="override SAGE_ORPHAN_GRACE_S")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("demo", help="seed the demo project and admin account")
     p.add_argument("--if-missing", action="store_true", help="do nothing when the demo project exists")

@@ -14,6 +14,7 @@ from app.api import annotations, auth, images, models, predictions, projects, to
 from app.db import check_ready, make_engine, make_session_factory
 from app.hardening import BodyLimitMiddleware, RenderLimiter, SecurityHeadersMiddleware
 from app.metrics import install_metrics
+from app.openapi import install_openapi
 from app.queue import check_broker, make_celery
 from app.schemas import API
 from app.settings import Settings, get_settings
@@ -91,4 +92,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix=API)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install_openapi(app)
     return app

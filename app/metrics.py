@@ -31,6 +31,23 @@ class _RunsCollector:
         for status, count in rows:
             gauge.add_metric([status], count)
         yield gauge
+        from app.services.objects import read_report
+
+        report = read_report(self.app.state.settings.resolved_data_dir)
+        if report is not None:
+            sweep = GaugeMetricFamily(
+                "sage_orphan_sweep_objects",
+                "Stored objects in the last orphan sweep, by outcome",
+                labels=["outcome"],
+            )
+            for outcome in ("scanned", "orphans", "removed", "kept"):
+                sweep.add_metric([outcome], getattr(report, outcome))
+            yield sweep
+            yield GaugeMetricFamily(
+                "sage_orphan_sweep_last_run_timestamp_seconds",
+                "When the last orphan sweep finished",
+                value=report.finished_at,
+            )
 
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     metrics_token: str = ""
 
     # Training options: upper bounds checked before anything is queued.
-    max_train_epochs: int = Field(default=500, ge=1)
+    max_train_epochs: int = Field(default=10_000, ge=1)
     max_train_image_size: int = Field(default=1024, ge=8)
     max_train_batch_size: int = Field(default=1024, ge=1)
 
@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # how long `POST /training-runs/{rid}/cancel` takes to stop a run (plus one training step).
     cancel_poll_interval_s: float = Field(default=1.0, gt=0)
     reap_interval_s: float = Field(default=15.0, gt=0)  # beat: how often stale runs are reaped
+    # Beat: how often stored objects no row uses are swept, and how old (untouched) they must be.
+    orphan_sweep_interval_s: float = Field(default=3600.0, gt=0)
+    orphan_grace_s: float = Field(default=6 * 3600.0, ge=0)
+    orphan_sweep_dry_run: bool = False  # only count orphans (in /metrics and the log)
     # `serve` also starts one worker per queue and beat: None = only in embedded mode.
     serve_workers: bool | None = None
     # Grace a child process gets to stop on SIGTERM before it is killed (serve, multi-queue worker).

@@ -10,7 +10,14 @@ from typing import Any
 
 from celery import Celery
 
-from app.queue import TASK_PREDICT, TASK_PREDICT_PROJECT, TASK_REAP_STALE, TASK_RETRAIN_CHECK, TASK_TRAIN
+from app.queue import (
+    TASK_PREDICT,
+    TASK_PREDICT_PROJECT,
+    TASK_REAP_STALE,
+    TASK_RETRAIN_CHECK,
+    TASK_SWEEP_OBJECTS,
+    TASK_TRAIN,
+)
 from worker import prediction, scheduler, training
 from worker.context import WorkerContext, get_context
 
@@ -45,3 +52,7 @@ def register_tasks(celery: Celery) -> None:
     @celery.task(name=TASK_RETRAIN_CHECK, bind=True, ignore_result=True)
     def retrain_check(self) -> dict[str, Any]:
         return scheduler.retrain(_ctx(self), self.app)
+
+    @celery.task(name=TASK_SWEEP_OBJECTS, bind=True, ignore_result=True)
+    def sweep_objects(self) -> dict[str, Any]:
+        return scheduler.sweep(_ctx(self))

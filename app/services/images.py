@@ -15,6 +15,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from sqlalchemy import and_, exists, func, not_, select
 from sqlalchemy.exc import IntegrityError
@@ -78,8 +79,18 @@ def check_split(split: str | None) -> str:
 
 @dataclass
 class UploadedFile:
+    """One uploaded file: its bytes, or `source`, a file object (a spooled upload) read only
+    when needed, so a batch is never held in memory all at once."""
+
     name: str
-    data: bytes
+    data: bytes = b""
+    source: BinaryIO | None = None
+
+    def read(self) -> bytes:
+        if self.source is None:
+            return self.data
+        self.source.seek(0)
+        return self.source.read()
 
 
 def upload_images(
@@ -104,10 +115,12 @@ def upload_images(
     label = check_label(project, label)
     split = check_split(split)
     decoded = []
-    for f in files:
-        image = decode_image(f.data, max_pixels=max_pixels, what=f"file {safe_name(f.name) or '(unnamed)'!r}")
-        decoded.append((f, image, hashlib.sha256(f.data).hexdigest()))
+    for f in files:  # one file's bytes in memory at a time
+        data = f.read()
+        image = decode_image(data, max_pixels=max_pixels, what=f"file {safe_name(f.name) or '(unnamed)'!r}")
+        decoded.append((f, image, hashlib.sha256(data).hexdigest()))
         image.image.close()
+        del data
     for attempt in range(2):
         try:
             return _insert_images(session, storage, project, uploader, decoded, label, split)
@@ -137,7 +150,8 @@ def _insert_images(session, storage, project, uploader, decoded, label, split) -
             if sha in new:
                 results.append((new[sha], False))
                 continue
-            key = staging.put_bytes(f.data, image.suffix)
+            data = f.read()
+            key = staging.put_bytes(data, image.suffix)
             row = Image(
                 project_id=project.id,
                 sha256=sha,
@@ -146,7 +160,7 @@ def _insert_images(session, storage, project, uploader, decoded, label, split) -
                 format=image.format,
                 width=image.width,
                 height=image.height,
-                size_bytes=len(f.data),
+                size_bytes=len(data),
                 split=split,
                 import_label=label,
                 label=label,
@@ -348,19 +362,31 @@ def referenced_keys(session: Session, keys: Sequence[str]) -> set[str]:
 
 
 def delete_unreferenced(session: Session, storage: Storage, keys: Iterable[str]) -> int:
-    """Delete the files of `keys` that no row uses any more (call after the commit); returns the count."""
+    """Delete the files of `keys` that no row uses any more (call after the commit); returns the count.
+
+    Race-free against a writer of the same bytes: each file is moved aside, then kept if a writer
+    touched it meanwhile or a row uses it now (`Storage.remove_if_unused`)."""
     keys = [k for k in set(keys) if k]
     if not keys:
         return 0
     used = referenced_keys(session, keys)
     session.rollback()  # end the read transaction: nothing to keep
-    doomed = [k for k in keys if k not in used]
-    for key in doomed:
+    removed = 0
+    for key in keys:
+        if key in used:
+            continue
+
+        def in_use(key: str = key) -> bool:
+            try:
+                return bool(referenced_keys(session, [key]))
+            finally:
+                session.rollback()
+
         try:
-            storage.delete(key)
+            removed += storage.remove_if_unused(key, in_use)
         except ValueError:
             continue  # not one of our keys (e.g. a model artifact path): not ours to delete
-    return len(doomed)
+    return removed
 
 
 def _chunks(items: list, size: int):

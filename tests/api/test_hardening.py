@@ -156,7 +156,7 @@ def test_metrics_token(settings):
 
 @pytest.mark.parametrize(
     "training",
-    [{"no_such_option": 1}, {"sage": {"bogus": 2}}, {"epochs": 10_000}, {"batch_size": 4096}],
+    [{"no_such_option": 1}, {"sage": {"bogus": 2}}, {"epochs": 10_001}, {"batch_size": 2048}],
 )
 def test_project_training_options_are_checked_on_create_and_update(
     client, make_user, make_project, auth_headers, training
@@ -176,7 +176,7 @@ def test_run_options_have_upper_bounds(client, make_user, make_project, auth_hea
     owner = make_user()
     project = make_project(owner)
     headers = auth_headers(owner)
-    for options in ({"epochs": 5000}, {"image_size": 1024 + 8}, {"batch_size": 2048}):
+    for options in ({"epochs": 20_000}, {"image_size": 1024 + 8}, {"batch_size": 2048}):
         response = client.post(
             f"/api/v1/projects/{project.id}/training-runs", headers=headers, json={"training": options}
         )
