@@ -251,3 +251,49 @@ class RenderLimiter:
             return await awaitable
         finally:
             sem.release()
+
+
+class AllowHeaderMiddleware:
+    """405 answers list in `Allow` every method the OpenAPI schema documents for the path
+    (Starlette lists only those of the first route whose path matched, though several routes
+    share most paths)."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: Any) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self._templates: list[tuple[Any, int, list[str]]] | None = None
+
+    def _allowed(self, path: str) -> list[str]:
+        import re
+
+        if self._templates is None:
+            templates = []
+            for template, item in self.fastapi_app.openapi().get("paths", {}).items():
+                pattern = re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$")
+                methods = [m.upper() for m in item if m in _HTTP_METHODS]
+                templates.append((pattern, template.count("{"), methods))
+            self._templates = templates
+        matches = [(params, allowed) for pattern, params, allowed in self._templates if pattern.match(path)]
+        if not matches:
+            return []
+        fewest = min(params for params, _ in matches)  # a literal path wins over a template
+        return sorted({m for params, allowed in matches if params == fewest for m in allowed})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_allow(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                allowed = self._allowed(scope.get("path", ""))
+                if allowed:
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                    headers.append((b"allow", ", ".join(allowed).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_allow)
+
+
+_HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")

@@ -12,7 +12,12 @@ from fastapi.staticfiles import StaticFiles
 from app import pages
 from app.api import annotations, auth, images, models, predictions, projects, tokens, training
 from app.db import check_ready, make_engine, make_session_factory
-from app.hardening import BodyLimitMiddleware, RenderLimiter, SecurityHeadersMiddleware
+from app.hardening import (
+    AllowHeaderMiddleware,
+    BodyLimitMiddleware,
+    RenderLimiter,
+    SecurityHeadersMiddleware,
+)
 from app.metrics import install_metrics
 from app.openapi import install_openapi
 from app.queue import check_broker, make_celery
@@ -64,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predict_limiter = RenderLimiter(settings.predict_max_waiting, 0.0)
     install_metrics(app)
     # Added last = outermost: the body limit runs before metrics, routes and authentication.
+    app.add_middleware(AllowHeaderMiddleware, fastapi_app=app)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
 

@@ -39,9 +39,9 @@ UNSAFE = {"post", "put", "patch", "delete"}
 
 
 def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
-    codes = ["400", "422"]
+    codes = ["400", "401", "422"]
     if path != f"{API}/auth/token":
-        codes += ["401", "403"]
+        codes.append("403")
     if "{" in path:
         codes.append("404")
     body = operation.get("requestBody")
@@ -49,15 +49,40 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
         codes.append("413")
     if body is not None:
         codes.append("415")
-    if method in UNSAFE:
-        codes.append("409")
+    codes.append("409")  # writes that conflict, and reads that need state (e.g. an active model)
     if path in (f"{API}/auth/token", f"{API}/users/me/password"):
         codes.append("429")
     return sorted(set(codes))
 
 
+def _multipart_without_null(schema: dict[str, Any]) -> None:
+    """A multipart form cannot send null: an optional field is simply left out. FastAPI renders
+    `UploadFile | None` as anyOf [binary, null], which invites clients to send the text "null"."""
+    components = schema.get("components", {}).get("schemas", {})
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            content = operation.get("requestBody", {}).get("content", {})
+            form = content.get("multipart/form-data", {}).get("schema", {})
+            ref = form.get("$ref", "")
+            target = components.get(ref.rsplit("/", 1)[-1]) if ref else form
+            for prop in (target or {}).get("properties", {}).values():
+                options = prop.get("anyOf")
+                if options and any(o.get("type") == "null" for o in options):
+                    rest = [o for o in options if o.get("type") != "null"]
+                    prop.pop("anyOf")
+                    if len(rest) == 1:
+                        prop.update(rest[0])
+                    else:
+                        prop["anyOf"] = rest
+                    if prop.get("default", "x") is None:
+                        prop.pop("default")
+
+
 def complete_error_responses(schema: dict[str, Any]) -> dict[str, Any]:
     """Add the error answers each API operation can give (see the module docstring)."""
+    _multipart_without_null(schema)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.setdefault("Error", ERROR_SCHEMA)
     ref = {"$ref": "#/components/schemas/Error"}

@@ -71,7 +71,7 @@ def create_user(body: UserCreate, admin: AdminUser, session: SessionDep) -> User
     return user_service.create_user(session, body.username, body.password, is_admin=body.is_admin)
 
 
-@router.patch("/users/{uid}", response_model=UserOut)
+@router.patch("/users/{uid:int}", response_model=UserOut)
 def update_user(
     uid: Annotated[int, Path(ge=1, le=MAX_ID)], body: UserUpdate, admin: AdminUser, session: SessionDep
 ) -> User:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
@@ -11,6 +10,7 @@ from pydantic import BaseModel
 
 from app.deps import MAX_ID, CurrentUser, ProjectViewer, SessionDep, check_project_access
 from app.models import ModelVersion
+from app.schemas import UtcDateTime
 from app.services import models as model_service
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ class ModelOut(BaseModel):
     metrics: dict[str, Any]
     config: dict[str, Any]
     checksum: str
-    created_at: datetime
-    activated_at: datetime | None
+    created_at: UtcDateTime
+    activated_at: UtcDateTime | None
 
 
 def model_out(model: ModelVersion) -> ModelOut:

@@ -12,7 +12,6 @@ import asyncio
 import io
 import logging
 import time
-from datetime import datetime
 from typing import Annotated, Any
 
 import numpy as np
@@ -35,7 +34,7 @@ from app.deps import (
 from app.imaging import ImageError, decode_image, display_copy
 from app.models import Image, ModelVersion, Prediction
 from app.queue import TASK_PREDICT
-from app.schemas import API
+from app.schemas import API, UtcDateTime
 from app.services import models as model_service
 from app.services import predictions as prediction_service
 from app.storage import Storage
@@ -81,7 +80,7 @@ class StoredPrediction(BaseModel):
     overlay_url: str | None
     image_url: str
     image_label: str | None = None
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 def stored_out(p: Prediction, model: ModelVersion, image: Image) -> StoredPrediction:

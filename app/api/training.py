@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
 from typing import Annotated, Any
 
 import anyio
@@ -25,7 +24,7 @@ from app.deps import (
 )
 from app.models import TrainingRun, User
 from app.run_events import RunEventHub
-from app.schemas import API
+from app.schemas import API, UtcDateTime
 from app.services import training as training_service
 
 log = logging.getLogger(__name__)
@@ -63,10 +62,10 @@ class TrainingRunOut(BaseModel):
     model_id: int | None
     worker_id: str | None
     created_by_id: int | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    heartbeat_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
+    heartbeat_at: UtcDateTime | None
     lineage: dict[str, Any] | None = None  # only in the single-run answers
     joined: bool | None = None  # POST: true when an existing queued or running run was joined
     events_url: str

@@ -128,8 +128,8 @@ def resolve_options(
     except (ValueError, TypeError) as exc:
         raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
     check_bounds(config, settings)
-    if len(config.labels) < 2:
-        raise InvalidTrainingOptions(
+    if len(config.labels) < 2:  # the project's state, not the request: 409
+        raise TrainingError(
             f"project {project.id} has {len(config.labels)} label(s); a classifier needs at least two: "
             "set the project's labels first"
         )
