@@ -104,7 +104,21 @@ class TrainingOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    method: Literal["ce", "blur", "cyborg", "rrr", "gradia", "sage", "sage-inverted"] | None = None
+    method: (
+        Literal[
+            "ce",
+            "blur",
+            "cyborg",
+            "rrr",
+            "gradia",
+            "ce-swap",
+            "ce-jsd",
+            "sage-paper",
+            "sage",
+            "sage-inverted",
+        ]
+        | None
+    ) = None
     backbone: (
         Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)]
         | None
