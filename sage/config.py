@@ -125,7 +125,9 @@ class BaselineOptions:
         default 0.75.
     rrr_lambda: weight of RRR's squared input-gradient penalty on non-salient pixels (Ross et al.
         2017). None (default) sets it on the first batch with maps so that the weighted penalty
-        equals the cross-entropy there, the paper's rule of terms of the same size.
+        equals `rrr_balance` times the cross-entropy there (default 1: the paper's rule of terms
+        of the same size).
+    rrr_balance: the ratio penalty / CE at the start that sets rrr_lambda when it is None.
     gradia_lambda: weight of GRADIA's L1 between Grad-CAM and S; default 3.
     saliency_mode, threshold: how blur, cyborg, rrr and gradia preprocess S (same options as
         `SageOptions.saliency_mode`); default "continuous" (as painted), threshold 0.5.
@@ -134,6 +136,7 @@ class BaselineOptions:
     blur_sigma: float = 0.125
     cyborg_alpha: float = 0.75
     rrr_lambda: float | None = None
+    rrr_balance: float = 1.0
     gradia_lambda: float = 3.0
     saliency_mode: str = "continuous"
     threshold: float = 0.5
@@ -259,6 +262,7 @@ class TrainConfig:
         _in_range("baselines.cyborg_alpha", b.cyborg_alpha, 0.0, 1.0)
         if b.rrr_lambda is not None:
             _at_least("baselines.rrr_lambda", b.rrr_lambda, 0)
+        _positive("baselines.rrr_balance", b.rrr_balance)
         _choice("baselines.saliency_mode", b.saliency_mode, SALIENCY_MODES)
         _in_range("baselines.threshold", b.threshold, 0.0, 1.0)
         _at_least("baselines.gradia_lambda", b.gradia_lambda, 0)

@@ -151,8 +151,9 @@ class RRRTask(Task):
     """`rrr`: CE + lambda * mean over annotated images of `input_gradient_penalty` with (1 - S) as
     the mask (Right for the Right Reasons, Ross et al. 2017). The gradient pass normalises with the
     statistics the training forward used on this batch, held constant. With
-    `baselines.rrr_lambda` None, lambda is set once, on the first batch with maps, to CE / penalty
-    there (both terms of the same size at the start, the paper's rule) and kept in the
+    `baselines.rrr_lambda` None, lambda is set once, on the first batch with maps, to
+    rrr_balance * CE / penalty there (at 1 both terms are of the same size at the start, the
+    paper's rule) and kept in the
     `rrr_lambda` buffer (a resumed run sets it again on its first batch)."""
 
     def __init__(self, model: Classifier, config: TrainConfig) -> None:
@@ -173,7 +174,8 @@ class RRRTask(Task):
             mask = 1 - self.map_for_loss(batch)[rows]
             rrr = input_gradient_penalty(self.model, batch.images[rows], mask, record or None).mean()
             if torch.isnan(self.rrr_lambda):
-                self.rrr_lambda.fill_(float(ce.detach()) / max(float(rrr.detach()), 1e-12))
+                balance = self.config.baselines.rrr_balance
+                self.rrr_lambda.fill_(balance * float(ce.detach()) / max(float(rrr.detach()), 1e-12))
         else:
             rrr = ce.new_zeros(())
         weight = 0.0 if torch.isnan(self.rrr_lambda) else float(self.rrr_lambda)
