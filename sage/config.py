@@ -174,7 +174,12 @@ class TrainConfig:
         10% of the images and plain shuffling a batch of 32 holds about 3 annotated images and
         the saliency terms barely act; bench/tuning.md has the evidence behind 0.5.
     augment: none, flip, crop, crop+flip (applied identically to image and saliency map).
-    pretrained_path: local weights file (torchvision state dict or a SAGE model.pt).
+    weights: pretrained weights by registered name (`sage.weights`: a torchvision name such as
+        "ResNet18_Weights.IMAGENET1K_V1", or a name given to `sage-studio weights add`); None
+        (default) starts from random weights.
+    pretrained_path: a local weights file (torchvision state dict or a SAGE model.pt); for the
+        `python -m sage` CLI only; the web API refuses it (a web user must not make a worker open
+        an arbitrary server file).
     checkpoint: also write out_dir/checkpoint.pt after every epoch, for exact resume.
     progress_every: call `progress` every this many steps (and at each epoch end).
     """
@@ -201,6 +206,7 @@ class TrainConfig:
     saliency_fraction: float = 1.0
     annotated_share: float = 0.5
     augment: str = "flip"
+    weights: str | None = None
     pretrained_path: str | None = None
     checkpoint: bool = False
     progress_every: int = 10
@@ -231,6 +237,10 @@ class TrainConfig:
         _in_range("val_fraction", self.val_fraction, 0.0, 0.9)
         _in_range("saliency_fraction", self.saliency_fraction, 0.0, 1.0)
         _in_range("annotated_share", self.annotated_share, 0.0, 1.0)
+        if self.weights is not None and self.pretrained_path is not None:
+            raise ValueError("give weights (a registered name) or pretrained_path (a file), not both")
+        if self.weights is not None and not self.weights:
+            raise ValueError("weights must be a registered name, got an empty string")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels must be unique, got {self.labels}")
         if any(not isinstance(x, str) or not x for x in self.labels):

@@ -90,6 +90,15 @@ def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
     return TrainingData(index.labels, train, val, test)
 
 
+def pretrained_file(config: TrainConfig) -> Path | str | None:
+    """The verified local file of `config.weights` (by registered name), else `pretrained_path`."""
+    if config.weights:
+        from sage.weights import weights_path
+
+        return weights_path(config.weights, config.backbone)
+    return config.pretrained_path
+
+
 def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
     decay, no_decay = [], []
     for p in model.parameters():
@@ -268,7 +277,7 @@ def fit(
     device = resolve_device(config.device)
     seed_everything(config.seed, config.deterministic)
     data = prepare_data(config, data_dir)
-    model = create_model(config.backbone, len(data.labels), config.pretrained_path, config.image_size).to(
+    model = create_model(config.backbone, len(data.labels), pretrained_file(config), config.image_size).to(
         device
     )
     if device.type == "cuda":
