@@ -66,8 +66,8 @@ class BenchSettings:
     tuning_seeds: list[int] = field(default_factory=lambda: [100, 101])
     report_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     configs_per_method: int = 3
-    epochs: int = 20
-    n: int = 480
+    epochs: int = 16
+    n: int = 360
     data_size: int = 64
     image_size: int = 32
     backbone: str = "tiny"

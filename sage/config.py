@@ -43,7 +43,10 @@ SALIENCY_METHODS = tuple(m for m in METHODS if m != "ce")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
-AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+AUGMENTATIONS = ("auto", "none", "flip", "crop", "crop+flip")
+RECIPES = ("auto", "finetune", "as-given")
+CLASS_BALANCE = ("auto", "weighted", "none")
+FREEZE_BATCHNORM = ("auto", "yes", "no")
 DEGRADATIONS = ("blur", "noise", "mean", "swap", "mix")
 DISTANCES = ("euclidean", "cosine")
 SALIENCY_MODES = ("continuous", "threshold", "ramp")
@@ -173,7 +176,17 @@ class TrainConfig:
         Method-independent: it changes which images a batch holds, not the loss. With maps on
         10% of the images and plain shuffling a batch of 32 holds about 3 annotated images and
         the saliency terms barely act; bench/tuning.md has the evidence behind 0.5.
-    augment: none, flip, crop, crop+flip (applied identically to image and saliency map).
+    augment: auto (default: a random resized crop, no flip, safe for medical images), none,
+        flip, crop, crop+flip (applied identically to image and saliency map); flips only when
+        the project asks for them.
+    recipe: auto (default: the backbone family's fine-tuning recipe when the run starts from
+        pretrained weights, else the values given here), finetune, or as-given (see
+        `sage.recipes`: AdamW, warm-up + cosine, backbone at 0.1x the head's learning rate,
+        batch norm frozen at small batches; the recipe's lr/weight_decay replace the config's).
+    class_balance: auto (default: a class-weighted loss when the largest class has 1.5x the
+        smallest's training images), weighted, none.
+    freeze_batchnorm: auto (default: frozen running statistics when fine-tuning a batch-norm
+        backbone with batches under 32), yes, no.
     weights: pretrained weights by registered name (`sage.weights`: a torchvision name such as
         "ResNet18_Weights.IMAGENET1K_V1", or a name given to `sage-studio weights add`); None
         (default) starts from random weights.
@@ -205,7 +218,10 @@ class TrainConfig:
     val_fraction: float = 0.2
     saliency_fraction: float = 1.0
     annotated_share: float = 0.5
-    augment: str = "flip"
+    augment: str = "auto"
+    recipe: str = "auto"
+    class_balance: str = "auto"
+    freeze_batchnorm: str = "auto"
     weights: str | None = None
     pretrained_path: str | None = None
     checkpoint: bool = False
@@ -225,6 +241,9 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, DEVICES)
         _choice("augment", self.augment, AUGMENTATIONS)
+        _choice("recipe", self.recipe, RECIPES)
+        _choice("class_balance", self.class_balance, CLASS_BALANCE)
+        _choice("freeze_batchnorm", self.freeze_batchnorm, FREEZE_BATCHNORM)
         _at_least("image_size", self.image_size, 8)
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)

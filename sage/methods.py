@@ -45,6 +45,21 @@ class Task(nn.Module):
         super().__init__()
         self.model = model
         self.config = config
+        self.class_weights: torch.Tensor | None = None  # per-label CE weights (`sage.recipes`)
+        self.freeze_batchnorm = False  # batch norm stays in eval mode while training
+
+    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (class-weighted when `class_weights` is set) of float32 logits."""
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return F.cross_entropy(logits.float(), labels, weight=weight)
+
+    def train(self, mode: bool = True) -> Task:
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            for module in self.model.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -60,7 +75,7 @@ class CrossEntropyTask(Task):
 
     def forward(self, batch):
         logits = self.model(batch.images)
-        ce = F.cross_entropy(logits.float(), batch.labels)
+        ce = self.cross_entropy(logits.float(), batch.labels)
         return {"loss": ce, "output": logits, "ce": ce.detach()}
 
 
@@ -73,7 +88,7 @@ class BlurTask(Task):
         x_plus = salient_preserving_view(x, self.map_for_loss(batch).to(x.dtype), blurred)
         inputs = torch.where(batch.has_saliency[:, None, None, None], x_plus, x)
         logits = self.model(inputs)
-        ce = F.cross_entropy(logits.float(), batch.labels)
+        ce = self.cross_entropy(logits.float(), batch.labels)
         return {"loss": ce, "output": logits, "ce": ce.detach()}
 
 
@@ -82,7 +97,7 @@ class CyborgTask(Task):
 
     def forward(self, batch):
         out = self.model.forward_all(batch.images)
-        ce = F.cross_entropy(out.logits.float(), batch.labels)
+        ce = self.cross_entropy(out.logits.float(), batch.labels)
         cam = normalize_maps(class_activation_map(self.model, out, batch.labels), mode="minmax")
         target = saliency_at(self.map_for_loss(batch), cam.shape[-2:])
         mse = masked_mean(((cam - target) ** 2).flatten(1).mean(1), batch.has_saliency)
@@ -111,7 +126,7 @@ def batch_statistics(model: nn.Module) -> tuple[dict[nn.Module, tuple[torch.Tens
 def normalised_with(model: nn.Module, stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] | None):
     """Eval mode (no dropout, per-image batch norm); with `stats`, each batch-norm layer uses those
     constant statistics instead of its running ones. Restores mode and running statistics."""
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: frozen batch norm stays frozen
     saved = []
     model.eval()
     try:
@@ -123,7 +138,8 @@ def normalised_with(model: nn.Module, stats: dict[nn.Module, tuple[torch.Tensor,
     finally:
         for module, mean, var in saved:
             module.running_mean, module.running_var = mean, var
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
 
 
 def input_gradient_penalty(
@@ -168,7 +184,7 @@ class RRRTask(Task):
         finally:
             for handle in handles:
                 handle.remove()
-        ce = F.cross_entropy(logits.float(), batch.labels)
+        ce = self.cross_entropy(logits.float(), batch.labels)
         rows = batch.has_saliency.nonzero().flatten()
         if len(rows):
             mask = 1 - self.map_for_loss(batch)[rows]
@@ -188,7 +204,7 @@ class GradiaTask(Task):
 
     def forward(self, batch):
         out = self.model.forward_all(batch.images)
-        ce = F.cross_entropy(out.logits.float(), batch.labels)
+        ce = self.cross_entropy(out.logits.float(), batch.labels)
         if batch.has_saliency.any():
             cam = normalize_maps(grad_cam(out, batch.labels, create_graph=True), mode="max")
             target = saliency_at(self.map_for_loss(batch), cam.shape[-2:])
@@ -275,7 +291,7 @@ class SageTask(Task):
             rows = rows[torch.randperm(len(rows), device=rows.device)[:cap]].sort().values
         if len(rows) == 0:
             logits = self.model(x)
-            ce = F.cross_entropy(logits.float(), y)
+            ce = self.cross_entropy(logits.float(), y)
             zero = ce.new_zeros(())
             return {"loss": ce, "output": logits, "ce": ce.detach(), **{t: zero for t in self.terms}}
         xs, ys = x[rows], y[rows]
@@ -300,9 +316,9 @@ class SageTask(Task):
         k = len(rows)
         logits, logits_plus = out.logits[:n], out.logits[n : n + k]
         if self.method == "ce-swap":
-            ce_all = F.cross_entropy(out.logits.float(), torch.cat([y, ys]))
+            ce_all = self.cross_entropy(out.logits.float(), torch.cat([y, ys]))
             return {"loss": ce_all, "output": logits, "ce": ce_all.detach()}
-        ce = F.cross_entropy(logits.float(), y)
+        ce = self.cross_entropy(logits.float(), y)
         result = {"output": logits, "ce": ce.detach()}
         loss = ce
         t = o.temperature
