@@ -33,6 +33,8 @@ class Predictor:
         self.image_size = image_size
         self.device = device
         self.info = info  # backbone, config, metrics from the artifact
+        # probabilities are calibrated with the temperature fitted on the validation split at training
+        self.temperature = float((info.get("metrics") or {}).get("temperature") or 1.0)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Predictor:
@@ -79,7 +81,7 @@ class Predictor:
             with torch.inference_mode():
                 logits = self.model(x)
             predicted = logits.argmax(1)
-        probs = F.softmax(logits.float(), dim=1).cpu().numpy()
+        probs = F.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
         results = []
         for i, im in enumerate(images):
             idx = int(predicted[i])

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from sage import __version__
 from sage.config import TrainConfig
 from sage.data import SplitTensors, limit_saliency, load_split, read_dataset, stratified_holdout
-from sage.evaluation import evaluate
+from sage.evaluation import evaluate, predict_probabilities
 from sage.methods import Batch, Task, create_task
+from sage.metrics import fit_temperature
 from sage.models import Classifier, create_model
 from sage.recipes import plan_training
 from sage.transforms import IMAGENET_MEAN, IMAGENET_STD, augment_batch, normalize
@@ -405,7 +406,11 @@ def _event(epoch, epochs, step, steps, losses, val, eta, ips) -> dict[str, Any]:
 
 
 def _final_metrics(model, data: TrainingData, device, state) -> dict[str, Any]:
-    val = evaluate(model, data.val, data.labels, device)
+    """Validation (and test) reports, the temperature fitted on validation, and the headline numbers
+    at the top level: {val,test}_{accuracy, auroc, balanced_accuracy, sens_at_95_spec,
+    ece_calibrated}."""
+    temperature = fit_temperature(predict_probabilities(model, data.val, device), data.val.labels.numpy())
+    val = evaluate(model, data.val, data.labels, device, temperature=temperature)
     epochs_run = len(state["history"]) and state["history"][-1]["epoch"]
     metrics: dict[str, Any] = {
         "val_accuracy": val["accuracy"],
@@ -422,12 +427,21 @@ def _final_metrics(model, data: TrainingData, device, state) -> dict[str, Any]:
         "labels": data.labels,
         "val": val,
         "history": state["history"],
+        "temperature": temperature,
+        **_headline("val", val),
     }
     if data.test is not None:
-        test = evaluate(model, data.test, data.labels, device)
+        test = evaluate(model, data.test, data.labels, device, temperature=temperature)
         metrics["test_accuracy"] = test["accuracy"]
         metrics["test"] = test
+        metrics.update(_headline("test", test))
     return metrics
+
+
+def _headline(prefix: str, report: dict[str, Any]) -> dict[str, Any]:
+    keys = {"auroc": "roc_auc", "balanced_accuracy": "balanced_accuracy", "sens_at_95_spec": "sens_at_95_spec",
+            "ece_calibrated": "ece_calibrated"}  # fmt: skip
+    return {f"{prefix}_{name}": report.get(key) for name, key in keys.items()}
 
 
 def save_model(path: Path, model: Classifier, config: TrainConfig, labels: list[str], metrics: dict) -> None:
