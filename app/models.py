@@ -132,6 +132,7 @@ class Image(Base):
         # Deleting a file after its row is gone: is any other row still using the object?
         Index("ix_images_storage_key", "storage_key"),
         Index("ix_images_import_saliency_key", "import_saliency_key"),
+        Index("ix_images_project_group", "project_id", "group"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -144,6 +145,8 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     split: Mapped[str | None] = mapped_column(String(10), default=None)  # train | val | test | None
+    # Patient, subject or device: images of one group always share a split (`draw_splits`).
+    group: Mapped[str | None] = mapped_column(String(100), default=None)
     import_label: Mapped[str | None] = mapped_column(String(100), default=None)
     # Saliency map that came with an import (dataset folder saliency/<stem>.png): the consensus
     # when no annotator has painted one, so import -> export round-trips.

@@ -260,6 +260,9 @@ class ImageOut(BaseModel):
     size_bytes: int
     original_name: str
     split: str | None
+    group: str | None = Field(
+        default=None, description="patient, subject or device; a group never spans splits"
+    )
     import_label: str | None
     label: str | None = Field(description="majority of the annotators' labels, else the import label")
     annotation_count: int
@@ -366,6 +369,7 @@ def image_out(image: Any) -> ImageOut:
         size_bytes=image.size_bytes,
         original_name=image.original_name,
         split=image.split,
+        group=image.group,
         import_label=image.import_label,
         label=image.label,
         annotation_count=image.annotation_count,

@@ -63,7 +63,7 @@ assert set(SEARCH_SPACES) == set(METHODS), "every method needs a search space"
 class BenchSettings:
     suites: list[str] = field(default_factory=lambda: ["decoy-digits", "decoy-texture"])
     methods: list[str] = field(default_factory=lambda: list(COMPARED))
-    tuning_seeds: list[int] = field(default_factory=lambda: [100, 101])
+    tuning_seeds: list[int] = field(default_factory=lambda: [100])
     report_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     configs_per_method: int = 3
     epochs: int = 16

@@ -288,3 +288,38 @@ def test_project_page_offers_the_registered_weights(world, tmp_path, monkeypatch
     page = world.client.get(f"/projects/{world.project_id}", headers=world.headers)
     assert page.status_code == 200
     assert 'id="train-weights"' in page.text and '<option value="mine" data-backbone="tiny">' in page.text
+
+
+def test_retraining_keeps_the_splits_and_compares_models_on_the_same_val_images(world):
+    from app.models import Image
+    from worker.context import WorkerContext
+    from worker.training import train_run
+
+    ctx = WorkerContext(world.stack.settings)
+    celery = world.client.app.state.celery
+    url = f"/api/v1/projects/{world.project_id}/training-runs"
+
+    def splits():
+        with world.session() as s:
+            return {
+                i.id: i.split for i in s.scalars(select(Image).where(Image.project_id == world.project_id))
+            }
+
+    first = world.post(url, json={}).json()
+    assert train_run(ctx, first["id"], celery)["status"] == "succeeded"
+    drawn = splits()
+    assert {"train", "val"} <= set(drawn.values()) and None not in drawn.values()  # 6 images: no test yet
+    body = world.get(f"/api/v1/training-runs/{first['id']}").json()
+    metrics = body["metrics"]
+    for key in ("val_auroc", "val_balanced_accuracy", "val_sens_at_95_spec", "val_ece_calibrated",
+                "temperature"):  # fmt: skip
+        assert key in metrics, key
+    assert metrics["num_val"] == sum(s == "val" for s in drawn.values())
+    assert metrics["num_test"] == sum(s == "test" for s in drawn.values())
+
+    second = world.post(url, json={"training": {"seed": 1}}).json()
+    result = train_run(ctx, second["id"], celery)
+    assert result["status"] == "succeeded"
+    assert splits() == drawn  # the same test and validation images, not a redraw
+    compared = world.get(f"/api/v1/training-runs/{second['id']}").json()["metrics"]["compared_with"]
+    assert compared["model_id"] == body["model_id"] and compared["n"] == metrics["num_val"]
