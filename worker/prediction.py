@@ -9,12 +9,15 @@ import time
 from typing import Any
 
 import numpy as np
+from PIL import Image as PILImage
 from sqlalchemy import select
 
 from app.imaging import decode_image
 from app.models import Image, ModelVersion, TrainingRun
+from app.services import images as image_service
 from app.services import models as model_service
 from app.services import predictions as prediction_service
+from sage.imageio import render_8bit
 from worker import registry
 from worker.context import WorkerContext
 
@@ -47,7 +50,8 @@ def predict_image(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]
 
     started = time.perf_counter()
     data = base64.b64decode(request["image_b64"])
-    image = decode_image(data, max_pixels=ctx.settings.max_image_pixels).image.convert("RGB")
+    decoded = decode_image(data, max_pixels=ctx.settings.max_image_pixels)
+    image = PILImage.fromarray(render_8bit(decoded.pixels, *decoded.default_window())).convert("RGB")
     batcher = predictor_cache(ctx).get(request["model_id"], request["artifact_key"], request["checksum"])
     result = batcher.predict(image, timeout=ctx.settings.predict_timeout_s)
     answer: dict[str, Any] = {
@@ -102,7 +106,14 @@ def predict_project(
         chunk = image_ids[start : start + PROJECT_BATCH]
         with ctx.session() as session:
             rows = list(session.scalars(select(Image).where(Image.id.in_(chunk)).order_by(Image.id)))
-            pils = [decode_image(storage.read_bytes(row.storage_key)).image.convert("RGB") for row in rows]
+            pils = [
+                PILImage.fromarray(
+                    render_8bit(
+                        image_service.pixel_array(session, storage, row), *image_service.display_window(row)
+                    )
+                ).convert("RGB")
+                for row in rows
+            ]
             results = predictor.predict(pils, heatmaps=True)
             for row, result in zip(rows, results, strict=True):
                 heatmap_key = storage.put_bytes(heatmap_png(result.heatmap), ".png")
