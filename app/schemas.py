@@ -138,7 +138,9 @@ class ProjectCreate(Strict):
     backbone: Annotated[
         str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)
     ] = "tiny"
-    image_size: int = Field(default=64, ge=8, le=1024)
+    image_size: int | None = Field(
+        default=None, ge=8, le=1024, description="default by backbone: 224 (ImageNet CNNs, ViT), 64 (tiny)"
+    )
     training: TrainingOptions = Field(default_factory=TrainingOptions)
     retrain_enabled: bool = True
     retrain_min_new: int = Field(default=20, ge=1, le=1_000_000)

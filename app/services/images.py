@@ -194,6 +194,19 @@ def pixel_array(session: Session, storage: Storage, image: Image) -> np.ndarray:
     return decoded.pixels
 
 
+def decoded_of(session: Session, storage: Storage, image: Image) -> imageio.DecodedArray:
+    """The stored pixels with their metadata, as the decoder gave them at upload (for prediction)."""
+    pixels = pixel_array(session, storage, image)
+    header = (image.pixel_info or {}).get("header_window")
+    return imageio.DecodedArray(
+        pixels,
+        image.format,
+        int(image.bit_depth or 8),
+        image.photometric or ("RGB" if pixels.ndim == 3 else "MONOCHROME2"),
+        (float(header[0]), float(header[1])) if header else None,
+    )
+
+
 def display_window(image: Image) -> tuple[float, float]:
     """The image's default window (center, width); rows not yet backfilled: the 8-bit full range."""
     if image.window_center is None or image.window_width is None:

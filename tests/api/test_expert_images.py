@@ -185,3 +185,19 @@ def test_import_and_export_keep_dicom_byte_exact(client, setup):
     root = f"project-{project.id}/images/"
     assert out.read(root + "chest.dcm") == files["images/chest.dcm"]
     assert out.read(root + "mr.dcm") == files["images/mr.dcm"]
+
+
+def test_image_size_defaults_by_backbone_and_coarse_cams_are_422(client, make_user, auth_headers):
+    admin = make_user(admin=True)
+    h = auth_headers(admin)
+    r = client.post(
+        "/api/v1/projects", headers=h, json={"name": "xr", "labels": ["a", "b"], "backbone": "resnet18"}
+    )
+    assert r.status_code == 201 and r.json()["image_size"] == 224
+    pid = r.json()["id"]
+    bad = client.post(
+        f"/api/v1/projects/{pid}/training-runs", headers=h, json={"training": {"image_size": 64}}
+    )
+    assert bad.status_code == 422 and "smallest image_size for 7x7 is 224" in bad.json()["detail"]
+    tiny = client.post("/api/v1/projects", headers=h, json={"name": "t", "labels": ["a", "b"]})
+    assert tiny.json()["image_size"] == 64
