@@ -95,7 +95,7 @@ def stored_out(p: Prediction, model: ModelVersion, image: Image) -> StoredPredic
         alignment_detail=p.alignment_detail or {},
         heatmap_url=f"{base}/heatmap.png" if p.heatmap_key else None,
         overlay_url=f"{base}/overlay.png" if p.heatmap_key else None,
-        image_url=f"{API}/images/{p.image_id}/file",
+        image_url=f"{API}/images/{p.image_id}/display.png",  # the default window: DICOM shows too
         image_label=image.label,
         created_at=p.created_at,
     )
