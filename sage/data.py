@@ -1,6 +1,7 @@
 """Reader for the dataset folder format (DESIGN.md section 3) and the tensors training reads.
 
-DATASET/labels.csv (image,label[,split]), DATASET/images/<image>, DATASET/saliency/<stem>.png.
+DATASET/labels.csv (image,label[,split][,group][,subtype], parsed by sage.labels_csv with the
+rules every reader shares), DATASET/images/<image>, DATASET/saliency/<stem>.png.
 `read_dataset` checks every row and raises one `DatasetError` listing each bad row with its file
 and line; nothing is dropped silently. `load_split` decodes a split once into uint8 tensors at the
 training size; an image without a saliency map gets an all-zero map and `has_saliency = False`,
@@ -9,7 +10,6 @@ which the methods use as a per-sample weight.
 
 from __future__ import annotations
 
-import csv
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from sage.transforms import image_to_tensor, saliency_to_tensor
+from sage import imageio
+from sage.labels_csv import HEADER_HELP, LABELS_CSV, read_labels_csv
+from sage.transforms import preprocess, saliency_to_tensor
 
-SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 
 class DatasetError(ValueError):
@@ -41,6 +42,8 @@ class Sample:
     split: str
     line: int  # line in labels.csv, for error messages
     saliency: str | None = None  # file name under saliency/, when the image has a map
+    group: str | None = None  # patient, subject or device; a split never cuts a group
+    subtype: str | None = None  # for example an attack type, for leave-subtype-out evaluation
 
 
 @dataclass
@@ -61,60 +64,30 @@ def read_dataset(root: str | Path, labels: list[str] | None = None, check_files:
     check it is decodable and that the map has the image's size.
     """
     root = Path(root)
-    csv_path = root / "labels.csv"
+    csv_path = root / LABELS_CSV
     if not csv_path.is_file():
         raise DatasetError(
-            [f"{csv_path}: missing (a dataset folder needs labels.csv with header image,label[,split])"]
+            [f"{csv_path}: missing (a dataset folder needs labels.csv with header {HEADER_HELP})"]
         )
-    errors: list[str] = []
+    parsed = read_labels_csv(csv_path, labels=labels)
+    problems = [(p.line, p.message) for p in parsed.problems]
     samples: list[Sample] = []
-    seen: dict[str, int] = {}
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip().lower() for h in next(reader, [])]
-        if header[:2] != ["image", "label"] or len(header) > 3 or (len(header) == 3 and header[2] != "split"):
-            raise DatasetError(
-                [f"{csv_path}:1: header must be image,label[,split], got {','.join(header) or '(empty)'}"]
-            )
-        for line, row in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in row):
+    for row in parsed.rows:
+        image_path = root / "images" / row.image
+        if not image_path.is_file():
+            problems.append((row.line, f"image file {image_path} not found"))
+            continue
+        saliency_path = root / "saliency" / f"{Path(row.image).stem}.png"
+        saliency = saliency_path.name if saliency_path.is_file() else None
+        if check_files:
+            problem = _check_files(image_path, saliency_path if saliency else None)
+            if problem:
+                problems.append((row.line, problem))
                 continue
-            where = f"{csv_path}:{line}"
-            if len(row) < 2 or len(row) > len(header):
-                errors.append(f"{where}: expected {len(header)} columns, got {len(row)}")
-                continue
-            image, label = row[0].strip(), row[1].strip()
-            split = (row[2].strip().lower() if len(row) > 2 else "") or "train"
-            if not image or Path(image).name != image:
-                errors.append(f"{where}: image must be a plain file name, got {image!r}")
-                continue
-            if image in seen:
-                errors.append(f"{where}: {image} already listed on line {seen[image]}")
-                continue
-            seen[image] = line
-            if not label:
-                errors.append(f"{where}: {image} has no label")
-                continue
-            if labels and label not in labels:
-                errors.append(f"{where}: {image} has label {label!r}, not one of {labels}")
-                continue
-            if split not in SPLITS:
-                errors.append(f"{where}: {image} has unknown split {split!r} (use train, val or test)")
-                continue
-            image_path = root / "images" / image
-            if not image_path.is_file():
-                errors.append(f"{where}: image file {image_path} not found")
-                continue
-            saliency_path = root / "saliency" / f"{Path(image).stem}.png"
-            saliency = saliency_path.name if saliency_path.is_file() else None
-            if check_files:
-                problem = _check_files(image_path, saliency_path if saliency else None)
-                if problem:
-                    errors.append(f"{where}: {problem}")
-                    continue
-            samples.append(Sample(image, label, split, line, saliency))
-    if errors:
-        raise DatasetError(errors)
+        assert row.label is not None  # parsed without allow_unlabelled
+        samples.append(Sample(row.image, row.label, row.split, row.line, saliency, row.group, row.subtype))
+    if problems:
+        raise DatasetError([f"{csv_path}:{line}: {message}" for line, message in sorted(problems)])
     if not samples:
         raise DatasetError([f"{csv_path}: no rows"])
     names = list(labels) if labels else sorted({s.label for s in samples})
@@ -124,12 +97,13 @@ def read_dataset(root: str | Path, labels: list[str] | None = None, check_files:
 
 
 def _check_files(image_path: Path, saliency_path: Path | None) -> str | None:
+    """A problem with an image or its map found from their headers (the decoder's probe), or None."""
     try:
-        with Image.open(image_path) as im:
-            size = im.size
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return f"cannot decode image {image_path}: {exc}"
+        size = imageio.probe_size(image_path.read_bytes())
+    except OSError as exc:
+        return f"cannot read image {image_path}: {exc}"
+    if size is None:
+        return f"cannot decode image {image_path}: not a readable {imageio.SUPPORTED} file"
     if saliency_path is None:
         return None
     try:
@@ -142,11 +116,9 @@ def _check_files(image_path: Path, saliency_path: Path | None) -> str | None:
     return None
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """The one image decoder: any Pillow-readable file as an RGB image, fully loaded."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+def load_image(path: str | Path) -> imageio.DecodedArray:
+    """The one image decoder (sage.imageio): pixels at full precision with their metadata."""
+    return imageio.decode_file(path)
 
 
 def load_saliency(path: str | Path) -> Image.Image:
@@ -182,12 +154,13 @@ _CACHE_SIZE = 8
 
 
 def load_split(
-    index: DatasetIndex, samples: list[Sample], image_size: int, cache: bool = True
+    index: DatasetIndex, samples: list[Sample], image_size: int, cache: bool = True, window: str = "default"
 ) -> SplitTensors:
-    """Decode `samples` into uint8 tensors at image_size (memoised per file set and size)."""
+    """Decode `samples` into uint8 tensors at image_size through `preprocess` (window, channels,
+    letterbox; memoised per file set, size and window choice)."""
     root = index.root
     key = (
-        str(root.resolve()), image_size, tuple(index.labels),
+        str(root.resolve()), image_size, window, tuple(index.labels),
         tuple((s.image, s.saliency, _mtime(root / "images" / s.image)) for s in samples),
     )  # fmt: skip
     if cache and key in _CACHE:
@@ -202,8 +175,12 @@ def load_split(
     for i, s in enumerate(samples):
         where = f"{root / 'labels.csv'}:{s.line}"
         try:
-            images[i] = image_to_tensor(load_image(root / "images" / s.image), image_size)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            decoded = load_image(root / "images" / s.image)
+            pixel_window = imageio.window_for(
+                window, decoded.pixels, decoded.bit_depth, decoded.header_window
+            )
+            images[i] = preprocess(decoded.pixels, image_size, pixel_window)[0]
+        except (imageio.DecodeError, OSError, ValueError) as exc:
             errors.append(f"{where}: cannot decode image {s.image}: {exc}")
             continue
         if s.saliency:
