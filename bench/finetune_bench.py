@@ -41,7 +41,7 @@ def make_weights(work: Path, device: str, epochs: int, n: int) -> tuple[str, flo
     """Train resnet18 briefly on clean decoy-digits (64 px) and register its backbone weights."""
     data = make_dataset("decoy-digits", work / "pretrain-data", n=n, seed=7, clean=True, image_size=64)
     options = {"method": "ce", "backbone": "resnet18", "image_size": 64, "epochs": epochs, "batch_size": 32,
-               "device": device, "augment": "none", "seed": 7}  # fmt: skip
+               "device": device, "augment": "none", "seed": 7, "allow_coarse_cam": True}  # fmt: skip
     t0 = time.perf_counter()
     metrics = fit(TrainConfig.from_dict(options), data, work / "pretrain-run")
     model = torch.load(work / "pretrain-run" / "model.pt", map_location="cpu", weights_only=False)

@@ -12,7 +12,7 @@ from sage.training import build_optimizer, fit
 
 
 def config(**options):
-    return TrainConfig.from_dict({"method": "ce", "image_size": 32, **options})
+    return TrainConfig.from_dict({"method": "ce", "image_size": 32, "allow_coarse_cam": True, **options})
 
 
 def test_pretrained_runs_get_their_familys_finetuning_recipe():
