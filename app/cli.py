@@ -12,7 +12,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from app.db import upgrade_to_head
 
     settings = get_settings()
-    upgrade_to_head(settings.resolved_database_url)
+    upgrade_to_head(settings.resolved_database_url, settings)
     print(f"database at head: {settings.resolved_database_url.split('@')[-1]}")
     return 0
 

@@ -410,6 +410,8 @@ def annotate_page(request: Request, pid: int, iid: int, user: OptionalUser, sess
                 "label": mine.label,
                 "revision": mine.revision,
                 "has_saliency": mine.saliency_key is not None,
+                "status": mine.status,
+                "comment": mine.comment,
                 "updated_at": mine.updated_at,
             }
             if mine

@@ -272,8 +272,10 @@ class AnnotationOut(BaseModel):
     author: str
     label: str | None
     revision: int
-    has_saliency: bool
+    has_saliency: bool = Field(description="false: label only, no map (nothing was painted)")
     saliency_url: str | None
+    status: str = Field(description="done | skipped | unsure | flagged")
+    comment: str | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -283,6 +285,8 @@ class RevisionOut(BaseModel):
     label: str | None
     has_saliency: bool
     saliency_url: str | None
+    status: str = "done"
+    comment: str | None = None
     author_id: int
     created_at: datetime
 
@@ -354,6 +358,8 @@ def annotation_out(annotation: Any, author: str) -> AnnotationOut:
         saliency_url=f"{API}/annotations/{annotation.id}/saliency.png?revision={annotation.revision}"
         if annotation.saliency_key
         else None,
+        status=annotation.status or "done",
+        comment=annotation.comment,
         created_at=annotation.created_at,
         updated_at=annotation.updated_at,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Response, UploadFile, status
 from sqlalchemy import select
@@ -54,13 +54,22 @@ def put_annotation(
         UploadFile | None, File(description="8-bit grayscale PNG of the image's size")
     ] = None,
     if_match: Annotated[str | None, Header(max_length=64)] = None,
+    status_: Annotated[
+        Literal["done", "skipped", "unsure", "flagged"],
+        Form(alias="status", description="skipped: no label or map, the image comes back later"),
+    ] = "done",
+    comment: Annotated[
+        str | None, Form(max_length=2000, description="why unsure or flagged (required for those)")
+    ] = None,
 ) -> AnnotationOut:
-    """Store your label and saliency map for this image as a new revision (annotators, managers).
+    """Store your label, saliency map and status for this image as a new revision (annotators, managers).
 
     Send `If-Match: <revision>` with the revision you last saw; omit it only for your first
     annotation of the image. A stale revision answers 409 and changes nothing; every revision
-    is kept. The whole annotation is replaced: send both label and map. 422 for an unknown label
-    or a map that is not an 8-bit grayscale PNG of the image's size."""
+    is kept. The whole annotation is replaced: send both label and map. No map (omitted, or a map
+    that is zero everywhere) means "label only": nothing is stored for it, and training and the
+    consensus ignore it. 422 for an unknown label, a map that is not an 8-bit grayscale PNG of the
+    image's size, `unsure`/`flagged` without a comment, or a skip that carries a label or map."""
     project = session.get(Project, image.project_id)
     png = (
         read_upload(saliency, settings.max_upload_bytes, "the saliency map") if saliency is not None else None
@@ -74,6 +83,8 @@ def put_annotation(
         label=label or None,
         saliency_png=png,
         if_match=annotation_service.parse_if_match(if_match),
+        status=status_,
+        comment=comment,
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["ETag"] = f'"{annotation.revision}"'
@@ -137,6 +148,8 @@ def list_revisions(annotation: AnnotationViewer, session: SessionDep) -> list[Re
             saliency_url=f"{API}/annotations/{annotation.id}/saliency.png?revision={r.revision}"
             if r.saliency_key
             else None,
+            status=r.status or "done",
+            comment=r.comment,
             author_id=r.author_id,
             created_at=r.created_at,
         )

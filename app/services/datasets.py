@@ -357,7 +357,8 @@ def import_dataset(
                 except (ImageError, TooLarge, Invalid) as exc:
                     problems.add(f"saliency/{stem}.png", str(exc), row.line)
                     continue
-                mask_key = staging.put_bytes(encode_mask(mask), ".png")
+                if mask.any():  # a map that is zero everywhere is no map (label only)
+                    mask_key = staging.put_bytes(encode_mask(mask), ".png")
             key = staging.put_bytes(data, suffix_for(fmt))
             new_rows.append(
                 Image(

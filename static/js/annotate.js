@@ -125,10 +125,26 @@ for (const b of labelButtons) {
 
 // --- saving -------------------------------------------------------------------------------------
 
-async function putAnnotation(png, label, ifMatch) {
+// --- reader workflow: no map, statuses (issue 12) -------------------------------------------------
+
+/** The painted map as PNG bytes, or null when nothing was painted: a label-only save sends no map. */
+async function paintedPng() {
+  if (!painter.mask.some((v) => v > 0)) return null;
+  return encodeGrayPNG(painter.mask, image.width, image.height);
+}
+
+function savedText(saved) {
+  const parts = [`Saved · revision ${saved.revision ?? state.revision}`];
+  if (saved.status && saved.status !== "done") parts.push(saved.status);
+  else if (saved.has_saliency === false) parts.push("label only, no map");
+  return parts.join(" · ");
+}
+
+async function putAnnotation(png, label, ifMatch, extra = {}) {
   const form = new FormData();
   if (label !== null && label !== undefined) form.append("label", label);
-  form.append("saliency", new File([png], "saliency.png", { type: "image/png" }));
+  if (png) form.append("saliency", new File([png], "saliency.png", { type: "image/png" }));
+  for (const [name, value] of Object.entries(extra)) if (value !== null && value !== undefined) form.append(name, value);
   const headers = ifMatch !== null && ifMatch !== undefined ? { "If-Match": String(ifMatch) } : {};
   return api(`images/${image.id}/annotation`, { method: "PUT", body: form, headers });
 }
@@ -142,7 +158,7 @@ async function save() {
   }
   state.saving = (async () => {
     setSaveState("saving", "Saving…");
-    const png = await encodeGrayPNG(painter.mask, image.width, image.height);
+    const png = await paintedPng();
     try {
       const saved = await putAnnotation(png, state.label, state.revision);
       await afterSaved(saved);
@@ -167,7 +183,8 @@ async function afterSaved(saved) {
   if (state.draftWrite) await state.draftWrite;
   await deleteDraft(key);
   delete stage.dataset.draft;
-  setSaveState("saved", `Saved · revision ${state.revision}`);
+  setSaveState("saved", savedText(saved));
+  stage.dataset.saved = saved.has_saliency === false ? "no-map" : "map";
 }
 
 async function resolveConflict(myPng, err) {
@@ -497,7 +514,7 @@ async function main() {
       ],
     );
   } else if (boot.annotation) {
-    setSaveState("saved", `Saved · revision ${boot.annotation.revision}`);
+    setSaveState("saved", savedText(boot.annotation));
   } else {
     setSaveState("clean", "Not annotated yet");
   }

@@ -1,0 +1,185 @@
+"""Reader workflow (issue 12): label-only annotations (no map), statuses, k readers, blind reading."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from app.models import Annotation, AnnotationRevision, Project
+from app.services.datasets import write_dataset_folder
+from app.storage import get_storage
+from tests.api.conftest import mask_png, noise_png, put_annotation, upload
+
+
+@pytest.fixture
+def team(client, make_user, make_project, auth_headers):
+    """A manager, two readers (annotators) and a project with four images."""
+    manager, r1, r2 = make_user(), make_user(), make_user()
+    project = make_project(manager, members={r1: "annotator", r2: "annotator"})
+    h = {u: auth_headers(u) for u in (manager, r1, r2)}
+    ids = [
+        im["id"]
+        for im in upload(
+            client, h[manager], project.id, [(f"{i}.png", noise_png(16, 12, seed=i)) for i in range(4)]
+        ).json()["images"]
+    ]
+    return project, manager, r1, r2, h, ids
+
+
+# --- label only, no map -------------------------------------------------------------------------------
+
+
+def test_label_only_save_stores_no_map_and_an_all_zero_map_is_no_map_too(
+    client, team, db, settings, tmp_path
+):
+    project, manager, r1, r2, h, ids = team
+    iid = ids[0]
+    r = put_annotation(client, h[r1], iid, label="cat")  # the browser sends no map when nothing was painted
+    assert r.status_code == 201 and r.json()["has_saliency"] is False and r.json()["saliency_url"] is None
+    # an explicit all-zero PNG through the API is "no map" as well: nothing stored, nothing diluted
+    r = put_annotation(client, h[r2], iid, label="cat", saliency=mask_png(value=0))
+    assert r.status_code == 201 and r.json()["has_saliency"] is False
+    assert client.get(f"/api/v1/images/{iid}/saliency.png", headers=h[manager]).status_code == 404
+    listing = client.get(f"/api/v1/images/{iid}/annotations", headers=h[manager]).json()
+    assert listing["consensus"] == {"available": False, "maps": 0, "source": "none", "url": None}
+    assert [a["has_saliency"] for a in listing["annotations"]] == [False, False]
+    # a zero map with no label is refused with a clear reason, and writes nothing
+    r = put_annotation(client, h[r1], iid, saliency=mask_png(value=0), if_match=1)
+    assert r.status_code == 422 and "empty" in r.json()["detail"]
+    # one reader paints later: the consensus is that map, not half of it
+    r = put_annotation(client, h[r2], iid, label="cat", saliency=mask_png(value=200), if_match=1)
+    png = client.get(f"/api/v1/images/{iid}/saliency.png", headers=h[manager])
+    from PIL import Image as PILImage
+    import io
+
+    assert (np.asarray(PILImage.open(io.BytesIO(png.content))) == 200).all()
+    # training's snapshot: the label-only image has a label and no saliency file
+    put_annotation(client, h[r1], ids[1], label="dog")
+    out = tmp_path / "snap"
+    lineage = write_dataset_folder(db, get_storage(settings), db.get(Project, project.id), out)
+    assert lineage["with_saliency"] == 1
+    rows = {r["image"]: r["label"] for r in csv.DictReader((out / "labels.csv").read_text().splitlines())}
+    assert rows["1.png"] == "dog"
+    assert sorted(p.name for p in (out / "saliency").iterdir()) == ["0.png"]
+
+
+def test_an_imported_all_zero_map_is_no_map(client, team, make_zip_dataset):
+    project, manager, *_, h, _ = team
+    r = client.post(
+        f"/api/v1/projects/{project.id}/import",
+        headers=h[manager],
+        files={"file": ("d.zip", make_zip_dataset(mask_png(value=0)), "application/zip")},
+    )
+    assert r.status_code in (200, 201), r.text
+    assert r.json()["with_saliency"] == 0
+
+
+@pytest.fixture
+def make_zip_dataset():
+    import io
+    import zipfile
+
+    def make(mask: bytes) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("labels.csv", "image,label\nz.png,cat\n")
+            zf.writestr("images/z.png", noise_png(16, 12, seed=99))
+            zf.writestr("saliency/z.png", mask)
+        return buf.getvalue()
+
+    return make
+
+
+def test_migration_0005_turns_stored_all_zero_maps_into_no_map(tmp_path):
+    """Populate a database at 0003 with zero and painted maps, upgrade, and read what is left."""
+    from alembic import command
+
+    from app.db import alembic_config, make_engine, upgrade_to_head
+    from app.imaging import encode_mask
+    from app.settings import Settings
+
+    db = tmp_path / "old.db"
+    url = f"sqlite:///{db}"
+    settings = Settings(env="test", data_dir=tmp_path / "data", database_url=url, secret_key="k")
+    make_engine(url).dispose()
+    command.upgrade(alembic_config(url), "0003")
+    storage = get_storage(settings)
+    zero = storage.put_bytes(encode_mask(np.zeros((12, 16), np.uint8)), ".png")
+    half = storage.put_bytes(encode_mask(np.full((12, 16), 128, np.uint8)), ".png")
+    full = storage.put_bytes(encode_mask(np.full((12, 16), 255, np.uint8)), ".png")
+    now = datetime.now(UTC)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (id, username, password_hash, is_admin, is_active, created_at) VALUES (1, 'a', 'x', 0, 1, :t), (2, 'b', 'x', 0, 1, :t)"
+            ),
+            {"t": now},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO projects (id, name, description, labels, backbone, image_size, training, retrain_enabled,"
+                " retrain_min_new, activation_policy, next_policy, created_at, updated_at)"
+                " VALUES (1, 'p', '', '[\"cat\"]', 'tiny', 64, '{}', 1, 20, 'auto', 'sequential', :t, :t)"
+            ),
+            {"t": now},
+        )
+        for iid in (1, 2):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO images (id, project_id, sha256, storage_key, original_name, format, width, height,"
+                    " size_bytes, annotation_count, label, agreement_iou, agreement_r, import_saliency_key, created_at)"
+                    " VALUES (:i, 1, :s, :k, 'x.png', 'png', 16, 12, 1, 2, 'cat', 0.0, NULL, :imp, :t)"
+                ),
+                {
+                    "i": iid,
+                    "s": f"{iid:064d}",
+                    "k": f"{iid:064d}.png",
+                    "imp": zero if iid == 2 else None,
+                    "t": now,
+                },
+            )
+        # image 1: reader a painted nothing (zero map), reader b painted a half map; a's first revision was full
+        maps = {(1, 1): [full, zero], (1, 2): [half], (2, 1): [full]}
+        aid = 0
+        for (iid, uid), keys in maps.items():
+            aid += 1
+            conn.execute(
+                sa.text(
+                    "INSERT INTO annotations (id, project_id, image_id, author_id, label, saliency_key, revision,"
+                    " created_at, updated_at) VALUES (:a, 1, :i, :u, 'cat', :k, :r, :t, :t)"
+                ),
+                {"a": aid, "i": iid, "u": uid, "k": keys[-1], "r": len(keys), "t": now},
+            )
+            for rev, key in enumerate(keys, 1):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO annotation_revisions (annotation_id, revision, label, saliency_key, author_id,"
+                        " created_at) VALUES (:a, :r, 'cat', :k, :u, :t)"
+                    ),
+                    {"a": aid, "r": rev, "k": key, "u": uid, "t": now},
+                )
+    upgrade_to_head(url, settings)
+    with engine.connect() as conn:
+        current = dict(conn.execute(sa.select(Annotation.id, Annotation.saliency_key)).all())
+        assert current == {1: None, 2: half, 3: full}
+        revs = conn.execute(
+            sa.select(
+                AnnotationRevision.annotation_id, AnnotationRevision.revision, AnnotationRevision.saliency_key
+            ).order_by(AnnotationRevision.annotation_id, AnnotationRevision.revision)
+        ).all()
+        assert [tuple(r) for r in revs] == [(1, 1, full), (1, 2, None), (2, 1, half), (3, 1, full)]
+        images = conn.execute(
+            sa.text("SELECT id, agreement_iou, import_saliency_key FROM images ORDER BY id")
+        ).all()
+        # image 1 has one map left: no pairs, no agreement; image 2's zero import map is gone
+        assert [tuple(r) for r in images] == [(1, None, None), (2, None, None)]
+        statuses = set(conn.scalars(sa.select(Annotation.status)))
+        assert statuses == {"done"}
+    engine.dispose()
+    shutil.rmtree(tmp_path / "data")
