@@ -54,8 +54,9 @@ def test_label_only_save_stores_no_map_and_an_all_zero_map_is_no_map_too(
     # one reader paints later: the consensus is that map, not half of it
     r = put_annotation(client, h[r2], iid, label="cat", saliency=mask_png(value=200), if_match=1)
     png = client.get(f"/api/v1/images/{iid}/saliency.png", headers=h[manager])
-    from PIL import Image as PILImage
     import io
+
+    from PIL import Image as PILImage
 
     assert (np.asarray(PILImage.open(io.BytesIO(png.content))) == 200).all()
     # training's snapshot: the label-only image has a label and no saliency file
@@ -146,9 +147,7 @@ def test_migration_0005_turns_stored_all_zero_maps_into_no_map(tmp_path):
             )
         # image 1: reader a painted nothing (zero map), reader b painted a half map; a's first revision was full
         maps = {(1, 1): [full, zero], (1, 2): [half], (2, 1): [full]}
-        aid = 0
-        for (iid, uid), keys in maps.items():
-            aid += 1
+        for aid, ((iid, uid), keys) in enumerate(maps.items(), 1):
             conn.execute(
                 sa.text(
                     "INSERT INTO annotations (id, project_id, image_id, author_id, label, saliency_key, revision,"
