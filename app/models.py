@@ -107,6 +107,14 @@ class Project(Base):
     # Reading studies (issue 12): readers wanted per image, and blind reading (None: on when k > 1).
     readers_per_image: Mapped[int] = mapped_column(Integer, default=1)
     blind_mode: Mapped[bool | None] = mapped_column(Boolean, default=None)
+
+    @property
+    def blind(self) -> bool:
+        """Whether blind reading is in force: the setting, else on exactly when k > 1."""
+        if self.blind_mode is not None:
+            return bool(self.blind_mode)
+        return (self.readers_per_image or 1) > 1
+
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

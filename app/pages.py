@@ -27,6 +27,7 @@ from app.api.training import run_out
 from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_role
 from app.models import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
 from app.schemas import API
+from app.services import reading
 from app.services.images import next_image
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -322,6 +323,9 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
             )
         )
     )
+    hidden = reading.hidden_image_ids(session, project, user, [i.id for i in recent])
+    privileged = reading.is_privileged(session, pid, user)
+    study = reading_study_context(session, project, privileged)
     boot = {
         "project": {
             "id": project.id,
@@ -344,9 +348,23 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
             "run": run,
             "recent": recent,
             "mine": mine,
+            "hidden": hidden,
+            "study": study,
+            "can_export": not project.blind or privileged,
             "boot": boot,
         },
     )
+
+
+def reading_study_context(session: Session, project: Project, privileged: bool) -> dict[str, Any]:
+    """The project page's reading-study facts: coverage for everyone; the unsure and flagged
+    readings for managers and adjudicators."""
+    return {
+        "coverage": reading.coverage(session, project),
+        "blind": project.blind,
+        "privileged": privileged,
+        "attention": reading.attention(session, project) if privileged else [],
+    }
 
 
 # --- annotate ----------------------------------------------------------------------------------------
@@ -400,10 +418,13 @@ def annotate_page(request: Request, pid: int, iid: int, user: OptionalUser, sess
         )
     )
     counts = project_counts(session, pid, user)
+    image_facts = image_json(image)
+    if reading.hidden_image_ids(session, access.project, user, [iid]):
+        image_facts["label"] = image.import_label  # blind reading: not the other readers' majority
     boot = {
         "user": {"id": user.id, "username": user.username},
         "project": {"id": pid, "name": access.project.name, "labels": access.project.labels},
-        "image": image_json(image),
+        "image": image_facts,
         "annotation": (
             {
                 "id": mine.id,
@@ -440,6 +461,14 @@ def review_page(request: Request, pid: int, iid: int, user: OptionalUser, sessio
     image = session.get(Image, iid)
     if image is None or image.project_id != pid:
         return _not_found(request, user, "image")
+    if reading.hidden_image_ids(session, access.project, user, [iid]):
+        return error_page(
+            request,
+            user,
+            403,
+            "Blind reading",
+            "Other readers' labels and maps of this image stay hidden until you have saved your own reading.",
+        )
     model = active_model(session, pid)
     boot = {
         "project": {"id": pid, "labels": access.project.labels},

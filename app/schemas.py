@@ -131,6 +131,20 @@ def _unique_labels(labels: list[str]) -> list[str]:
 Labels = Annotated[list[LabelName], Field(min_length=1, max_length=1000), AfterValidator(_unique_labels)]
 
 
+BlindMode = Annotated[
+    Literal["auto", "on", "off"],
+    Field(
+        description="blind reading: a reader sees no other reader's label or map of an image before "
+        "saving their own (managers and adjudicators excepted); auto: on when readers_per_image > 1"
+    ),
+]
+BLIND_MODE_VALUES = {"auto": None, "on": True, "off": False}
+
+
+def blind_mode_name(value: bool | None) -> str:
+    return "auto" if value is None else ("on" if value else "off")
+
+
 class ProjectCreate(Strict):
     name: Name
     description: Description = ""
@@ -144,6 +158,8 @@ class ProjectCreate(Strict):
     retrain_min_new: int = Field(default=20, ge=1, le=1_000_000)
     activation_policy: Literal["auto", "manual"] = "auto"
     next_policy: NextPolicy = "sequential"
+    readers_per_image: int = Field(default=1, ge=1, le=50, description="readers wanted per image (k)")
+    blind_mode: BlindMode = "auto"
 
 
 class ProjectUpdate(Strict):
@@ -160,6 +176,10 @@ class ProjectUpdate(Strict):
     retrain_min_new: int | None = Field(default=None, ge=1, le=1_000_000)
     activation_policy: Literal["auto", "manual"] | None = None
     next_policy: NextPolicy | None = None
+    readers_per_image: int | None = Field(
+        default=None, ge=1, le=50, description="readers wanted per image (k)"
+    )
+    blind_mode: BlindMode | None = None
 
 
 class Agreement(BaseModel):
@@ -192,6 +212,9 @@ class ProjectOut(BaseModel):
     retrain_min_new: int
     activation_policy: str
     next_policy: str
+    readers_per_image: int = 1
+    blind_mode: str = Field(default="auto", description="auto | on | off (the setting)")
+    blind: bool = Field(default=False, description="whether blind reading is in force (the effect)")
     created_at: datetime
     updated_at: datetime
     role: RoleName = Field(description="the caller's role (site admins: manager)")
@@ -203,12 +226,17 @@ class MemberIn(Strict):
         str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_control_chars)
     ]
     role: RoleName
+    adjudicator: bool | None = Field(
+        default=None,
+        description="may adjudicate disagreements and see every reader's work (default: unchanged)",
+    )
 
 
 class MemberOut(BaseModel):
     user_id: int
     username: str
     role: RoleName
+    adjudicator: bool = False
     created_at: datetime
 
 
@@ -378,6 +406,9 @@ def project_out(project: Any, role: str, summary: dict[str, Any]) -> ProjectOut:
         retrain_min_new=project.retrain_min_new,
         activation_policy=project.activation_policy,
         next_policy=project.next_policy,
+        readers_per_image=project.readers_per_image or 1,
+        blind_mode=blind_mode_name(project.blind_mode),
+        blind=project.blind,
         created_at=project.created_at,
         updated_at=project.updated_at,
         role=role,

@@ -17,7 +17,7 @@ from app.deps import (
     SettingsDep,
     StorageDep,
 )
-from app.models import Project, User
+from app.models import Image, Project, User
 from app.schemas import (
     API,
     Agreement,
@@ -28,10 +28,19 @@ from app.schemas import (
     annotation_out,
 )
 from app.services import annotations as annotation_service
+from app.services import reading
 
 router = APIRouter(tags=["annotations"])
 
 PNG = {"content": {"image/png": {}}, "description": "an 8-bit grayscale PNG"}
+BLIND = {403: {"description": "blind reading: save your own reading of the image first"}}
+
+
+def _check_blind_for(session, annotation, user) -> None:
+    """Another reader's annotation is hidden from a blind reader who has not read the image yet."""
+    if annotation.author_id != user.id:
+        image = session.get(Image, annotation.image_id)
+        reading.check_can_see_others(session, image, user)
 
 
 @router.put(
@@ -103,9 +112,11 @@ def get_my_annotation(
     raise HTTPException(status.HTTP_404_NOT_FOUND, detail="you have not annotated this image yet")
 
 
-@router.get("/images/{iid}/annotations", response_model=ImageAnnotations)
-def list_annotations(image: ImageViewer, session: SessionDep) -> ImageAnnotations:
-    """Every annotator's current annotation, the consensus map's availability and their agreement."""
+@router.get("/images/{iid}/annotations", response_model=ImageAnnotations, responses=BLIND)
+def list_annotations(image: ImageViewer, user: CurrentUser, session: SessionDep) -> ImageAnnotations:
+    """Every annotator's current annotation, the consensus map's availability and their agreement.
+    `has_saliency: false` is a label-only reading (no map); it is not part of the consensus."""
+    reading.check_can_see_others(session, image, user)
     annotations = annotation_service.list_annotations(session, image)
     ids = {a.author_id for a in annotations}
     names = {
@@ -128,18 +139,22 @@ def list_annotations(image: ImageViewer, session: SessionDep) -> ImageAnnotation
     )
 
 
-@router.get("/images/{iid}/saliency.png", response_class=Response, responses={200: PNG})
-def consensus_png(image: ImageViewer, session: SessionDep, storage: StorageDep) -> Response:
+@router.get("/images/{iid}/saliency.png", response_class=Response, responses={200: PNG, **BLIND})
+def consensus_png(
+    image: ImageViewer, user: CurrentUser, session: SessionDep, storage: StorageDep
+) -> Response:
     """The consensus saliency map (mean of the annotators' maps, else the imported map); 404 if none."""
+    reading.check_can_see_others(session, image, user)
     png = annotation_service.consensus_png(session, storage, image)
     if png is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no saliency map for this image yet")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-cache"})
 
 
-@router.get("/annotations/{aid}/revisions", response_model=list[RevisionOut])
-def list_revisions(annotation: AnnotationViewer, session: SessionDep) -> list[RevisionOut]:
+@router.get("/annotations/{aid}/revisions", response_model=list[RevisionOut], responses=BLIND)
+def list_revisions(annotation: AnnotationViewer, user: CurrentUser, session: SessionDep) -> list[RevisionOut]:
     """Every revision of an annotation, oldest first."""
+    _check_blind_for(session, annotation, user)
     return [
         RevisionOut(
             revision=r.revision,
@@ -157,14 +172,16 @@ def list_revisions(annotation: AnnotationViewer, session: SessionDep) -> list[Re
     ]
 
 
-@router.get("/annotations/{aid}/saliency.png", response_class=Response, responses={200: PNG})
+@router.get("/annotations/{aid}/saliency.png", response_class=Response, responses={200: PNG, **BLIND})
 def annotation_png(
     annotation: AnnotationViewer,
+    user: CurrentUser,
     session: SessionDep,
     storage: StorageDep,
     revision: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="default: the current one")] = None,
 ) -> Response:
     """One annotator's saliency map, of the current or an earlier revision."""
+    _check_blind_for(session, annotation, user)
     key = annotation.saliency_key
     if revision is not None:
         rev = annotation_service.get_revision(session, annotation, revision)

@@ -18,8 +18,10 @@ from app.deps import (
     StorageDep,
 )
 from app.imaging import media_type
+from app.models import Project
 from app.schemas import ImageOut, ImagePage, ImageUpdate, UploadedImage, UploadResult, image_out
 from app.services import images as image_service
+from app.services import reading
 from app.services.errors import TooLarge
 
 router = APIRouter(tags=["images"])
@@ -121,13 +123,19 @@ def list_images(
         split=split,
         annotated_by_me=annotated_by_me,
         label=label,
+        blind=project.blind and not reading.is_privileged(session, project.id, user),
     )
-    return ImagePage(items=[image_out(r) for r in rows], next_cursor=next_cursor)
+    hidden = reading.hidden_image_ids(session, project, user, [r.id for r in rows])
+    items = [reading.redact_image(image_out(r)) if r.id in hidden else image_out(r) for r in rows]
+    return ImagePage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/images/{iid}", response_model=ImageOut)
-def get_image(image: ImageViewer) -> ImageOut:
-    return image_out(image)
+def get_image(image: ImageViewer, user: CurrentUser, session: SessionDep) -> ImageOut:
+    """The image's facts; a blind reader who has not read it sees its import label and no agreement."""
+    project = session.get(Project, image.project_id)
+    out = image_out(image)
+    return reading.redact_image(out) if reading.hidden_image_ids(session, project, user, [image.id]) else out
 
 
 @router.get(

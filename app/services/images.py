@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, exists, func, not_, select
+from sqlalchemy import and_, exists, func, not_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -183,8 +183,12 @@ def list_images(
     split: str | None = None,
     annotated_by_me: bool | None = None,
     label: str | None = None,
+    blind: bool = False,
 ) -> tuple[list[Image], str | None]:
-    """One page of the project's images in id order (keyset pagination) and the next cursor."""
+    """One page of the project's images in id order (keyset pagination) and the next cursor.
+
+    `blind`: the caller reads blind, so `label` matches the readers' label only on images they
+    have read themselves and the import label elsewhere (the filter must not reveal others' labels)."""
     q = select(Image).where(Image.project_id == project.id)
     if cursor:
         q = q.where(Image.id > decode_cursor(cursor))
@@ -194,7 +198,12 @@ def list_images(
         q = q.where(Image.annotation_count > 0 if annotated else Image.annotation_count == 0)
     if split is not None:
         q = q.where(Image.split == check_split(split))
-    if label is not None:
+    if label is not None and blind:
+        read = exists().where(
+            Annotation.author_id == user.id, Annotation.image_id == Image.id, Annotation.status != "skipped"
+        )
+        q = q.where(or_(and_(read, Image.label == label), and_(not_(read), Image.import_label == label)))
+    elif label is not None:
         q = q.where(Image.label == label)
     if annotated_by_me is not None:
         q = q.where(_done_by(user.id) if annotated_by_me else not_(_done_by(user.id)))
@@ -206,13 +215,38 @@ def list_images(
 # --- next --------------------------------------------------------------------------------------------
 
 
+def _open_for(project: Project, user: User) -> list:
+    """Conditions of an image `next` may give the reader: they neither read nor skipped it, and it
+    still has fewer readers than the project wants (`readers_per_image`; skips are not reads)."""
+    return [not_(_done_by(user.id)), Image.annotation_count < max(1, project.readers_per_image or 1)]
+
+
 def _first_unfinished(session: Session, project: Project, user: User, *conditions) -> Image | None:
     return session.scalar(
         select(Image)
-        .where(Image.project_id == project.id, not_(_done_by(user.id)), *conditions)
+        .where(Image.project_id == project.id, *_open_for(project, user), *conditions)
         .order_by(Image.id)
         .limit(1)
     )
+
+
+def _first_skipped(session: Session, project: Project, user: User, after: int | None) -> Image | None:
+    """The reader's skipped images come back at the end of their queue, the oldest skip first
+    (the image just skipped, `after`, last of all), while they still need readers."""
+    q = (
+        select(Image)
+        .join(Annotation, and_(Annotation.image_id == Image.id, Annotation.author_id == user.id))
+        .where(
+            Image.project_id == project.id,
+            Annotation.status == "skipped",
+            Image.annotation_count < max(1, project.readers_per_image or 1),
+        )
+    )
+    if after is not None:
+        first = session.scalar(q.where(Image.id != after).order_by(Annotation.updated_at, Image.id).limit(1))
+        if first is not None:
+            return first
+    return session.scalar(q.order_by(Annotation.updated_at, Image.id).limit(1))
 
 
 def _by_prediction(
@@ -235,7 +269,7 @@ def _by_prediction(
     q = (
         select(Image)
         .join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == model_id))
-        .where(Image.project_id == project.id, not_(_done_by(user.id)), *cond)
+        .where(Image.project_id == project.id, *_open_for(project, user), *cond)
     )
     if after is not None:
         q = q.where(Image.id != after)
@@ -245,13 +279,24 @@ def _by_prediction(
 def next_image(
     session: Session, project: Project, user: User, *, policy: str | None = None, after: int | None = None
 ) -> tuple[Image | None, str]:
-    """The caller's next image to annotate, never one they already annotated; (image, policy used).
+    """The caller's next image to read; (image, policy used). Never one they already read, nor one
+    that already has the project's `readers_per_image` readers; the images they skipped come back
+    once nothing else is left (`_first_skipped`).
 
     sequential: the first unfinished image after `after` (the image being skipped), wrapping
     around; random: a uniformly random pivot id, then the first unfinished image from there;
     uncertainty / misalignment: ordered by the active model's stored predictions, falling back
     to sequential when there is no active model or no prediction left.
     """
+    image, used = _next_unread(session, project, user, policy=policy, after=after)
+    if image is None:
+        image = _first_skipped(session, project, user, after)
+    return image, used
+
+
+def _next_unread(
+    session: Session, project: Project, user: User, *, policy: str | None, after: int | None
+) -> tuple[Image | None, str]:
     policy = policy or project.next_policy or "sequential"
     if policy not in NEXT_POLICIES:
         raise Invalid(f"unknown policy {policy!r}; use one of {', '.join(NEXT_POLICIES)}")

@@ -26,6 +26,8 @@ PROJECT_FIELDS = (
     "retrain_min_new",
     "activation_policy",
     "next_policy",
+    "readers_per_image",
+    "blind_mode",
 )
 
 
@@ -203,9 +205,10 @@ def _managers(session: Session, project: Project) -> int:
 
 
 def set_member(
-    session: Session, project: Project, username: str, role: str
+    session: Session, project: Project, username: str, role: str, adjudicator: bool | None = None
 ) -> tuple[ProjectMember, User, bool]:
     """Add a member or change a member's role (commits). Returns (member, user, created).
+    `adjudicator` (None: unchanged, new members: no) lets a reader adjudicate disagreements.
 
     The last manager cannot be demoted (Conflict): someone must be able to manage the project.
     """
@@ -219,12 +222,16 @@ def set_member(
     )
     created = member is None
     if member is None:
-        member = ProjectMember(project_id=project.id, user_id=user.id, role=role)
+        member = ProjectMember(
+            project_id=project.id, user_id=user.id, role=role, adjudicator=bool(adjudicator)
+        )
         session.add(member)
     else:
         if member.role == "manager" and role != "manager" and _managers(session, project) <= 1:
             raise Conflict(f"{user.username} is the project's last manager; make someone else manager first")
         member.role = role
+        if adjudicator is not None:
+            member.adjudicator = adjudicator
     try:
         session.commit()
     except IntegrityError:

@@ -129,3 +129,20 @@ if (drop) {
     sendImages(e.dataTransfer.files);
   });
 }
+
+// --- reading study (issue 12) --------------------------------------------------------------------
+
+$("study-form")?.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const f = e.target;
+  try {
+    await api(`projects/${pid}`, {
+      method: "PATCH",
+      body: { readers_per_image: Number(f.readers_per_image.value), blind_mode: f.blind_mode.value },
+    });
+    toast("Study settings saved.", "ok");
+    setTimeout(() => location.reload(), 400);
+  } catch (err) {
+    toastError(err, "Study settings not saved: ");
+  }
+});

@@ -182,3 +182,178 @@ def test_migration_0005_turns_stored_all_zero_maps_into_no_map(tmp_path):
         assert statuses == {"done"}
     engine.dispose()
     shutil.rmtree(tmp_path / "data")
+
+
+# --- statuses -----------------------------------------------------------------------------------------
+
+
+def _next(client, h, pid, **params):
+    r = client.get(f"/api/v1/projects/{pid}/next", headers=h, params=params)
+    assert r.status_code == 200, r.text
+    return r.json()["image"]["id"] if r.json()["image"] else None
+
+
+def test_statuses_skip_comes_back_last_and_unsure_flagged_are_listed_for_managers(client, team):
+    project, manager, r1, r2, h, ids = team
+    pid = project.id
+    assert _next(client, h[r1], pid) == ids[0]
+    r = put_annotation(client, h[r1], ids[0], label=None)
+    assert r.status_code == 422  # neither label nor map
+    skip = client.put(f"/api/v1/images/{ids[0]}/annotation", headers=h[r1], data={"status": "skipped"})
+    assert skip.status_code == 201 and skip.json()["status"] == "skipped"
+    # a skip is not a read: the image still needs a reader, and comes back to r1 at the end
+    assert _next(client, h[r1], pid, after=ids[0]) == ids[1]
+    assert client.get(f"/api/v1/images/{ids[0]}", headers=h[manager]).json()["annotation_count"] == 0
+    bad = client.put(
+        f"/api/v1/images/{ids[1]}/annotation", headers=h[r1], data={"status": "unsure", "label": "cat"}
+    )
+    assert bad.status_code == 422 and "comment" in bad.json()["detail"]
+    bad = client.put(
+        f"/api/v1/images/{ids[1]}/annotation", headers=h[r1], data={"status": "skipped", "label": "cat"}
+    )
+    assert bad.status_code == 422
+    assert (
+        client.put(f"/api/v1/images/{ids[1]}/annotation", headers=h[r1], data={"status": "maybe"}).status_code
+        == 422
+    )
+    r = client.put(
+        f"/api/v1/images/{ids[1]}/annotation",
+        headers=h[r1],
+        data={"status": "unsure", "label": "cat", "comment": "  faint lesion?  "},
+    )
+    assert r.status_code == 201 and r.json()["comment"] == "faint lesion?"
+    r = client.put(
+        f"/api/v1/images/{ids[2]}/annotation",
+        headers=h[r1],
+        data={"status": "flagged", "comment": "wrong modality"},
+    )
+    assert r.status_code == 201 and r.json()["label"] is None
+    put_annotation(client, h[r1], ids[3], label="dog")
+    # everything else read: the skipped image comes back
+    assert _next(client, h[r1], pid) == ids[0]
+    # readings needing attention, for managers only
+    listed = client.get(f"/api/v1/projects/{pid}/attention", headers=h[manager])
+    assert listed.status_code == 200
+    assert [
+        (i["image_id"], i["annotation"]["status"], i["annotation"]["comment"]) for i in listed.json()
+    ] == [
+        (ids[2], "flagged", "wrong modality"),
+        (ids[1], "unsure", "faint lesion?"),
+    ]
+    assert client.get(f"/api/v1/projects/{pid}/attention", headers=h[r2]).status_code == 403
+    # the revision history keeps status and comment
+    aid = r.json()["id"]
+    revs = client.get(f"/api/v1/annotations/{aid}/revisions", headers=h[r1]).json()
+    assert [(x["status"], x["comment"]) for x in revs] == [("flagged", "wrong modality")]
+    # the skip is replaced by a reading with If-Match like any revision
+    done = put_annotation(client, h[r1], ids[0], label="cat", if_match=1)
+    assert done.status_code == 200 and done.json()["status"] == "done"
+    assert _next(client, h[r1], pid) is None
+
+
+def test_k_readers_next_and_coverage(client, team):
+    project, manager, r1, r2, h, ids = team
+    pid = project.id
+    r = client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"readers_per_image": 2})
+    assert r.status_code == 200 and r.json()["readers_per_image"] == 2 and r.json()["blind"] is True
+    assert (
+        client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"readers_per_image": 0}).status_code
+        == 422
+    )
+    for iid in ids[:2]:
+        put_annotation(client, h[r1], iid, label="cat")
+        put_annotation(client, h[r2], iid, label="dog")
+    put_annotation(client, h[r1], ids[2], label="cat")
+    cov = client.get(f"/api/v1/projects/{pid}/coverage", headers=h[r1]).json()
+    assert cov["images_by_readers"] == [1, 1, 2] and cov["complete"] == 2 and cov["blind"] is True
+    # r2 gets only images still needing readers that r2 has not read: ids[2] then ids[3]
+    assert _next(client, h[r2], pid) == ids[2]
+    assert _next(client, h[r2], pid, after=ids[2]) == ids[3]
+    # a manager who has not read anything is not given the images that already have two readers
+    assert _next(client, h[manager], pid) == ids[2]
+
+
+# --- blind reading ------------------------------------------------------------------------------------
+
+
+def test_blind_mode_hides_other_readers_work_until_you_saved_yours(client, team, make_user, auth_headers, db):
+    from app.services.projects import set_member
+
+    project, manager, r1, r2, h, ids = team
+    pid = project.id
+    client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"readers_per_image": 2})
+    iid = ids[0]
+    mine = put_annotation(client, h[r1], iid, label="dog", saliency=mask_png(value=180)).json()
+    aid = mine["id"]
+    routes = [
+        f"/api/v1/images/{iid}/annotations",
+        f"/api/v1/images/{iid}/saliency.png",
+        f"/api/v1/annotations/{aid}/revisions",
+        f"/api/v1/annotations/{aid}/saliency.png",
+        f"/api/v1/annotations/{aid}/saliency.png?revision=1",
+        f"/api/v1/projects/{pid}/export",
+    ]
+    for url in routes:
+        r = client.get(url, headers=h[r2])
+        assert r.status_code == 403, (url, r.status_code)
+        assert "blind reading" in r.json()["detail"]
+    # the image's derived label (r1's "dog") is not shown to r2, nor findable by filtering
+    assert client.get(f"/api/v1/images/{iid}", headers=h[r2]).json()["label"] is None
+    page = client.get(f"/api/v1/projects/{pid}/images", headers=h[r2], params={"label": "dog"}).json()
+    assert page["items"] == []
+    assert client.get(f"/api/v1/projects/{pid}/next", headers=h[r2]).json()["image"]["label"] is None
+    # r1 sees their own work; managers see everything; so does an annotator made adjudicator
+    assert client.get(f"/api/v1/annotations/{aid}/saliency.png", headers=h[r1]).status_code == 200
+    for url in routes:
+        assert client.get(url, headers=h[manager]).status_code == 200, url
+    judge = make_user()
+    set_member(db, project, judge.username, "annotator")
+    hj = auth_headers(judge)
+    assert client.get(routes[0], headers=hj).status_code == 403
+    r = client.post(
+        f"/api/v1/projects/{pid}/members",
+        headers=h[manager],
+        json={"username": judge.username, "role": "annotator", "adjudicator": True},
+    )
+    assert r.status_code == 200 and r.json()["adjudicator"] is True
+    for url in routes:
+        assert client.get(url, headers=hj).status_code == 200, url
+    # a skip does not unlock the image; saving a reading does
+    skip = client.put(f"/api/v1/images/{iid}/annotation", headers=h[r2], data={"status": "skipped"})
+    assert skip.status_code == 201
+    assert client.get(routes[0], headers=h[r2]).status_code == 403
+    put_annotation(client, h[r2], iid, label="cat", saliency=mask_png(value=60), if_match=1)
+    for url in routes[:5]:
+        assert client.get(url, headers=h[r2]).status_code == 200, url
+    assert client.get(f"/api/v1/images/{iid}", headers=h[r2]).json()["label"] is not None
+    # export stays managers' and adjudicators' in a blind project; blind off opens it
+    assert client.get(routes[5], headers=h[r2]).status_code == 403
+    client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"blind_mode": "off"})
+    assert client.get(routes[5], headers=h[r2]).status_code == 200
+    assert client.get(f"/api/v1/images/{ids[1]}/annotations", headers=h[r2]).status_code == 200
+
+
+def test_blind_review_page_is_403_until_you_read_the_image(client, team):
+    project, manager, r1, r2, h, ids = team
+    client.patch(f"/api/v1/projects/{project.id}", headers=h[manager], json={"readers_per_image": 2})
+    put_annotation(client, h[r1], ids[0], label="dog")
+    r = client.post(
+        "/login",
+        data={"username": r2.username, "password": "correct horse battery", "csrf_token": _csrf(client)},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    page = client.get(f"/projects/{project.id}/review/{ids[0]}")
+    assert page.status_code == 403 and "Blind reading" in page.text
+    put_annotation(client, h[r2], ids[0], label="cat")
+    assert client.get(f"/projects/{project.id}/review/{ids[0]}").status_code == 200
+    overview = client.get(f"/projects/{project.id}")
+    assert 'id="coverage"' in overview.text and "blind" in overview.text
+    assert f"/api/v1/projects/{project.id}/export" not in overview.text
+
+
+def _csrf(client) -> str:
+    import re
+
+    page = client.get("/login")
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
