@@ -178,6 +178,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         session.close()
         engine.dispose()
     lineage.pop("annotations", None)
+    lineage.pop("adjudications", None)
     print(json.dumps({"out": str(out), **lineage}, indent=2))
     return 0
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.imaging import decode_mask, encode_mask
-from app.models import Annotation, AnnotationRevision, Image, Project, User
+from app.models import Adjudication, Annotation, AnnotationRevision, Image, Project, User
 from app.services.errors import Conflict, Invalid
 from app.storage import Storage
 
@@ -173,7 +173,10 @@ def refresh_image(
         maps.append(pending[key] if key in pending else read_mask(storage, key, image.width, image.height))
     scores = agreement(maps)
     image.annotation_count = len(rows)
-    image.label = resolve_label([label for label, _ in rows], image.import_label, project.labels)
+    adjudicated = session.scalar(select(Adjudication.label).where(Adjudication.image_id == image.id))
+    image.label = adjudicated or resolve_label(
+        [label for label, _ in rows], image.import_label, project.labels
+    )
     image.agreement_iou = scores.iou
     image.agreement_r = scores.pearson
     session.flush()

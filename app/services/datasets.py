@@ -37,7 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.imaging import ImageError, decode_image, decode_mask, encode_mask, suffix_for
-from app.models import Annotation, Image, Project, User
+from app.models import Adjudication, Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
 from app.services.images import safe_name
@@ -376,6 +376,8 @@ def dataset_entries(
     images = list(session.scalars(q.order_by(Image.id)))
     maps: dict[int, list[str]] = {}
     revisions: dict[str, int] = {}
+    adjudications: dict[str, int] = {}
+    adjudicated: dict[int, str] = {}
     ids = [img.id for img in images]
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
@@ -387,12 +389,25 @@ def dataset_entries(
             revisions[str(aid)] = rev
             if key:
                 maps.setdefault(image_id, []).append(key)
+        # An adjudicated map replaces the readers' mean (issue 12); a label-only adjudication does not.
+        for adj_id, image_id, rev, key in session.execute(
+            select(
+                Adjudication.id, Adjudication.image_id, Adjudication.revision, Adjudication.saliency_key
+            ).where(Adjudication.image_id.in_(chunk))
+        ):
+            adjudications[str(adj_id)] = rev
+            if key:
+                adjudicated[image_id] = key
     used_names: set[str] = set()
     used_stems: set[str] = set()
     entries = []
     for img in images:
         name = _export_name(img, used_names, used_stems)
-        keys = maps.get(img.id) or ([img.import_saliency_key] if img.import_saliency_key else [])
+        keys = (
+            [adjudicated[img.id]]
+            if img.id in adjudicated
+            else maps.get(img.id) or ([img.import_saliency_key] if img.import_saliency_key else [])
+        )
         entries.append(
             DatasetEntry(
                 img.id, name, img.storage_key, img.label, img.split or "train", img.width, img.height, keys
@@ -400,6 +415,7 @@ def dataset_entries(
         )
     lineage = {
         "annotations": revisions,
+        "adjudications": adjudications,
         "images": len(entries),
         "with_saliency": sum(1 for e in entries if e.saliency_keys),
         "labels": dict(Counter(e.label for e in entries if e.label)),

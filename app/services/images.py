@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.imaging import decode_image
 from app.models import (
+    Adjudication,
     Annotation,
     AnnotationRevision,
     Image,
@@ -419,7 +420,10 @@ def set_image_fields(
         image.import_label = None
     elif import_label is not None:
         image.import_label = check_label(project, import_label)
-    votes = session.scalars(select(Annotation.label).where(Annotation.image_id == image.id)).all()
-    image.label = resolve_label(votes, image.import_label, project.labels)
+    votes = session.scalars(
+        select(Annotation.label).where(Annotation.image_id == image.id, Annotation.status != "skipped")
+    ).all()
+    adjudicated = session.scalar(select(Adjudication.label).where(Adjudication.image_id == image.id))
+    image.label = adjudicated or resolve_label(votes, image.import_label, project.labels)
     session.commit()
     return image

@@ -357,3 +357,147 @@ def _csrf(client) -> str:
 
     page = client.get("/login")
     return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+
+
+# --- adjudication -------------------------------------------------------------------------------------
+
+
+def _png_values(data: bytes) -> set[int]:
+    import io
+
+    from PIL import Image as PILImage
+
+    return set(np.unique(np.asarray(PILImage.open(io.BytesIO(data)))).tolist())
+
+
+def test_disagreements_are_ordered_label_first_then_lowest_iou(client, team):
+    project, manager, r1, r2, h, ids = team
+    pid = project.id
+    client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"readers_per_image": 2})
+    # ids[0]: same label, maps agree a little; ids[1]: same label, maps agree fully; ids[2]: labels differ
+    put_annotation(client, h[r1], ids[0], label="cat", saliency=mask_png(value=200))
+    put_annotation(client, h[r2], ids[0], label="cat", saliency=mask_png(value=20))
+    put_annotation(client, h[r1], ids[1], label="dog", saliency=mask_png(value=100))
+    put_annotation(client, h[r2], ids[1], label="dog", saliency=mask_png(value=100))
+    put_annotation(client, h[r1], ids[2], label="cat")
+    put_annotation(client, h[r2], ids[2], label="dog")
+    put_annotation(client, h[r1], ids[3], label="dog")  # one reader: not a disagreement yet
+    r = client.get(f"/api/v1/projects/{pid}/disagreements", headers=h[manager])
+    assert r.status_code == 200
+    rows = r.json()
+    assert [x["image_id"] for x in rows] == [ids[2], ids[0], ids[1]]
+    assert rows[0]["label_disagreement"] is True and rows[0]["labels"] == {"cat": 1, "dog": 1}
+    assert rows[1]["agreement_iou"] == pytest.approx(20 / 200, abs=0.01)
+    assert client.get(f"/api/v1/projects/{pid}/disagreements", headers=h[r1]).status_code == 403
+
+
+def test_adjudication_is_a_revision_and_training_uses_it_instead_of_the_mean(
+    client, team, db, settings, tmp_path, make_user, auth_headers
+):
+    from app.services.projects import set_member
+
+    project, manager, r1, r2, h, ids = team
+    pid = project.id
+    client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"readers_per_image": 2})
+    iid = ids[0]
+    put_annotation(client, h[r1], iid, label="cat", saliency=mask_png(value=200))
+    put_annotation(client, h[r2], iid, label="dog", saliency=mask_png(value=100))
+    url = f"/api/v1/images/{iid}/adjudication"
+    assert client.get(url, headers=h[manager]).status_code == 404
+    # readers cannot adjudicate; an annotator with the adjudicator flag can
+    r = client.put(
+        url,
+        headers=h[r1],
+        data={"label": "dog"},
+        files={"saliency": ("m.png", mask_png(value=40), "image/png")},
+    )
+    assert r.status_code == 403
+    judge = make_user()
+    set_member(db, project, judge.username, "annotator")
+    client.post(
+        f"/api/v1/projects/{pid}/members",
+        headers=h[manager],
+        json={"username": judge.username, "role": "annotator", "adjudicator": True},
+    )
+    hj = auth_headers(judge)
+    assert client.put(url, headers=hj, data={"label": "bird"}).status_code == 422  # not a project label
+    r = client.put(
+        url, headers=hj, data={"label": "dog"}, files={"saliency": ("m.png", mask_png(value=40), "image/png")}
+    )
+    assert r.status_code == 201 and r.headers["etag"] == '"1"' and r.json()["has_saliency"] is True
+    # the image's label is the adjudicated one
+    assert client.get(f"/api/v1/images/{iid}", headers=h[manager]).json()["label"] == "dog"
+    # If-Match like any revision
+    r = client.put(url, headers=h[manager], data={"label": "cat"})
+    assert r.status_code == 409 and r.headers["etag"] == '"1"'
+    r = client.put(
+        url,
+        headers={**h[manager], "If-Match": "1"},
+        data={"label": "cat"},
+        files={"saliency": ("m.png", mask_png(value=60), "image/png")},
+    )
+    assert r.status_code == 200 and r.json()["revision"] == 2 and r.json()["author"] == manager.username
+    stale = client.put(url, headers={**hj, "If-Match": "1"}, data={"label": "dog"})
+    assert stale.status_code == 409
+    revs = client.get(f"{url}/revisions", headers=h[r1]).json()
+    assert [(x["revision"], x["label"]) for x in revs] == [(1, "dog"), (2, "cat")]
+    assert _png_values(client.get(f"{url}/saliency.png?revision=1", headers=h[manager]).content) == {40}
+    assert _png_values(client.get(f"{url}/saliency.png", headers=h[manager]).content) == {60}
+    # the readers' consensus is still the mean; training's snapshot uses the adjudicated map and label
+    assert _png_values(client.get(f"/api/v1/images/{iid}/saliency.png", headers=h[manager]).content) == {150}
+    out = tmp_path / "snap"
+    lineage = write_dataset_folder(db, get_storage(settings), db.get(Project, pid), out)
+    from PIL import Image as PILImage
+
+    assert set(np.unique(np.asarray(PILImage.open(out / "saliency" / "0.png")))) == {60}
+    rows = {r["image"]: r["label"] for r in csv.DictReader((out / "labels.csv").read_text().splitlines())}
+    assert rows["0.png"] == "cat"
+    assert list(lineage["adjudications"].values()) == [2]
+    # a later reading does not overturn the adjudicated label
+    third = make_user()
+    set_member(db, project, third.username, "annotator")
+    put_annotation(client, auth_headers(third), iid, label="dog")
+    assert client.get(f"/api/v1/images/{iid}", headers=h[manager]).json()["label"] == "cat"
+    # blind: a reader who has not read the image cannot see the adjudication either
+    reader3 = make_user()
+    set_member(db, project, reader3.username, "annotator")
+    for path in (url, f"{url}/revisions", f"{url}/saliency.png"):
+        assert client.get(path, headers=auth_headers(reader3)).status_code == 403, path
+
+
+def test_reader_agreement_pairs_and_against_the_adjudication(client, team):
+    project, manager, r1, r2, h, ids = team
+    pid = project.id
+    client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"readers_per_image": 2})
+    labels1 = ["cat", "cat", "dog", "dog"]
+    labels2 = ["cat", "dog", "dog", "dog"]
+    for iid, a, b in zip(ids, labels1, labels2, strict=True):
+        put_annotation(client, h[r1], iid, label=a, saliency=mask_png(value=200))
+        put_annotation(client, h[r2], iid, label=b, saliency=mask_png(value=100))
+    client.put(
+        f"/api/v1/images/{ids[1]}/adjudication",
+        headers=h[manager],
+        data={"label": "dog"},
+        files={"saliency": ("m.png", mask_png(value=100), "image/png")},
+    )
+    assert client.get(f"/api/v1/projects/{pid}/reader-agreement", headers=h[r1]).status_code == 403
+    report = client.get(f"/api/v1/projects/{pid}/reader-agreement", headers=h[manager]).json()
+    (pair,) = report["pairs"]
+    assert sorted(pair["readers"]) == sorted([r1.username, r2.username])
+    # observed 3/4; chance: p(cat)=2/4*1/4 + p(dog)=2/4*3/4 = 0.5 -> kappa 0.5
+    assert pair["kappa"] == pytest.approx(0.5) and pair["images"] == 4
+    assert pair["iou"] == pytest.approx(0.5, abs=0.01) and pair["maps"] == 4
+    vs = {x["reader"]: x for x in report["vs_adjudication"]}
+    assert vs[r2.username]["iou"] == pytest.approx(1.0) and vs[r1.username]["iou"] == pytest.approx(
+        0.5, abs=0.01
+    )
+    assert vs[r1.username]["images"] == 1
+
+
+def test_cohen_kappa_edge_cases():
+    from app.services.adjudication import cohen_kappa
+
+    assert cohen_kappa([], []) is None
+    assert cohen_kappa(["a", "a"], ["a", "a"]) is None  # no variation: kappa undefined
+    assert cohen_kappa(["a", "b"], ["a", "b"]) == pytest.approx(1.0)
+    assert cohen_kappa(["a", "b"], ["b", "a"]) == pytest.approx(-1.0)
