@@ -27,6 +27,7 @@ from app.api.training import run_out
 from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_role
 from app.models import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
 from app.schemas import API
+from app.services import adjudication as adjudication_service
 from app.services import reading
 from app.services.images import next_image
 
@@ -478,6 +479,71 @@ def review_page(request: Request, pid: int, iid: int, user: OptionalUser, sessio
     }
     return render(
         request, "review.html", {**_page_context(user, access, "review"), "image": image, "boot": boot}
+    )
+
+
+# --- adjudication (issue 12) -------------------------------------------------------------------------
+
+
+def _adjudicators_only(request: Request, user) -> HTMLResponse:
+    return error_page(
+        request,
+        user,
+        403,
+        "Adjudicators only",
+        "Only the project's managers and members with the adjudicator flag settle disagreements.",
+    )
+
+
+@router.get("/projects/{pid}/adjudicate", response_class=HTMLResponse)
+def adjudicate_list_page(
+    request: Request, pid: int, user: OptionalUser, session: SessionDep, offset: int = 0
+):
+    access, response = _with_project(request, user, session, pid)
+    if response:
+        return response
+    if not reading.is_privileged(session, pid, user):
+        return _adjudicators_only(request, user)
+    offset = max(0, min(offset, 10_000_000))
+    rows = adjudication_service.disagreements(session, access.project, limit=100, offset=offset)
+    return render(
+        request,
+        "adjudicate_list.html",
+        {**_page_context(user, access, "adjudicate"), "rows": rows, "offset": offset},
+    )
+
+
+@router.get("/projects/{pid}/adjudicate/{iid}", response_class=HTMLResponse)
+def adjudicate_page(request: Request, pid: int, iid: int, user: OptionalUser, session: SessionDep):
+    access, response = _with_project(request, user, session, pid)
+    if response:
+        return response
+    if not reading.is_privileged(session, pid, user):
+        return _adjudicators_only(request, user)
+    image = session.get(Image, iid)
+    if image is None or image.project_id != pid:
+        return _not_found(request, user, "image")
+    adj = adjudication_service.get_adjudication(session, iid)
+    boot = {
+        "project": {"id": pid, "labels": access.project.labels},
+        "image": image_json(image),
+        "adjudication": {
+            "label": adj.label,
+            "revision": adj.revision,
+            "has_saliency": adj.saliency_key is not None,
+        }
+        if adj
+        else None,
+    }
+    return render(
+        request,
+        "adjudicate.html",
+        {
+            **_page_context(user, access, "adjudicate"),
+            "image": image,
+            "boot": boot,
+            "body_class": "adjudicate",
+        },
     )
 
 

@@ -130,7 +130,7 @@ for (const b of labelButtons) {
 
 /** The painted map as PNG bytes, or null when nothing was painted: a label-only save sends no map. */
 async function paintedPng() {
-  if (!painter.mask.some((v) => v > 0)) return null;
+  if (!painter.hasPaint()) return null;
   return encodeGrayPNG(painter.mask, image.width, image.height);
 }
 

@@ -86,9 +86,9 @@ class World:
             assert img.size == IMAGE_SIZE
             return ann, np.asarray(img)
 
-    def snapshot(self, out: Path) -> tuple[dict, dict[str, str], set[str]]:
-        """The training snapshot of the painting project (what a run trains on): its lineage,
-        labels.csv as {image: label}, and the names of the images that have a saliency file."""
+    def snapshot(self, out: Path, project_id: int | None = None) -> tuple[dict, dict[str, str], set[str]]:
+        """The training snapshot of a project (default: the painting project), what a run trains on:
+        its lineage, labels.csv as {image: label}, and the names of the images with a saliency file."""
         import csv
 
         from app.db import make_engine, make_session_factory
@@ -99,7 +99,7 @@ class World:
         engine = make_engine(self.settings.resolved_database_url)
         try:
             with make_session_factory(engine)() as session:
-                project = session.get(Project, self.project_id)
+                project = session.get(Project, project_id or self.project_id)
                 lineage = write_dataset_folder(session, get_storage(self.settings), project, out)
         finally:
             engine.dispose()
