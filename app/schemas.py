@@ -345,6 +345,11 @@ class ImportReport(BaseModel):
     splits: dict[str, int]
     ignored_files: list[str] = Field(description="files in the zip that labels.csv does not name")
     image_ids: list[int]
+    readings: int = Field(default=0, description="readers' readings imported from readings.csv")
+    readings_of_unknown_readers: int = Field(
+        default=0, description="readings left out: their reader has no account here"
+    )
+    adjudications: int = Field(default=0, description="adjudications imported from adjudications.csv")
 
 
 # --- answers built from rows -------------------------------------------------------------------------

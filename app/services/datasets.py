@@ -41,6 +41,7 @@ from app.models import Adjudication, Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
 from app.services.images import safe_name
+from app.services.study_io import import_study, study_facts, study_files
 from app.settings import Settings
 from app.storage import Storage
 from sage.labels_csv import LABELS_CSV, LabelRow, format_labels_csv, parse_labels_csv
@@ -327,6 +328,21 @@ def import_dataset(
             raise ImportRejected(problems.items, problems.truncated)
         session.add_all(new_rows)
         session.flush()
+        study = import_study(
+            session,
+            storage,
+            staging,
+            source,
+            root,
+            name_set,
+            project,
+            {r.original_name: r for r in new_rows},
+            problems,
+            settings.max_upload_bytes,
+        )
+        if problems.items:
+            session.rollback()
+            raise ImportRejected(problems.items, problems.truncated)
         report = {
             "imported": len(new_rows),
             "existing": n_existing,
@@ -337,6 +353,7 @@ def import_dataset(
                 n[len(root) :] for n in names if n.startswith(root + "images/") and n not in listed
             )[:1000],
             "image_ids": [r.id for r in new_rows],
+            **study,
         }
         session.commit()
     return report
@@ -359,6 +376,8 @@ class DatasetEntry:
     saliency_keys: list[str]  # the annotators' current maps; else the imported map, if any
     group: str | None = None  # written to labels.csv when set (no column stores it yet)
     subtype: str | None = None  # likewise
+    readings: list[Any] = field(default_factory=list)  # app.services.study_io.Reading, per reader
+    adjudication: Any = None  # app.services.study_io.AdjudicatedEntry, when adjudicated
 
     @property
     def stem(self) -> str:
@@ -413,6 +432,10 @@ def dataset_entries(
                 img.id, name, img.storage_key, img.label, img.split or "train", img.width, img.height, keys
             )
         )
+    readings, adjudicated_entries = study_facts(session, ids)
+    for e in entries:
+        e.readings = readings.get(e.image_id, [])
+        e.adjudication = adjudicated_entries.get(e.image_id)
     lineage = {
         "annotations": revisions,
         "adjudications": adjudications,
@@ -476,6 +499,9 @@ def write_dataset_folder(
         png = entry_saliency_png(storage, e)
         if png is not None:
             (out_dir / "saliency" / f"{e.stem}.png").write_bytes(png)
+    for path, data in study_files(storage, entries):
+        (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / path).write_bytes(data)
     (out_dir / LABELS_CSV).write_bytes(labels_csv(entries))
     return lineage
 
@@ -522,5 +548,9 @@ def export_zip_stream(
             png = entry_saliency_png(storage, e)
             if png is not None:
                 zf.writestr(_zip_info(f"{folder}/saliency/{e.stem}.png"), png, zipfile.ZIP_STORED)
+            yield sink.drain()
+        for path, data in study_files(storage, entries):
+            method = zipfile.ZIP_DEFLATED if path.endswith(".csv") else zipfile.ZIP_STORED
+            zf.writestr(_zip_info(f"{folder}/{path}"), data, method)
             yield sink.drain()
     yield sink.drain()

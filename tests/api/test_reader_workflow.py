@@ -501,3 +501,106 @@ def test_cohen_kappa_edge_cases():
     assert cohen_kappa(["a", "a"], ["a", "a"]) is None  # no variation: kappa undefined
     assert cohen_kappa(["a", "b"], ["a", "b"]) == pytest.approx(1.0)
     assert cohen_kappa(["a", "b"], ["b", "a"]) == pytest.approx(-1.0)
+
+
+# --- export and import of a reading study -------------------------------------------------------------
+
+
+def test_export_writes_readers_and_adjudication_and_import_reads_them_back(
+    client, team, make_project, db, settings, tmp_path
+):
+    import io
+    import zipfile
+
+    from app.services.study_io import reader_folder
+
+    project, manager, r1, r2, h, ids = team
+    pid = project.id
+    client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"readers_per_image": 2})
+    put_annotation(client, h[r1], ids[0], label="cat", saliency=mask_png(value=200))
+    put_annotation(client, h[r2], ids[0], label="dog", saliency=mask_png(value=100))
+    client.put(
+        f"/api/v1/images/{ids[1]}/annotation",
+        headers=h[r1],
+        data={"status": "unsure", "label": "dog", "comment": "blurry"},
+    )
+    client.put(
+        f"/api/v1/images/{ids[0]}/adjudication",
+        headers=h[manager],
+        data={"label": "dog"},
+        files={"saliency": ("m.png", mask_png(value=50), "image/png")},
+    )
+    r = client.get(f"/api/v1/projects/{pid}/export", headers=h[manager])
+    assert r.status_code == 200
+    zf = zipfile.ZipFile(io.BytesIO(r.content))
+    folder = f"project-{pid}/"
+    names = set(zf.namelist())
+    f1, f2 = reader_folder(r1.username), reader_folder(r2.username)
+    for path in (
+        "saliency/0.png",
+        "consensus/0.png",
+        "adjudicated/0.png",
+        f"readers/{f1}/0.png",
+        f"readers/{f2}/0.png",
+        "readings.csv",
+        "adjudications.csv",
+    ):
+        assert folder + path in names, path
+    assert f"{folder}readers/{f1}/1.png" not in names  # the unsure reading has no map
+    assert _png_values(zf.read(folder + "saliency/0.png")) == {50}  # the map training uses
+    assert _png_values(zf.read(folder + "consensus/0.png")) == {150}
+    readings = list(csv.DictReader(io.StringIO(zf.read(folder + "readings.csv").decode())))
+    assert {(x["image"], x["reader"], x["label"], x["status"], x["comment"]) for x in readings} == {
+        ("0.png", r1.username, "cat", "done", ""),
+        ("0.png", r2.username, "dog", "done", ""),
+        ("1.png", r1.username, "dog", "unsure", "blurry"),
+    }
+    # import into a fresh project: readings and the adjudication come back
+    other = make_project(manager)
+    r = client.post(
+        f"/api/v1/projects/{other.id}/import",
+        headers=h[manager],
+        files={"file": ("d.zip", r.content, "application/zip")},
+    )
+    assert r.status_code == 201, r.text
+    report = r.json()
+    assert (report["readings"], report["adjudications"], report["readings_of_unknown_readers"]) == (3, 1, 0)
+    page = client.get(f"/api/v1/projects/{other.id}/images", headers=h[manager]).json()["items"]
+    by_name = {im["original_name"]: im for im in page}
+    new0 = by_name["0.png"]
+    assert new0["label"] == "dog" and new0["annotation_count"] == 2
+    listing = client.get(f"/api/v1/images/{new0['id']}/annotations", headers=h[manager]).json()
+    assert sorted((a["author"], a["label"]) for a in listing["annotations"]) == sorted(
+        [(r1.username, "cat"), (r2.username, "dog")]
+    )
+    assert _png_values(
+        client.get(f"/api/v1/images/{new0['id']}/saliency.png", headers=h[manager]).content
+    ) == {150}
+    adj = client.get(f"/api/v1/images/{new0['id']}/adjudication", headers=h[manager]).json()
+    assert adj["label"] == "dog" and adj["author"] == manager.username
+    assert _png_values(client.get(adj["saliency_url"], headers=h[manager]).content) == {50}
+    unsure = client.get(f"/api/v1/images/{by_name['1.png']['id']}/annotations", headers=h[manager]).json()
+    assert [(a["status"], a["comment"], a["has_saliency"]) for a in unsure["annotations"]] == [
+        ("unsure", "blurry", False)
+    ]
+
+
+def test_import_rejects_a_bad_reading_and_imports_nothing(client, team, make_project):
+    import io
+    import zipfile
+
+    project, manager, r1, r2, h, ids = team
+    other = make_project(manager)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("labels.csv", "image,label\nq.png,cat\n")
+        zf.writestr("images/q.png", noise_png(16, 12, seed=77))
+        zf.writestr("readings.csv", f"image,reader,label,status,comment\nq.png,{r1.username},cat,sure,\n")
+    r = client.post(
+        f"/api/v1/projects/{other.id}/import",
+        headers=h[manager],
+        files={"file": ("d.zip", buf.getvalue(), "application/zip")},
+    )
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["file"] == "readings.csv" and r.json()["errors"][0]["line"] == 2
+    assert client.get(f"/api/v1/projects/{other.id}/images", headers=h[manager]).json()["items"] == []
