@@ -107,6 +107,8 @@ class Project(Base):
     # Reading studies (issue 12): readers wanted per image, and blind reading (None: on when k > 1).
     readers_per_image: Mapped[int] = mapped_column(Integer, default=1)
     blind_mode: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    # Labels no longer offered for new readings; existing readings keep them.
+    retired_labels: Mapped[list[Any]] = mapped_column(JSON, default=list)
 
     @property
     def blind(self) -> bool:
@@ -169,6 +171,8 @@ class Image(Base):
     # Agreement of the annotators' current maps (None below two maps); project agreement averages these.
     agreement_iou: Mapped[float | None] = mapped_column(Float, default=None)
     agreement_r: Mapped[float | None] = mapped_column(Float, default=None)
+    # Readers this image wants when re-queued for reading (None: the project's readers_per_image).
+    readers_wanted: Mapped[int | None] = mapped_column(Integer, default=None)
     uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -180,6 +180,11 @@ class ProjectUpdate(Strict):
         default=None, ge=1, le=50, description="readers wanted per image (k)"
     )
     blind_mode: BlindMode | None = None
+    retired_labels: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = Field(
+        default=None,
+        max_length=1000,
+        description="labels no longer offered for new readings (existing ones keep them)",
+    )
 
 
 class Agreement(BaseModel):
@@ -213,6 +218,9 @@ class ProjectOut(BaseModel):
     activation_policy: str
     next_policy: str
     readers_per_image: int = 1
+    retired_labels: list[str] = Field(
+        default_factory=list, description="labels no longer offered for new readings"
+    )
     blind_mode: str = Field(default="auto", description="auto | on | off (the setting)")
     blind: bool = Field(default=False, description="whether blind reading is in force (the effect)")
     created_at: datetime
@@ -260,6 +268,32 @@ class ImageOut(BaseModel):
     agreement: Agreement
     created_at: datetime
     file_url: str
+
+
+class BulkAction(Strict):
+    image_ids: list[int] = Field(min_length=1, max_length=1000)
+    action: Literal["set_split", "set_label", "delete", "requeue"]
+    split: Literal["train", "val", "test"] | None = None
+    label: Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_control_chars)] | None = (
+        Field(default=None, description="set_label: the new import label ('' or null clears it)")
+    )
+
+
+class BulkResult(BaseModel):
+    action: str
+    changed: int
+    missing: int = Field(description="ids that are not images of this project")
+    image_ids: list[int]
+
+
+class LabelRename(Strict):
+    old: LabelName = Field(alias="from", description="the label's current name")
+    new: LabelName = Field(alias="to", description="its new name")
+
+
+class LabelRenameResult(BaseModel):
+    labels: list[str]
+    changed: dict[str, int] = Field(description="rows renamed per table")
 
 
 class UploadedImage(ImageOut):
@@ -412,6 +446,7 @@ def project_out(project: Any, role: str, summary: dict[str, Any]) -> ProjectOut:
         activation_policy=project.activation_policy,
         next_policy=project.next_policy,
         readers_per_image=project.readers_per_image or 1,
+        retired_labels=list(project.retired_labels or []),
         blind_mode=blind_mode_name(project.blind_mode),
         blind=project.blind,
         created_at=project.created_at,

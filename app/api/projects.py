@@ -20,6 +20,8 @@ from app.deps import (
 from app.schemas import (
     BLIND_MODE_VALUES,
     ImportReport,
+    LabelRename,
+    LabelRenameResult,
     MemberIn,
     MemberOut,
     NextImage,
@@ -87,6 +89,18 @@ def delete_project(project: ProjectManager, session: SessionDep, storage: Storag
     """Delete the project with all its images, annotations, runs and models (managers)."""
     project_service.delete_project(session, storage, project)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/projects/{pid}/labels/rename",
+    response_model=LabelRenameResult,
+    responses={404: {"description": "no such label"}, 409: {"description": "the new name is taken"}},
+)
+def rename_label(body: LabelRename, project: ProjectManager, session: SessionDep) -> LabelRenameResult:
+    """Rename a label (managers) and every use of it: readings and their history, import labels,
+    image labels and adjudications."""
+    changed = project_service.rename_label(session, project, body.old, body.new)
+    return LabelRenameResult(labels=list(project.labels), changed=changed)
 
 
 # --- members ----------------------------------------------------------------------------------------

@@ -214,6 +214,8 @@ def check_annotation(
         raise Invalid(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
     if label is not None and label not in project.labels:
         raise Invalid(f"unknown label {label!r}; the project's labels are {project.labels}")
+    if label is not None and label in (project.retired_labels or []):
+        raise Invalid(f"the label {label!r} is retired: new readings use one of the other labels")
     comment = (comment or "").strip() or None
     if comment is not None and len(comment) > MAX_COMMENT:
         raise Invalid(f"the comment is {len(comment)} characters; at most {MAX_COMMENT}")

@@ -185,6 +185,12 @@ def list_images(
     annotated_by_me: bool | None = None,
     label: str | None = None,
     blind: bool = False,
+    reader_id: int | None = None,
+    status: str | None = None,
+    label_disagreement: bool | None = None,
+    max_agreement: float | None = None,
+    prediction: str | None = None,
+    min_uncertainty: float | None = None,
 ) -> tuple[list[Image], str | None]:
     """One page of the project's images in id order (keyset pagination) and the next cursor.
 
@@ -208,9 +214,47 @@ def list_images(
         q = q.where(Image.label == label)
     if annotated_by_me is not None:
         q = q.where(_done_by(user.id) if annotated_by_me else not_(_done_by(user.id)))
+    q = _study_filters(
+        session, project, q, reader_id, status, label_disagreement, max_agreement, prediction, min_uncertainty
+    )
     rows = list(session.scalars(q.order_by(Image.id).limit(limit + 1)))
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], next_cursor
+
+
+def _study_filters(
+    session, project, q, reader_id, status, label_disagreement, max_agreement, prediction, min_uncertainty
+):
+    """The image browser's filters (issue 12): read by whom, a reading status, label disagreement,
+    map agreement at most, the active model's prediction right or wrong, uncertainty at least."""
+    if reader_id is not None or status is not None:
+        cond = [Annotation.image_id == Image.id]
+        if reader_id is not None:
+            cond.append(Annotation.author_id == reader_id)
+        if status is not None:
+            cond.append(Annotation.status == status)
+        q = q.where(exists().where(*cond))
+    if label_disagreement is not None:
+        n_labels = (
+            select(func.count(func.distinct(Annotation.label)))
+            .where(Annotation.image_id == Image.id, Annotation.status != "skipped")
+            .scalar_subquery()
+        )
+        q = q.where(n_labels > 1 if label_disagreement else n_labels <= 1)
+    if max_agreement is not None:
+        q = q.where(Image.agreement_iou <= max_agreement)
+    if prediction is not None or min_uncertainty is not None:
+        model_id = session.scalar(
+            select(ModelVersion.id).where(ModelVersion.project_id == project.id, ModelVersion.active).limit(1)
+        )
+        q = q.join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == (model_id or -1)))
+        if prediction == "correct":
+            q = q.where(Image.label.is_not(None), Prediction.label == Image.label)
+        elif prediction == "wrong":
+            q = q.where(Image.label.is_not(None), Prediction.label != Image.label)
+        if min_uncertainty is not None:
+            q = q.where(Prediction.uncertainty >= min_uncertainty)
+    return q
 
 
 # --- next --------------------------------------------------------------------------------------------
@@ -219,7 +263,12 @@ def list_images(
 def _open_for(project: Project, user: User) -> list:
     """Conditions of an image `next` may give the reader: they neither read nor skipped it, and it
     still has fewer readers than the project wants (`readers_per_image`; skips are not reads)."""
-    return [not_(_done_by(user.id)), Image.annotation_count < max(1, project.readers_per_image or 1)]
+    return [not_(_done_by(user.id)), Image.annotation_count < _wanted(project)]
+
+
+def _wanted(project: Project):
+    """Readers an image wants: its own `readers_wanted` (set by re-queueing), else the project's k."""
+    return func.coalesce(Image.readers_wanted, max(1, project.readers_per_image or 1))
 
 
 def _first_unfinished(session: Session, project: Project, user: User, *conditions) -> Image | None:
@@ -240,7 +289,7 @@ def _first_skipped(session: Session, project: Project, user: User, after: int | 
         .where(
             Image.project_id == project.id,
             Annotation.status == "skipped",
-            Image.annotation_count < max(1, project.readers_per_image or 1),
+            Image.annotation_count < _wanted(project),
         )
     )
     if after is not None:

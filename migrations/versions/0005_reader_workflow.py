@@ -4,8 +4,8 @@ Revision ID: 0005
 Revises: 0003
 Create Date: 2026-12-02 03:50:00
 
-Schema: annotation (and revision) `status` and `comment`; project `readers_per_image` and
-`blind_mode`; member `adjudicator`; the `adjudications` and `adjudication_revisions` tables.
+Schema: annotation (and revision) `status` and `comment`; project `readers_per_image`,
+`blind_mode` and `retired_labels`; image `readers_wanted` (a re-queued image's own k); member `adjudicator`; the `adjudications` and `adjudication_revisions` tables.
 
 Data: an all-zero saliency map now means "no map" (label only). Every stored annotation map,
 revision map and imported map that is all zero is replaced by none, and the images they belonged
@@ -30,6 +30,9 @@ def upgrade() -> None:
     with op.batch_alter_table("projects", schema=None) as batch_op:
         batch_op.add_column(sa.Column("readers_per_image", sa.Integer(), nullable=False, server_default="1"))
         batch_op.add_column(sa.Column("blind_mode", sa.Boolean(), nullable=True))
+        batch_op.add_column(sa.Column("retired_labels", sa.JSON(), nullable=False, server_default="[]"))
+    with op.batch_alter_table("images", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("readers_wanted", sa.Integer(), nullable=True))
     with op.batch_alter_table("project_members", schema=None) as batch_op:
         batch_op.add_column(sa.Column("adjudicator", sa.Boolean(), nullable=False, server_default=sa.false()))
     for table in ("annotations", "annotation_revisions"):
@@ -208,6 +211,9 @@ def downgrade() -> None:
             batch_op.drop_column("status")
     with op.batch_alter_table("project_members", schema=None) as batch_op:
         batch_op.drop_column("adjudicator")
+    with op.batch_alter_table("images", schema=None) as batch_op:
+        batch_op.drop_column("readers_wanted")
     with op.batch_alter_table("projects", schema=None) as batch_op:
+        batch_op.drop_column("retired_labels")
         batch_op.drop_column("blind_mode")
         batch_op.drop_column("readers_per_image")

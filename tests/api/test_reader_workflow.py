@@ -604,3 +604,132 @@ def test_import_rejects_a_bad_reading_and_imports_nothing(client, team, make_pro
     assert r.status_code == 422
     assert r.json()["errors"][0]["file"] == "readings.csv" and r.json()["errors"][0]["line"] == 2
     assert client.get(f"/api/v1/projects/{other.id}/images", headers=h[manager]).json()["items"] == []
+
+
+# --- settings: labels ---------------------------------------------------------------------------------
+
+
+def test_rename_and_retire_labels(client, team):
+    project, manager, r1, r2, h, ids = team
+    pid = project.id
+    put_annotation(client, h[r1], ids[0], label="cat", saliency=mask_png(value=90))
+    put_annotation(client, h[r1], ids[0], label="cat", saliency=mask_png(value=91), if_match=1)
+    client.patch(f"/api/v1/images/{ids[1]}", headers=h[manager], json={"import_label": "cat"})
+    client.put(f"/api/v1/images/{ids[0]}/adjudication", headers=h[manager], data={"label": "cat"})
+    url = f"/api/v1/projects/{pid}/labels/rename"
+    assert client.post(url, headers=h[r1], json={"from": "cat", "to": "feline"}).status_code == 403
+    assert client.post(url, headers=h[manager], json={"from": "cow", "to": "x"}).status_code == 404
+    assert client.post(url, headers=h[manager], json={"from": "cat", "to": "dog"}).status_code == 409
+    r = client.post(url, headers=h[manager], json={"from": "cat", "to": "feline"})
+    assert r.status_code == 200, r.text
+    assert r.json()["labels"] == ["feline", "dog"]
+    assert r.json()["changed"]["annotations"] == 1 and r.json()["changed"]["annotation_revisions"] == 2
+    mine = client.get(f"/api/v1/images/{ids[0]}/annotation", headers=h[r1]).json()
+    assert mine["label"] == "feline"
+    aid = mine["id"]
+    assert {x["label"] for x in client.get(f"/api/v1/annotations/{aid}/revisions", headers=h[r1]).json()} == {
+        "feline"
+    }
+    assert client.get(f"/api/v1/images/{ids[1]}", headers=h[manager]).json()["import_label"] == "feline"
+    assert client.get(f"/api/v1/images/{ids[0]}/adjudication", headers=h[manager]).json()["label"] == "feline"
+    # retire: no new readings with it, existing ones keep it; unknown labels cannot be retired
+    assert (
+        client.patch(
+            f"/api/v1/projects/{pid}", headers=h[manager], json={"retired_labels": ["cow"]}
+        ).status_code
+        == 422
+    )
+    r = client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"retired_labels": ["feline"]})
+    assert r.status_code == 200 and r.json()["retired_labels"] == ["feline"]
+    r = put_annotation(client, h[r2], ids[2], label="feline")
+    assert r.status_code == 422 and "retired" in r.json()["detail"]
+    assert put_annotation(client, h[r2], ids[2], label="dog").status_code == 201
+    assert client.get(f"/api/v1/images/{ids[0]}/annotation", headers=h[r1]).json()["label"] == "feline"
+
+
+# --- image browser: filters and bulk actions ----------------------------------------------------------
+
+
+def _ids(client, h, pid, **params):
+    r = client.get(f"/api/v1/projects/{pid}/images", headers=h, params=params)
+    assert r.status_code == 200, r.text
+    return [i["id"] for i in r.json()["items"]]
+
+
+def test_browser_filters_and_bulk_actions(client, team, db):
+    from app.models import ModelVersion, Prediction
+
+    project, manager, r1, r2, h, ids = team
+    pid = project.id
+    hm = h[manager]
+    client.patch(f"/api/v1/projects/{pid}", headers=hm, json={"readers_per_image": 2})
+    put_annotation(client, h[r1], ids[0], label="cat", saliency=mask_png(value=200))
+    put_annotation(client, h[r2], ids[0], label="dog", saliency=mask_png(value=20))
+    put_annotation(client, h[r1], ids[1], label="dog", saliency=mask_png(value=100))
+    put_annotation(client, h[r2], ids[1], label="dog", saliency=mask_png(value=100))
+    client.put(
+        f"/api/v1/images/{ids[2]}/annotation", headers=h[r2], data={"status": "flagged", "comment": "x"}
+    )
+    assert _ids(client, hm, pid, reader=r1.username) == ids[:2]
+    assert _ids(client, hm, pid, reader="nobody") == []
+    assert _ids(client, hm, pid, status="flagged") == [ids[2]]
+    assert _ids(client, hm, pid, label_disagreement=True) == [ids[0]]
+    assert _ids(client, hm, pid, max_agreement=0.5) == [ids[0]]
+    assert _ids(client, hm, pid, annotated=False) == [ids[3]]  # a flagged reading is a read
+    # blind project: a reader may not filter on others' work, only on their own
+    assert (
+        client.get(f"/api/v1/projects/{pid}/images", headers=h[r1], params={"status": "flagged"}).status_code
+        == 403
+    )
+    assert _ids(client, h[r1], pid, reader=r1.username) == ids[:2]
+    # predictions of the active model: right or wrong against the image label, uncertainty
+    model = ModelVersion(
+        project_id=pid, version=1, artifact_key="x", checksum="0" * 64, backbone="tiny", active=True
+    )
+    db.add(model)
+    db.flush()
+    db.add_all(
+        [
+            Prediction(image_id=ids[1], model_id=model.id, label="dog", confidence=0.9, uncertainty=0.2),
+            Prediction(image_id=ids[0], model_id=model.id, label="dog", confidence=0.6, uncertainty=0.8),
+        ]
+    )
+    db.commit()
+    image0_label = client.get(f"/api/v1/images/{ids[0]}", headers=hm).json()["label"]
+    assert image0_label == "cat"  # a tie goes to the first project label
+    assert _ids(client, hm, pid, prediction="correct") == [ids[1]]
+    assert _ids(client, hm, pid, prediction="wrong") == [ids[0]]
+    assert _ids(client, hm, pid, min_uncertainty=0.5) == [ids[0]]
+    # paging through the whole project with the cursor
+    first = client.get(f"/api/v1/projects/{pid}/images", headers=hm, params={"limit": 3}).json()
+    second = client.get(
+        f"/api/v1/projects/{pid}/images", headers=hm, params={"limit": 3, "cursor": first["next_cursor"]}
+    ).json()
+    assert [i["id"] for i in first["items"] + second["items"]] == ids and second["next_cursor"] is None
+    # bulk: split, label, re-queue, delete (managers only)
+    bulk = f"/api/v1/projects/{pid}/images/bulk"
+    assert client.post(bulk, headers=h[r1], json={"image_ids": ids, "action": "delete"}).status_code == 403
+    assert client.post(bulk, headers=hm, json={"image_ids": ids, "action": "set_split"}).status_code == 422
+    assert client.post(bulk, headers=hm, json={"image_ids": [], "action": "delete"}).status_code == 422
+    r = client.post(
+        bulk, headers=hm, json={"image_ids": [ids[0], ids[1], 999999], "action": "set_split", "split": "test"}
+    )
+    assert r.status_code == 200 and (r.json()["changed"], r.json()["missing"]) == (2, 1)
+    assert _ids(client, hm, pid, split="test") == ids[:2]
+    r = client.post(bulk, headers=hm, json={"image_ids": [ids[3]], "action": "set_label", "label": "dog"})
+    assert (
+        r.status_code == 200 and client.get(f"/api/v1/images/{ids[3]}", headers=hm).json()["label"] == "dog"
+    )
+    assert (
+        client.post(
+            bulk, headers=hm, json={"image_ids": [ids[3]], "action": "set_label", "label": "cow"}
+        ).status_code
+        == 422
+    )
+    # re-queue: an image with its two readers is offered to a third reader again
+    nxt = client.get(f"/api/v1/projects/{pid}/next", headers=hm).json()["image"]["id"]
+    assert nxt != ids[1]
+    client.post(bulk, headers=hm, json={"image_ids": [ids[1]], "action": "requeue"})
+    assert client.get(f"/api/v1/projects/{pid}/next", headers=hm).json()["image"]["id"] == ids[1]
+    r = client.post(bulk, headers=hm, json={"image_ids": [ids[2], ids[3]], "action": "delete"})
+    assert r.status_code == 200 and _ids(client, hm, pid) == ids[:2]
