@@ -28,6 +28,7 @@ from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_ro
 from app.models import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
 from app.schemas import API
 from app.services import adjudication as adjudication_service
+from app.services import projects as project_service
 from app.services import reading
 from app.services.images import next_image
 
@@ -424,7 +425,7 @@ def annotate_page(request: Request, pid: int, iid: int, user: OptionalUser, sess
         image_facts["label"] = image.import_label  # blind reading: not the other readers' majority
     boot = {
         "user": {"id": user.id, "username": user.username},
-        "project": {"id": pid, "name": access.project.name, "labels": access.project.labels},
+        "project": {"id": pid, "name": access.project.name, "labels": active_labels(access.project)},
         "image": image_facts,
         "annotation": (
             {
@@ -447,8 +448,20 @@ def annotate_page(request: Request, pid: int, iid: int, user: OptionalUser, sess
     return render(
         request,
         "annotate.html",
-        {**_page_context(user, access, "annotate"), "image": image, "boot": boot, "body_class": "annotate"},
+        {
+            **_page_context(user, access, "annotate"),
+            "image": image,
+            "boot": boot,
+            "body_class": "annotate",
+            "labels": boot["project"]["labels"],
+        },
     )
+
+
+def active_labels(project: Project) -> list[str]:
+    """The labels offered for new readings: all but the retired ones, in the project's order."""
+    retired = set(project.retired_labels or [])
+    return [label for label in project.labels if label not in retired]
 
 
 # --- review, models, predictions ---------------------------------------------------------------------
@@ -544,6 +557,66 @@ def adjudicate_page(request: Request, pid: int, iid: int, user: OptionalUser, se
             "boot": boot,
             "body_class": "adjudicate",
         },
+    )
+
+
+# --- settings and the image browser (issue 12) ----------------------------------------------------
+
+
+def _managers_only(request: Request, user) -> HTMLResponse:
+    return error_page(request, user, 403, "Managers only", "Only the project's managers change its settings.")
+
+
+@router.get("/projects/{pid}/settings", response_class=HTMLResponse)
+def settings_page(request: Request, pid: int, user: OptionalUser, session: SessionDep):
+    access, response = _with_project(request, user, session, pid)
+    if response:
+        return response
+    if not access.at_least("manager"):
+        return _managers_only(request, user)
+    from sage.config import METHODS  # torch-free: the option names the API validates
+
+    project = access.project
+    members = [
+        {"username": u.username, "role": m.role, "adjudicator": m.adjudicator}
+        for m, u in project_service.list_members(session, project)
+    ]
+    boot = {
+        "project": {
+            "id": project.id,
+            "name": project.name,
+            "description": project.description,
+            "labels": project.labels,
+            "retired_labels": project.retired_labels or [],
+            "training": project.training or {},
+        },
+        "members": members,
+        "me": user.username,
+    }
+    return render(
+        request,
+        "settings.html",
+        {**_page_context(user, access, "settings"), "boot": boot, "methods": METHODS, "members": members},
+    )
+
+
+@router.get("/projects/{pid}/images", response_class=HTMLResponse)
+def images_page(request: Request, pid: int, user: OptionalUser, session: SessionDep):
+    access, response = _with_project(request, user, session, pid)
+    if response:
+        return response
+    project = access.project
+    privileged = reading.is_privileged(session, pid, user)
+    readers = [u.username for _, u in project_service.list_members(session, project)]
+    boot = {
+        "project": {"id": pid, "labels": project.labels},
+        "can_manage": access.at_least("manager"),
+        "can_filter_others": privileged or not project.blind,
+        "me": user.username,
+        "readers": readers,
+    }
+    return render(
+        request, "images.html", {**_page_context(user, access, "images"), "boot": boot, "readers": readers}
     )
 
 

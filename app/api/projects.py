@@ -69,17 +69,39 @@ def get_project(project: ProjectViewer, user: CurrentUser, session: SessionDep) 
     return _out(session, project, member_role(session, user, project.id))
 
 
+def _check_training(project, fields: dict) -> None:
+    """The project's training options after this change, validated by TrainConfig as a training
+    run's are (422 naming the bad option), so a settings change cannot store options no run accepts."""
+    from types import SimpleNamespace
+
+    from app.services.training import resolve_options
+
+    labels = list(fields.get("labels", project.labels) or [])
+    after = SimpleNamespace(
+        id=project.id,
+        backbone=fields.get("backbone", project.backbone),
+        image_size=fields.get("image_size", project.image_size),
+        # the number of labels is checked when a run starts: a project may be set up label by label
+        labels=labels + [f"(label {i})" for i in range(len(labels), 2)],
+        training=fields.get("training", project.training),
+    )
+    resolve_options(after, None)
+
+
 @router.patch("/projects/{pid}", response_model=ProjectOut)
 def update_project(
     body: ProjectUpdate, project: ProjectManager, user: CurrentUser, session: SessionDep
 ) -> ProjectOut:
-    """Change settings (managers). Removing a label that is still used answers 409."""
+    """Change settings (managers). Removing a label that is still used answers 409; training
+    options that a training run would refuse answer 422."""
     fields = body.model_dump(exclude_unset=True)
     if body.training is not None:
         fields["training"] = body.training.as_dict()
     fields = {k: v for k, v in fields.items() if v is not None}
     if "blind_mode" in fields:
         fields["blind_mode"] = BLIND_MODE_VALUES[fields["blind_mode"]]
+    if {"training", "backbone", "image_size"} & set(fields):
+        _check_training(project, fields)
     project_service.update_project(session, project, **fields)
     return _out(session, project, member_role(session, user, project.id))
 

@@ -733,3 +733,12 @@ def test_browser_filters_and_bulk_actions(client, team, db):
     assert client.get(f"/api/v1/projects/{pid}/next", headers=hm).json()["image"]["id"] == ids[1]
     r = client.post(bulk, headers=hm, json={"image_ids": [ids[2], ids[3]], "action": "delete"})
     assert r.status_code == 200 and _ids(client, hm, pid) == ids[:2]
+
+
+def test_project_training_options_are_validated_like_a_run(client, team):
+    project, manager, r1, r2, h, ids = team
+    url = f"/api/v1/projects/{project.id}"
+    r = client.patch(url, headers=h[manager], json={"training": {"epochs_typo": 3}})
+    assert r.status_code == 422 and "epochs_typo" in r.json()["detail"]
+    r = client.patch(url, headers=h[manager], json={"training": {"method": "ce", "epochs": 2}})
+    assert r.status_code == 200 and r.json()["training"] == {"method": "ce", "epochs": 2}
