@@ -26,7 +26,7 @@ from app.api.models import model_out
 from app.api.training import run_out
 from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_role
 from app.models import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
-from app.schemas import API
+from app.schemas import API, pixel_info_out
 from app.services import adjudication as adjudication_service
 from app.services import projects as project_service
 from app.services import reading
@@ -196,6 +196,8 @@ def image_json(image: Image) -> dict[str, Any]:
         "import_label": image.import_label,
         "annotation_count": image.annotation_count,
         "file_url": f"{API}/images/{image.id}/file",
+        "display_url": f"{API}/images/{image.id}/display.png",
+        "pixels": pixel_info_out(image).model_dump(),
     }
 
 
@@ -354,6 +356,7 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
             "study": study,
             "can_export": not project.blind or privileged,
             "boot": boot,
+            "weights": _registered_weights(),
         },
     )
 
@@ -367,6 +370,16 @@ def reading_study_context(session: Session, project: Project, privileged: bool) 
         "privileged": privileged,
         "attention": reading.attention(session, project) if privileged else [],
     }
+
+
+def _registered_weights() -> list[dict[str, Any]]:
+    """The pretrained weights the train box offers (empty when the registry is unreadable)."""
+    from sage.weights import WeightsError, as_dicts, list_weights
+
+    try:
+        return as_dicts(list_weights())
+    except (WeightsError, OSError):
+        return []
 
 
 # --- annotate ----------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """reader workflow: no-map annotations, statuses, k readers, blind mode, adjudication
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0007
 Create Date: 2026-12-02 03:50:00
 
 Schema: annotation (and revision) `status` and `comment`; project `readers_per_image`,
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
