@@ -249,7 +249,8 @@ def test_export_uses_majority_label_and_consensus(
     import numpy as np
     from PIL import Image as PILImage
 
-    assert set(np.unique(np.asarray(PILImage.open(tmp_path / "ds" / "saliency" / "a.png")))) == {128}
+    # the all-zero map is "label only, no map": the consensus is the one painted map, not half of it
+    assert set(np.unique(np.asarray(PILImage.open(tmp_path / "ds" / "saliency" / "a.png")))) == {255}
     assert (tmp_path / "ds" / "images" / "a.png").read_bytes() == client.get(
         f"/api/v1/images/{iid}/file", headers=h
     ).content
