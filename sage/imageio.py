@@ -241,8 +241,8 @@ def render_8bit(pixels: np.ndarray, center: float, width: float, invert: bool = 
 def encode_png(rendered: np.ndarray, compress_level: int = 1) -> bytes:
     """An 8-bit (H, W) or (H, W, 3) array as PNG bytes, fast: a display image is rendered per window.
 
-    zlib's run-length strategy (Z_RLE) at level 1: about 1.6x faster than the default strategy on
-    a noisy 2048x2048 radiograph and 10% smaller (PNG row filters do the modelling).
+    zlib level 1 with the run-length strategy (Z_RLE): the PNG row filters do the modelling, and
+    the deflate step, which dominates the render time (bench/ingest.md), does the least work.
     """
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rendered)).save(
