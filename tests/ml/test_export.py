@@ -18,6 +18,11 @@ from sage.inference import Predictor
 from sage.transforms import image_to_tensor
 
 
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def _pixels(shapes_dir, n=6, size=32) -> tuple[list[Image.Image], np.ndarray]:
     images = [Image.open(p).convert("RGB") for p in sorted((shapes_dir / "images").iterdir())[:n]]
     images[1] = images[1].resize((57, 41))  # any size: resized like the predictor does
@@ -97,7 +102,7 @@ def test_predict_cli_writes_csv_and_full_size_heatmaps(trained_model, shapes_dir
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"predicted": 5, "failed": 1, "out": str(out)}
     assert "5/6" not in captured.err and "6/6" in captured.err  # the progress bar on stderr
-    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    rows = _rows(out / "predictions.csv")
     assert [r["image"] for r in rows] == ["sub/x4.png", "x0.png", "x1.png", "x2.png", "x3.png"]
     reference = Predictor.load(trained_model).predict([Image.open(images / r["image"]) for r in rows])
     for row, ref in zip(rows, reference, strict=True):
@@ -119,12 +124,14 @@ def test_predict_from_a_zip_and_an_onnx_archive(trained_model, shapes_dir, tmp_p
     archive = tmp_path / "m.zip"
     export_archive(trained_model, archive, "onnx")
     inputs = iter_inputs(src)
-    assert [name for name, _ in inputs] == [f"batch/{p.name}" for p in sorted((shapes_dir / "images").iterdir())[:3]]
+    assert [name for name, _ in inputs] == [
+        f"batch/{p.name}" for p in sorted((shapes_dir / "images").iterdir())[:3]
+    ]
     result = predict_batch(load_model(archive), inputs, tmp_path / "o1")
     direct = predict_batch(load_model(trained_model), inputs, tmp_path / "o2")
     assert result.predicted == direct.predicted == 3
-    a = list(csv.DictReader(open(tmp_path / "o1" / "predictions.csv")))
-    b = list(csv.DictReader(open(tmp_path / "o2" / "predictions.csv")))
+    a = _rows(tmp_path / "o1" / "predictions.csv")
+    b = _rows(tmp_path / "o2" / "predictions.csv")
     assert [r["label"] for r in a] == [r["label"] for r in b]
     assert main(["predict", "--model", str(archive), "--images", str(src), "--out", str(tmp_path / "o3"),
                  "--heatmaps", "--quiet"]) == 2  # fmt: skip
@@ -132,7 +139,10 @@ def test_predict_from_a_zip_and_an_onnx_archive(trained_model, shapes_dir, tmp_p
 
 def test_export_cli(trained_model, tmp_path, capsys):
     out = tmp_path / "ts.zip"
-    assert main(["export", "--model", str(trained_model.parent), "--format", "torchscript", "--out", str(out)]) == 0
+    assert (
+        main(["export", "--model", str(trained_model.parent), "--format", "torchscript", "--out", str(out)])
+        == 0
+    )
     answer = json.loads(capsys.readouterr().out)
     assert answer["format"] == "torchscript" and len(answer["sha256"]) == 64
     assert read_archive(out).fmt == "torchscript"
