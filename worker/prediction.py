@@ -41,8 +41,9 @@ def predictor_cache(ctx: WorkerContext) -> registry.PredictorCache:
 
 def predict_image(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]:
     """Body of `sage.predict`. `request`: model_id, model_version, artifact_key, checksum,
-    project_id, image_b64, heatmap (bool). Answers label, probabilities, model id and version,
-    and the heatmap overlay as a base64 PNG."""
+    project_id, image_b64, heatmap (bool: the overlay), raw_heatmap (bool: the 8-bit grayscale
+    map at the image's size). Answers label, probabilities, model id and version, and the asked
+    heatmaps as base64 PNGs."""
     from sage.heatmaps import heatmap_png, overlay_png
 
     started = time.perf_counter()
@@ -59,8 +60,9 @@ def predict_image(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]
         "confidence": float(result.probabilities.get(result.label, 0.0)),
         "uncertainty": prediction_service.uncertainty(result.probabilities),
     }
-    if request.get("heatmap", True) and result.heatmap is not None:
-        answer["heatmap_png"] = base64.b64encode(overlay_png(image, result.heatmap)).decode()
+    if result.heatmap is not None:
+        if request.get("heatmap", True):
+            answer["heatmap_png"] = base64.b64encode(overlay_png(image, result.heatmap)).decode()
         if request.get("raw_heatmap"):
             answer["raw_heatmap_png"] = base64.b64encode(heatmap_png(result.heatmap)).decode()
     answer["worker_ms"] = round((time.perf_counter() - started) * 1000, 2)
