@@ -290,6 +290,9 @@ class Prediction(Base):
     alignment: Mapped[float | None] = mapped_column(Float, default=None)  # soft IoU with consensus saliency
     alignment_detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # when `alignment` was computed: annotations changed after it make it stale (re-aligned in the
+    # background, see app.services.predictions.stale_alignments)
+    aligned_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Job(Base):

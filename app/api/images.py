@@ -20,6 +20,7 @@ from app.deps import (
 from app.imaging import media_type
 from app.schemas import ImageOut, ImagePage, ImageUpdate, UploadedImage, UploadResult, image_out
 from app.services import images as image_service
+from app.services import models as model_service
 from app.services.errors import TooLarge
 
 router = APIRouter(tags=["images"])
@@ -87,6 +88,8 @@ def upload_images(
     created = sum(1 for _, c in results if c)
     if not created:
         response.status_code = status.HTTP_200_OK
+    else:
+        model_service.after_images_added(session, request.app.state.celery, project.id)
     return UploadResult(
         images=[UploadedImage(**image_out(img).model_dump(), created=c) for img, c in results],
         created=created,

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from app.deps import (
     MAX_ID,
     CurrentUser,
+    ProjectManager,
     ProjectViewer,
     SessionDep,
     SettingsDep,
@@ -272,3 +273,26 @@ def predict_batch(
     session.commit()
     job_service.enqueue(request.app.state.celery, job)
     return job_out(job)
+
+
+class RepredictOut(BaseModel):
+    project_id: int
+    model_id: int
+    model_version: int
+    status: str  # queued
+
+
+@router.post(
+    "/projects/{pid}/predictions/refresh",
+    response_model=RepredictOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={403: {"description": "managers only"}, 409: {"description": "no active model"}},
+)
+def repredict_all(project: ProjectManager, session: SessionDep, request: Request) -> RepredictOut:
+    """Re-predict every image of the project with its active model (managers), e.g. after the
+    images or the heatmap code changed; stored predictions are replaced image by image."""
+    model = model_service.require_active_model(session, project.id)
+    model_service.enqueue_project_predictions(request.app.state.celery, model.id)
+    return RepredictOut(
+        project_id=project.id, model_id=model.id, model_version=model.version, status="queued"
+    )

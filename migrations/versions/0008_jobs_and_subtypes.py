@@ -1,4 +1,4 @@
-"""jobs (model exports, batch predictions, sanity checks) and image subtypes
+"""jobs (model exports, batch predictions, sanity checks), image subtypes, prediction aligned_at
 
 Revision ID: 0008
 Revises: 0003
@@ -44,9 +44,13 @@ def upgrade() -> None:
         batch_op.create_index("ix_jobs_project_kind", ["project_id", "kind"], unique=False)
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.add_column(sa.Column("subtype", sa.String(length=100), nullable=True))
+    with op.batch_alter_table("predictions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("aligned_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("predictions", schema=None) as batch_op:
+        batch_op.drop_column("aligned_at")
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.drop_column("subtype")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
