@@ -30,6 +30,7 @@ from sage.data import SplitTensors, limit_saliency, load_split, read_dataset, st
 from sage.evaluation import evaluate
 from sage.methods import Batch, Task, create_task
 from sage.models import Classifier, create_model
+from sage.protocols import evaluation_protocols, leave_subtype_out
 from sage.transforms import IMAGENET_MEAN, IMAGENET_STD, augment_batch, normalize
 
 MODEL_FORMAT = "sage-model/1"
@@ -46,6 +47,7 @@ class TrainingData:
     train: SplitTensors
     val: SplitTensors
     test: SplitTensors | None
+    unseen: SplitTensors | None = None  # test images of the left-out subtype (open-set)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,6 +74,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
     """Read and decode the dataset; hold out a stratified val split when labels.csv has none."""
     index = read_dataset(data_dir, config.labels or None)
+    if config.positive_label is not None and config.positive_label not in index.labels:
+        raise ValueError(f"positive_label {config.positive_label!r} is not one of the labels {index.labels}")
+    unseen_samples = []
+    if config.leave_out_subtype:  # removed from train and val before any split is drawn
+        index, unseen_samples = leave_subtype_out(index, config.leave_out_subtype)
     train_samples, val_samples, test_samples = (index.split(s) for s in ("train", "val", "test"))
     if not train_samples:
         raise ValueError(f"{data_dir}: no training images (rows with split train or no split)")
@@ -87,7 +94,8 @@ def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
         train, val = train.subset(keep), train.subset(held)
     train = limit_saliency(train, config.saliency_fraction, config.seed)
     test = load_split(index, test_samples, config.image_size) if test_samples else None
-    return TrainingData(index.labels, train, val, test)
+    unseen = load_split(index, unseen_samples, config.image_size) if unseen_samples else None
+    return TrainingData(index.labels, train, val, test, unseen)
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
@@ -364,6 +372,7 @@ def fit(
         model.load_state_dict(best_weights)
 
     metrics = _final_metrics(model, data, device, state)
+    metrics.update(protocol_metrics(model, data, config, device))
     metrics["total_seconds"] = time.perf_counter() - started
     save_model(out_dir / "model.pt", model, config, data.labels, metrics)
     return metrics
@@ -401,6 +410,24 @@ def _final_metrics(model, data: TrainingData, device, state) -> dict[str, Any]:
         metrics["test_accuracy"] = test["accuracy"]
         metrics["test"] = test
     return metrics
+
+
+def protocol_metrics(model, data: TrainingData, config: TrainConfig, device) -> dict[str, Any]:
+    """ROC/AUROC, PAD error rates and open-set numbers (`sage.protocols`) for the run's metrics."""
+    from sage.evaluation import predict_probabilities
+
+    def scored(split: SplitTensors | None):
+        return None if split is None else (split.labels.numpy(), predict_probabilities(model, split, device))
+
+    return evaluation_protocols(
+        data.labels,
+        scored(data.val),
+        scored(data.test),
+        positive_label=config.positive_label,
+        unseen=scored(data.unseen),
+        unseen_subtype=config.leave_out_subtype,
+        seed=config.seed,
+    )
 
 
 def save_model(path: Path, model: Classifier, config: TrainConfig, labels: list[str], metrics: dict) -> None:

@@ -318,6 +318,7 @@ def import_dataset(
                     split=row.split,
                     import_label=row.label,
                     label=row.label,
+                    subtype=row.subtype,
                     import_saliency_key=mask_key,
                     uploaded_by_id=user.id if user else None,
                 )
@@ -357,7 +358,7 @@ class DatasetEntry:
     height: int
     saliency_keys: list[str]  # the annotators' current maps; else the imported map, if any
     group: str | None = None  # written to labels.csv when set (no column stores it yet)
-    subtype: str | None = None  # likewise
+    subtype: str | None = None  # Image.subtype (from an imported labels.csv)
 
     @property
     def stem(self) -> str:
@@ -394,7 +395,15 @@ def dataset_entries(
         keys = maps.get(img.id) or ([img.import_saliency_key] if img.import_saliency_key else [])
         entries.append(
             DatasetEntry(
-                img.id, name, img.storage_key, img.label, img.split or "train", img.width, img.height, keys
+                img.id,
+                name,
+                img.storage_key,
+                img.label,
+                img.split or "train",
+                img.width,
+                img.height,
+                keys,
+                subtype=img.subtype,
             )
         )
     lineage = {
