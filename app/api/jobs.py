@@ -296,3 +296,67 @@ def repredict_all(project: ProjectManager, session: SessionDep, request: Request
     return RepredictOut(
         project_id=project.id, model_id=model.id, model_version=model.version, status="queued"
     )
+
+
+class SanityCheckOut(BaseModel):
+    job_id: int
+    model_id: int
+    run_id: int | None
+    status: str  # the training run's: queued | running | succeeded | failed | cancelled
+    progress: dict[str, Any]
+    error: str | None
+    inverted_model_id: int | None  # the version trained on inverted maps (never activated)
+    original: dict[str, Any]  # val/test accuracy, val loss, AUROC, EER, alignment
+    inverted: dict[str, Any]
+    comparison: dict[str, Any] | None  # {metric, original, inverted, drop, maps_matter, reading}
+
+
+def _model_for(session, user, mid: int, role: str) -> ModelVersion:
+    model = session.get(ModelVersion, mid)
+    if model is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
+    try:
+        check_project_access(session, user, model.project_id, role)
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
+        raise
+    return model
+
+
+@router.post(
+    "/models/{mid}/sanity-check",
+    response_model=SanityCheckOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        403: {"description": "managers only"},
+        404: {"description": "no such model"},
+        409: {"description": "a training run is already queued or running"},
+        422: {"description": "the model's method has no inverted variant (only sage has)"},
+    },
+)
+def start_sanity_check(
+    mid: ModelIdPath, user: CurrentUser, session: SessionDep, request: Request
+) -> SanityCheckOut:
+    """Train this model's configuration again with inverted saliency maps (managers); the result is
+    never activated and is shown beside the model with a one-line reading."""
+    from app.services.training import enqueue_run
+
+    model = _model_for(session, user, mid, "manager")
+    _, run_id = job_service.start_sanity_check(session, model, user)
+    enqueue_run(request.app.state.celery, run_id)
+    return SanityCheckOut(**job_service.sanity_report(session, model))
+
+
+@router.get(
+    "/models/{mid}/sanity-check",
+    response_model=SanityCheckOut,
+    responses={404: {"description": "no such model, or no sanity check of it yet"}},
+)
+def get_sanity_check(mid: ModelIdPath, user: CurrentUser, session: SessionDep) -> SanityCheckOut:
+    """The latest sanity check of this model: status, both results side by side and the reading."""
+    model = _model_for(session, user, mid, "viewer")
+    report = job_service.sanity_report(session, model)
+    if report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"model {mid} has no sanity check yet")
+    return SanityCheckOut(**report)

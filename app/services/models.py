@@ -15,9 +15,12 @@ from sqlalchemy.orm import Session
 
 from app.models import ModelVersion, Prediction, Project, TrainingRun, utcnow
 from app.queue import TASK_PREDICT_MISSING, TASK_PREDICT_PROJECT, TASK_REALIGN
+from app.services.errors import Conflict
 from app.services.training import TaskSender, TrainingError, add_event, finish_run, lock_project
 
 log = logging.getLogger(__name__)
+# TrainingRun.reason of the run an inverted-saliency sanity check trains (app.services.jobs)
+SANITY_CHECK_REASON = "sanity-check"
 
 
 def active_model(session: Session, project_id: int) -> ModelVersion | None:
@@ -105,8 +108,11 @@ def register_model(
     session.add(model)
     session.flush()
     incumbent = active_model(session, project.id)
-    activate = project.activation_policy == "auto" and beats(
-        metrics, incumbent.metrics if incumbent else None
+    sanity = run.reason == SANITY_CHECK_REASON  # an inverted-saliency sanity check never serves
+    activate = (
+        not sanity
+        and project.activation_policy == "auto"
+        and beats(metrics, incumbent.metrics if incumbent else None)
     )
     if activate:
         _activate_locked(session, project.id, model)
@@ -121,7 +127,13 @@ def register_model(
         "log",
         {
             "message": f"model version {version} "
-            + ("activated" if activate else f"kept inactive (policy {project.activation_policy})"),
+            + (
+                "activated"
+                if activate
+                else "kept inactive (the inverted-saliency sanity check)"
+                if sanity
+                else f"kept inactive (policy {project.activation_policy})"
+            ),
             "model_id": model.id,
             "activated": activate,
         },
@@ -131,12 +143,22 @@ def register_model(
 
 
 def activate_model(session: Session, model: ModelVersion) -> ModelVersion:
-    """Make `model` its project's active version (activation by hand, or a rollback)."""
+    """Make `model` its project's active version (activation by hand, or a rollback). A sanity
+    check's model is refused (Conflict): it was trained on inverted maps to be compared, not used."""
+    if is_sanity_check_model(session, model):
+        raise Conflict(
+            f"model version {model.version} is an inverted-saliency sanity check; it is never activated"
+        )
     lock_project(session, model.project_id)
     session.refresh(model)
     _activate_locked(session, model.project_id, model)
     session.commit()
     return model
+
+
+def is_sanity_check_model(session: Session, model: ModelVersion) -> bool:
+    run = session.get(TrainingRun, model.run_id) if model.run_id else None
+    return run is not None and run.reason == SANITY_CHECK_REASON
 
 
 def has_predictions(session: Session, model_id: int) -> bool:

@@ -202,3 +202,48 @@ def test_raw_heatmap_comes_back_at_the_image_size(world):
         files={"file": ("a.png", buf.getvalue())},
     )
     assert sent.status_code == 422
+
+
+def test_the_inverted_sanity_check_never_activates(world):
+    from app.models import ModelVersion
+    from app.queue import TASK_TRAIN
+
+    model_id = train_model(world)
+    with world.session() as s:  # make the twin sure to "beat" it: it must stay inactive anyway
+        model = s.get(ModelVersion, model_id)
+        model.metrics = {**model.metrics, "val_accuracy": 0.0, "test_accuracy": 0.0}
+        s.commit()
+    assert world.get(f"/api/v1/models/{model_id}/sanity-check").status_code == 404
+    started = world.post(f"/api/v1/models/{model_id}/sanity-check")
+    assert started.status_code == 202, started.text
+    body = started.json()
+    assert body["status"] == "queued" and [body["run_id"]] in _sent(world, TASK_TRAIN)
+    assert world.post(f"/api/v1/models/{model_id}/sanity-check").status_code == 409  # one at a time
+
+    run = world.get(f"/api/v1/training-runs/{body['run_id']}").json()
+    assert run["options"]["method"] == "sage-inverted"
+    summary = training.train_run(WorkerContext(world.stack.settings), body["run_id"], RecordingCelery())
+    assert summary["status"] == "succeeded" and summary["activated"] is False
+    report = world.get(f"/api/v1/models/{model_id}/sanity-check").json()
+    twin = report["inverted_model_id"]
+    assert report["status"] == "succeeded" and twin and twin != model_id
+    comparison = report["comparison"]
+    assert comparison["original"] == 0.0 and comparison["maps_matter"] is False
+    assert comparison["reading"].startswith("They do not")
+    models = {m["id"]: m for m in world.get(f"/api/v1/projects/{world.project_id}/models").json()}
+    assert models[model_id]["active"] is True and models[twin]["active"] is False
+    refused = world.post(f"/api/v1/models/{twin}/activate")
+    assert refused.status_code == 409 and "never activated" in refused.json()["detail"]
+    assert world.post(f"/api/v1/models/{twin}/sanity-check").status_code == 422  # sage-inverted itself
+
+
+def test_sanity_reading():
+    from app.services.jobs import sanity_reading
+
+    matter = sanity_reading({"test_accuracy": 0.9}, {"test_accuracy": 0.6})
+    assert matter["maps_matter"] is True and matter["reading"].startswith("The maps matter")
+    assert matter["drop"] == pytest.approx(0.3)
+    assert sanity_reading({"val_accuracy": 0.9}, {"val_accuracy": 0.88})["maps_matter"] is False
+    # one side without test numbers: compared on validation
+    mixed = sanity_reading({"val_accuracy": 0.9, "test_accuracy": 0.8}, {"val_accuracy": 0.5})
+    assert mixed["metric"] == "val_accuracy" and mixed["maps_matter"] is True
