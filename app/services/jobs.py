@@ -297,22 +297,25 @@ def sanity_reading(original: dict[str, Any], inverted: dict[str, Any]) -> dict[s
         return {"metric": key, "original": a, "inverted": b, "drop": None, "maps_matter": None,
                 "reading": "not comparable: a metric is missing"}  # fmt: skip
     drop = a - b
-    matter = drop >= SANITY_MARGIN
     name = key.replace("_", " ")
-    reading = (
-        f"The maps matter: with inverted maps {name} falls from {a:.1%} to {b:.1%}."
-        if matter
-        else f"They do not: with inverted maps {name} is {b:.1%} against {a:.1%}; the model may not "
-        "rely on the annotated regions."
-    )
-    return {
-        "metric": key,
-        "original": a,
-        "inverted": b,
-        "drop": drop,
-        "maps_matter": matter,
-        "reading": reading,
-    }
+    auc_a, auc_b = metrics_summary(original)["auroc"], metrics_summary(inverted)["auroc"]
+    auc_drop = auc_a - auc_b if auc_a is not None and auc_b is not None else None
+    if drop >= SANITY_MARGIN:
+        matter, reading = True, f"The maps matter: with inverted maps {name} falls from {a:.1%} to {b:.1%}."
+    elif auc_drop is not None and auc_drop >= SANITY_MARGIN:  # same accuracy, worse ranking
+        matter = True
+        reading = (
+            f"The maps matter: with inverted maps AUROC falls from {auc_a:.3f} to {auc_b:.3f} "
+            f"({name} {b:.1%} against {a:.1%})."
+        )
+    else:
+        matter = False
+        reading = (
+            f"They do not: with inverted maps {name} is {b:.1%} against {a:.1%}; the model may not "
+            "rely on the annotated regions."
+        )
+    return {"metric": key, "original": a, "inverted": b, "drop": drop, "auroc_drop": auc_drop,
+            "maps_matter": matter, "reading": reading}  # fmt: skip
 
 
 def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:

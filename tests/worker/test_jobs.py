@@ -247,3 +247,9 @@ def test_sanity_reading():
     # one side without test numbers: compared on validation
     mixed = sanity_reading({"val_accuracy": 0.9, "test_accuracy": 0.8}, {"val_accuracy": 0.5})
     assert mixed["metric"] == "val_accuracy" and mixed["maps_matter"] is True
+    # equal accuracy, but the inverted model ranks attacks no better than chance
+    ranked = sanity_reading(
+        {"test_accuracy": 0.5, "roc": {"test": {"auroc": 0.98}}},
+        {"test_accuracy": 0.5, "roc": {"test": {"auroc": 0.5}}},
+    )
+    assert ranked["maps_matter"] is True and "AUROC falls from 0.980 to 0.500" in ranked["reading"]
