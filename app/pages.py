@@ -26,7 +26,7 @@ from app.api.models import model_out
 from app.api.training import run_out
 from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_role
 from app.models import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
-from app.schemas import API
+from app.schemas import API, pixel_info_out
 from app.services.images import next_image
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -193,6 +193,8 @@ def image_json(image: Image) -> dict[str, Any]:
         "import_label": image.import_label,
         "annotation_count": image.annotation_count,
         "file_url": f"{API}/images/{image.id}/file",
+        "display_url": f"{API}/images/{image.id}/display.png",
+        "pixels": pixel_info_out(image).model_dump(),
     }
 
 

@@ -138,7 +138,9 @@ class ProjectCreate(Strict):
     backbone: Annotated[
         str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)
     ] = "tiny"
-    image_size: int = Field(default=64, ge=8, le=1024)
+    image_size: int | None = Field(
+        default=None, ge=8, le=1024, description="default by backbone: 224 (ImageNet CNNs, ViT), 64 (tiny)"
+    )
     training: TrainingOptions = Field(default_factory=TrainingOptions)
     retrain_enabled: bool = True
     retrain_min_new: int = Field(default=20, ge=1, le=1_000_000)
@@ -215,6 +217,24 @@ class MemberOut(BaseModel):
 # --- images --------------------------------------------------------------------------------------
 
 
+class Window(BaseModel):
+    center: float
+    width: float
+
+
+class PixelInfo(BaseModel):
+    """What the decoder found (null for an image uploaded before 0004 that was not displayed yet)."""
+
+    bit_depth: int | None = Field(description="bits per sample that carry information (32 for float)")
+    photometric: str | None = Field(description="MONOCHROME2 (MONOCHROME1 is inverted on decode) or RGB")
+    channels: int | None
+    dtype: str | None = Field(description="numpy dtype of the stored array")
+    default_window: Window = Field(description="display.png's window when none is given")
+    header_window: Window | None = Field(description="the file's own window (DICOM VOI), if any")
+    auto_window: Window | None = Field(description="the 0.5 to 99.5 percentile range")
+    full_window: Window | None = Field(description="the whole range of the values")
+
+
 class ImageOut(BaseModel):
     id: int
     project_id: int
@@ -232,6 +252,8 @@ class ImageOut(BaseModel):
     agreement: Agreement
     created_at: datetime
     file_url: str
+    pixels: PixelInfo = Field(description="the decoded pixels: depth, photometric, windows")
+    display_url: str = Field(description="8-bit PNG rendering through the default window")
 
 
 class UploadedImage(ImageOut):
@@ -338,6 +360,27 @@ def image_out(image: Any) -> ImageOut:
         agreement=Agreement(iou=image.agreement_iou, pearson=image.agreement_r),
         created_at=image.created_at,
         file_url=f"{API}/images/{image.id}/file",
+        pixels=pixel_info_out(image),
+        display_url=f"{API}/images/{image.id}/display.png",
+    )
+
+
+def _window(pair: Any) -> Window | None:
+    return Window(center=float(pair[0]), width=float(pair[1])) if pair else None
+
+
+def pixel_info_out(image: Any) -> PixelInfo:
+    info = image.pixel_info or {}
+    default = (image.window_center, image.window_width) if image.window_center is not None else (128.0, 256.0)
+    return PixelInfo(
+        bit_depth=image.bit_depth,
+        photometric=image.photometric,
+        channels=image.channels,
+        dtype=info.get("dtype"),
+        default_window=Window(center=default[0], width=default[1]),
+        header_window=_window(info.get("header_window")),
+        auto_window=_window(info.get("auto_window")),
+        full_window=_window(info.get("full_window")),
     )
 
 

@@ -12,7 +12,6 @@ produce the same result layout:
 from __future__ import annotations
 
 import csv
-import io
 import sys
 import time
 import zipfile
@@ -22,9 +21,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+from sage.imageio import DecodedArray, DecodeError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 CHUNK = 32
 MAX_ZIP_MEMBER_BYTES = 200 * 1024 * 1024
 
@@ -132,9 +133,18 @@ def _device(name: str):
     return resolve_device(name)
 
 
-def _predict_chunk(model: Any, images: list[Image.Image], heatmaps: bool) -> list[tuple[str, dict, Any]]:
+def model_input(image: DecodedArray, size: int, window: str):
+    """uint8 (3, size, size): the image through `window` and letterboxed, exactly as training and
+    `sage.inference.Predictor` prepare it (sage.transforms.preprocess)."""
+    from sage.imageio import window_for
+    from sage.transforms import preprocess
+
+    chosen = window_for(window, image.pixels, image.bit_depth, image.header_window)
+    return preprocess(image.pixels, size, chosen)[0]
+
+
+def _predict_chunk(model: Any, images: list[DecodedArray], heatmaps: bool) -> list[tuple[str, dict, Any]]:
     from sage.inference import Predictor
-    from sage.transforms import image_to_tensor
 
     if not images:
         return []
@@ -142,7 +152,8 @@ def _predict_chunk(model: Any, images: list[Image.Image], heatmaps: bool) -> lis
         return [(p.label, p.probabilities, p.heatmap) for p in model.predict(images, heatmaps=heatmaps)]
     import torch
 
-    pixels = torch.stack([image_to_tensor(im, model.image_size) for im in images]).float().div(255)
+    window = str((model.card.get("training_config") or {}).get("window", "default"))
+    pixels = torch.stack([model_input(im, model.image_size, window) for im in images]).float().div(255)
     probs = model.probabilities(pixels.numpy())
     out = []
     for row in probs:
@@ -157,12 +168,13 @@ def predict_batch(
     out: str | Path,
     *,
     heatmaps: bool = False,
-    decode: Callable[[bytes], Image.Image] | None = None,
+    decode: Callable[[bytes], DecodedArray] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
     """Predict every input with `model` (see `load_model`) and write the result layout into `out`.
 
-    decode: bytes -> PIL image (default: Pillow; the application passes its own decoder).
+    decode: bytes -> `sage.imageio.DecodedArray` (default: `sage.imageio.decode`, the project's
+    one decoder: PNG, JPEG, TIFF, BMP, DICOM at full precision).
     progress(done, total) after each chunk. Inputs that cannot be decoded are listed in errors.csv
     and the rest are still predicted."""
     from sage.heatmaps import heatmap_png
@@ -173,7 +185,7 @@ def predict_batch(
             "heatmaps need the model's layers (Grad-CAM): use a run folder, model.pt or a state_dict "
             "archive, or leave --heatmaps out for TorchScript/ONNX archives"
         )
-    decode = decode or _pillow_decode
+    decode = decode or _decode
     labels = list(model.labels)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,9 +200,9 @@ def predict_batch(
             chunk, names = [], []
             for name, read in inputs[start : start + CHUNK]:
                 try:
-                    chunk.append(decode(read()).convert("RGB"))
+                    chunk.append(decode(read()))
                     names.append(name)
-                except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                except (DecodeError, UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
                     result.failed.append((name, str(exc) or exc.__class__.__name__))
             for name, (label, probs, heat) in zip(names, _predict_chunk(model, chunk, heatmaps), strict=True):
                 writer.writerow([name, label, f"{probs[label]:.6f}", *[f"{probs[n]:.6f}" for n in labels]])
@@ -209,10 +221,10 @@ def predict_batch(
     return result
 
 
-def _pillow_decode(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.copy()
+def _decode(data: bytes) -> DecodedArray:
+    from sage.imageio import decode
+
+    return decode(data, what="the image")
 
 
 def zip_folder(folder: str | Path) -> Iterator[tuple[str, Path]]:

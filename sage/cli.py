@@ -118,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     samples = index.split(args.split) if args.split != "all" else index.samples
     if not samples:
         raise ValueError(f"{args.data} has no images in split {args.split!r}")
-    tensors = load_split(index, samples, predictor.image_size)
+    tensors = load_split(index, samples, predictor.image_size, window=predictor.window)
     metrics = evaluate(predictor.model, tensors, predictor.labels, predictor.device)
     metrics["split"] = args.split
     metrics["labels"] = predictor.labels

@@ -26,6 +26,45 @@ BACKBONES = (
     "vit_b_16",
 )
 
+# Input pixels per CAM cell of each backbone (tiny: two 2x poolings; ImageNet CNNs: 32; ViT-B/16:
+# its 16 px patches), for the coarse-CAM check done without torch. ImageNet models default to the
+# 224 px they were trained at; `tiny` to 64 px, its scale on the synthetic suites.
+CAM_STRIDE = {
+    "tiny": 4,
+    "tiny-wide": 4,
+    "resnet18": 32,
+    "resnet50": 32,
+    "densenet121": 32,
+    "efficientnet_b0": 32,
+    "convnext_tiny": 32,
+    "vit_b_16": 16,
+}
+MIN_CAM_GRID = 7
+WINDOWS = ("default", "header", "auto", "full")
+
+
+def default_image_size(backbone: str) -> int:
+    """The input side a backbone trains at unless told otherwise."""
+    return 64 if backbone.startswith("tiny") else 224
+
+
+def cam_grid(backbone: str, image_size: int) -> int:
+    """The side of the CAM grid (cells) at this input size."""
+    return image_size // CAM_STRIDE.get(backbone, 32)
+
+
+def check_cam_grid(backbone: str, image_size: int) -> None:
+    """ValueError naming the smallest image_size that gives a 7x7 CAM grid, when this one does not."""
+    grid = cam_grid(backbone, image_size)
+    if grid < MIN_CAM_GRID:
+        smallest = MIN_CAM_GRID * CAM_STRIDE.get(backbone, 32)
+        raise ValueError(
+            f"image_size {image_size} gives {backbone} a {grid}x{grid} CAM grid, too coarse for heatmaps "
+            f"and saliency terms; the smallest image_size for {MIN_CAM_GRID}x{MIN_CAM_GRID} is {smallest} "
+            "(or set allow_coarse_cam: true)"
+        )
+
+
 METHODS = ("ce", "blur", "cyborg", "rrr", "gradia", "sage", "sage-inverted")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -179,7 +218,9 @@ class TrainConfig:
 
     method: one of ce, blur, cyborg, rrr, gradia, sage, sage-inverted.
     backbone: a name from `BACKBONES` (each registered in `sage.models`).
-    image_size: square input side in pixels; images and saliency maps are resized to it.
+    image_size: square input side in pixels (default by backbone: 224, 64 for tiny); images and
+        saliency maps are letterboxed to it (aspect kept, padded), see `sage.transforms.preprocess`.
+    window, allow_coarse_cam: see the fields.
     labels: ordered class names; when empty, the sorted labels found in labels.csv.
     epochs, batch_size, lr, weight_decay, momentum (SGD only), optimizer, schedule,
     warmup_epochs: the optimisation recipe (schedules step per batch).
@@ -212,7 +253,7 @@ class TrainConfig:
 
     method: str = "sage"
     backbone: str = "tiny"
-    image_size: int = 64
+    image_size: int | None = None  # None: by backbone (`default_image_size`)
     labels: list[str] = field(default_factory=list)
     epochs: int = 10
     batch_size: int = 32
@@ -240,7 +281,15 @@ class TrainConfig:
     sage: SageOptions = field(default_factory=SageOptions)
     baselines: BaselineOptions = field(default_factory=BaselineOptions)
 
+    # Preprocessing (sage.transforms.preprocess): the display window that maps stored pixels to
+    # [0, 1] (default: the file's window, else the 0.5-99.5 percentile range, else 8-bit full
+    # range; auto: percentile; full: the whole range), and whether a CAM grid under 7x7 is allowed.
+    window: str = "default"
+    allow_coarse_cam: bool = False
+
     def __post_init__(self) -> None:
+        if self.image_size is None:
+            self.image_size = default_image_size(self.backbone)
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
@@ -253,6 +302,9 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("augment", self.augment, AUGMENTATIONS)
         _at_least("image_size", self.image_size, 8)
+        _choice("window", self.window, WINDOWS)
+        if not self.allow_coarse_cam:
+            check_cam_grid(self.backbone, self.image_size)
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("warmup_epochs", self.warmup_epochs, 0)

@@ -89,14 +89,25 @@ def preprocessing_spec(ckpt: dict[str, Any], fmt: str) -> dict[str, Any]:
     `preprocessing` (window rule, letterbox) overrides these defaults key by key."""
     size = int(ckpt["image_size"])
     norm = ckpt.get("normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    window = str((ckpt.get("config") or {}).get("window", "default"))
     spec: dict[str, Any] = {
         "channels": "RGB; grayscale images are replicated to three channels",
-        "window": "8-bit images as stored; 16-bit and DICOM images rendered to 8 bits through the "
-        "image's own window (center/width), as the application displays them",
+        "window": {
+            "mode": window,
+            "rule": {
+                "default": "the file's own window (DICOM WindowCenter/Width) if it has one, else the "
+                "full range for 8-bit images, else the 0.5-99.5 percentile range of its pixels",
+                "header": "as default",
+                "auto": "the 0.5-99.5 percentile range of the image's pixels",
+                "full": "the full range of the stored bit depth",
+            }.get(window, window),
+            "maps": "(pixel - (center - width / 2)) / width, clipped to [0, 1]",
+        },
         "input_size": [size, size],
-        "resize": "bilinear to input_size x input_size",
-        "letterbox": False,
-        "scale": "uint8 / 255 -> [0, 1]",
+        "letterbox": True,
+        "resize": "letterbox: scale by input_size / max(width, height) (bilinear, antialiased), "
+        "centre, pad with zeros to input_size x input_size; aspect ratio kept",
+        "scale": "[0, 1] after the window (the application rounds to 1/255 steps)",
         "normalisation": {
             "mean": list(norm["mean"]),
             "std": list(norm["std"]),
@@ -287,7 +298,9 @@ def read_archive(path: str | Path) -> ExportedModel:
                 raise ExportError(f"{path}: {name} is listed in {SUMS} but missing")
             data = zf.read(name)
             if _sha256(data) != digest:
-                raise ExportError(f"{path}: {name} does not match its SHA-256 in {SUMS}; the archive is corrupt")
+                raise ExportError(
+                    f"{path}: {name} does not match its SHA-256 in {SUMS}; the archive is corrupt"
+                )
             members[name] = data
     card = json.loads(members[CARD])
     fmt = card.get("model_format")

@@ -21,6 +21,8 @@ decoy datasets have identical objects and an identical test split.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import math
 import shutil
 from collections.abc import Callable
@@ -226,3 +228,50 @@ KINDS: dict[str, tuple[Callable[..., Drawn], tuple[str, ...]]] = {
     "decoy-digits": (_draw_decoy_digits, tuple(str(d) for d in range(10))),
     "decoy-texture": (_draw_decoy_texture, SHAPES),
 }
+
+
+def dicom_bytes(
+    pixels: np.ndarray,
+    *,
+    bits_stored: int = 12,
+    window: tuple[float, float] | None = None,
+    photometric: str = "MONOCHROME2",
+    modality: str = "DX",
+) -> bytes:
+    """A single-frame DICOM Part 10 file (explicit VR little endian) holding `pixels` (H, W) uint16.
+
+    For synthetic radiograph-like data, demos and tests: BitsAllocated 16, `bits_stored` bits
+    stored (values must fit), unsigned, no rescale, and the VOI window `window` (center, width)
+    when given. Uses pydicom's writer; nothing here decodes.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2 or pixels.min() < 0 or pixels.max() >= 2**bits_stored:
+        raise ValueError(f"pixels must be 2-D and fit in {bits_stored} unsigned bits")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(
+        entropy_srcs=[hashlib.sha256(pixels.tobytes()).hexdigest()]
+    )
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.PatientName = "SYNTHETIC^PHANTOM"
+    ds.PatientID = "SAGE-SYNTH"
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = float(window[0]), float(window[1])
+    ds.PixelData = np.ascontiguousarray(pixels.astype("<u2")).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -82,9 +82,9 @@ def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
     train_samples, val_samples, test_samples = (index.split(s) for s in ("train", "val", "test"))
     if not train_samples:
         raise ValueError(f"{data_dir}: no training images (rows with split train or no split)")
-    train = load_split(index, train_samples, config.image_size)
+    train = load_split(index, train_samples, config.image_size, window=config.window)
     if val_samples:
-        val = load_split(index, val_samples, config.image_size)
+        val = load_split(index, val_samples, config.image_size, window=config.window)
     else:
         keep, held = stratified_holdout(train.labels.numpy(), config.val_fraction, config.seed)
         if len(held) == 0 or len(keep) == 0:
@@ -93,8 +93,10 @@ def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
             )
         train, val = train.subset(keep), train.subset(held)
     train = limit_saliency(train, config.saliency_fraction, config.seed)
-    test = load_split(index, test_samples, config.image_size) if test_samples else None
-    unseen = load_split(index, unseen_samples, config.image_size) if unseen_samples else None
+    test = load_split(index, test_samples, config.image_size, window=config.window) if test_samples else None
+    unseen = (
+        load_split(index, unseen_samples, config.image_size, window=config.window) if unseen_samples else None
+    )
     return TrainingData(index.labels, train, val, test, unseen)
 
 

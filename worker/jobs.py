@@ -57,7 +57,7 @@ def export_model(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
 def _decode(max_pixels: int):
     def decode(data: bytes):
         try:
-            return decode_image(data, max_pixels=max_pixels).image
+            return decode_image(data, max_pixels=max_pixels, what="the image")
         except ImageError as exc:  # the batch writer lists ValueErrors in errors.csv and goes on
             raise ValueError(exc.detail) from None
 

@@ -10,12 +10,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from PIL import Image as PILImage
 from sqlalchemy import select
 
 from app.imaging import decode_image
 from app.models import Image, ModelVersion, TrainingRun
+from app.services import images as image_service
 from app.services import models as model_service
 from app.services import predictions as prediction_service
+from sage.imageio import render_8bit
 from worker import registry
 from worker.context import WorkerContext
 
@@ -53,9 +56,9 @@ def predict_image(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]
 
     started = time.perf_counter()
     data = base64.b64decode(request["image_b64"])
-    image = decode_image(data, max_pixels=ctx.settings.max_image_pixels).image.convert("RGB")
+    decoded = decode_image(data, max_pixels=ctx.settings.max_image_pixels)
     batcher = predictor_cache(ctx).get(request["model_id"], request["artifact_key"], request["checksum"])
-    result = batcher.predict(image, timeout=ctx.settings.predict_timeout_s)
+    result = batcher.predict(decoded, timeout=ctx.settings.predict_timeout_s)
     answer: dict[str, Any] = {
         "project_id": request["project_id"],
         "model_id": request["model_id"],
@@ -67,7 +70,8 @@ def predict_image(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]
     }
     if result.heatmap is not None:
         if request.get("heatmap", True):
-            answer["heatmap_png"] = base64.b64encode(overlay_png(image, result.heatmap)).decode()
+            shown = PILImage.fromarray(render_8bit(decoded.pixels, *decoded.default_window()))
+            answer["heatmap_png"] = base64.b64encode(overlay_png(shown, result.heatmap)).decode()
         if request.get("raw_heatmap"):
             answer["raw_heatmap_png"] = base64.b64encode(heatmap_png(result.heatmap)).decode()
     answer["worker_ms"] = round((time.perf_counter() - started) * 1000, 2)
@@ -138,8 +142,8 @@ def _predict_and_store(session, storage, predictor, model_id: int, image_ids: li
     from sage.heatmaps import heatmap_png
 
     rows = list(session.scalars(select(Image).where(Image.id.in_(image_ids)).order_by(Image.id)))
-    pils = [decode_image(storage.read_bytes(row.storage_key)).image.convert("RGB") for row in rows]
-    results = predictor.predict(pils, heatmaps=True)
+    decoded = [image_service.decoded_of(session, storage, row) for row in rows]
+    results = predictor.predict(decoded, heatmaps=True)
     for row, result in zip(rows, results, strict=True):
         prediction_service.store_prediction(
             session,
@@ -217,7 +221,9 @@ def realign_model(ctx: WorkerContext, model_id: int, image_id: int | None = None
         for pred_id in ids:
             row = session.get(Prediction, pred_id)
             image = session.get(Image, row.image_id)
-            heat = np.asarray(decode_image(storage.read_bytes(row.heatmap_key)).image, dtype=np.float32) / 255.0
+            heat = (
+                np.asarray(decode_image(storage.read_bytes(row.heatmap_key)).pixels, dtype=np.float32) / 255.0
+            )
             prediction_service.set_alignment(row, _alignment(session, storage, image, heat))
             done += 1
         session.commit()

@@ -40,7 +40,7 @@ from app.imaging import ImageError, decode_image, decode_mask, encode_mask, suff
 from app.models import Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
-from app.services.images import safe_name
+from app.services.images import pixel_fields, safe_name
 from app.settings import Settings
 from app.storage import Storage
 from sage.labels_csv import LABELS_CSV, LabelRow, format_labels_csv, parse_labels_csv
@@ -281,7 +281,6 @@ def import_dataset(
                 problems.add(f"images/{row.image}", str(exc), row.line)
                 continue
             width, height, fmt = decoded.width, decoded.height, decoded.format
-            decoded.image.close()
             sha = hashlib.sha256(data).hexdigest()
             if sha in existing or sha in seen_sha:
                 n_existing += 1
@@ -307,6 +306,7 @@ def import_dataset(
             key = staging.put_bytes(data, suffix_for(fmt))
             new_rows.append(
                 Image(
+                    **pixel_fields(decoded, staging),
                     project_id=project.id,
                     sha256=sha,
                     storage_key=key,

@@ -11,11 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sage.batch import iter_inputs, load_model, predict_batch
+from sage.batch import iter_inputs, load_model, model_input, predict_batch
 from sage.cli import main
 from sage.export import ExportError, export_archive, read_archive
-from sage.inference import Predictor
-from sage.transforms import image_to_tensor
+from sage.inference import Predictor, as_decoded
 
 
 def _rows(path) -> list[dict]:
@@ -25,8 +24,9 @@ def _rows(path) -> list[dict]:
 
 def _pixels(shapes_dir, n=6, size=32) -> tuple[list[Image.Image], np.ndarray]:
     images = [Image.open(p).convert("RGB") for p in sorted((shapes_dir / "images").iterdir())[:n]]
-    images[1] = images[1].resize((57, 41))  # any size: resized like the predictor does
-    pixels = torch.stack([image_to_tensor(im, size) for im in images]).float().div(255).numpy()
+    images[1] = images[1].resize((57, 41))  # any size: letterboxed like the predictor does
+    prepared = [model_input(as_decoded(im), size, "default") for im in images]
+    pixels = torch.stack(prepared).float().div(255).numpy()
     return images, pixels
 
 

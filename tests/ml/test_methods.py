@@ -27,7 +27,7 @@ def toy_batch(n=16, annotated=True, seed=0):
 
 def make_task(method, **options):
     torch.manual_seed(0)
-    config = TrainConfig.from_dict({"method": method, "image_size": 16, **options})
+    config = TrainConfig.from_dict({"method": method, "image_size": 16, "allow_coarse_cam": True, **options})
     return create_task(create_model("tiny", 2, image_size=16), config)
 
 
