@@ -6,6 +6,8 @@ deterministic and storage is content-addressed), and a job already finished is n
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import logging
 import tempfile
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.imaging import ImageError, decode_image
-from app.models import ModelVersion
+from app.models import Job, ModelVersion
 from app.services import jobs as job_service
 from worker import registry
 from worker.context import WorkerContext
@@ -62,6 +64,16 @@ def _decode(max_pixels: int):
             raise ValueError(exc.detail) from None
 
     return decode
+
+
+def _drop_input(ctx: WorkerContext, job_id: int, key: str) -> None:
+    """The uploaded images are not kept once their job has run (unless another job reads them)."""
+    with ctx.session() as session:
+        job = session.get(Job, job_id)
+        if job is not None and job_service.input_still_needed(session, job):
+            return
+    with contextlib.suppress(Exception):
+        ctx.storage.delete(key)
 
 
 def predict_batch(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
@@ -115,11 +127,12 @@ def predict_batch(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
         result_key = ctx.storage.put_bytes(data, ".zip")
     except Exception as exc:  # noqa: BLE001 - any failure fails the job, with the reason shown
         log.exception("batch prediction job %s failed", job_id)
+        _drop_input(ctx, job_id, params["input_key"])
         with ctx.session() as session:
             job_service.finish(session, job_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
         return {"job_id": job_id, "status": "failed"}
-    import hashlib
 
+    _drop_input(ctx, job_id, params["input_key"])
     with ctx.session() as session:
         job_service.finish(
             session,

@@ -234,6 +234,7 @@ def _input_zip(files: list[UploadFile], settings) -> tuple[bytes, int]:
     response_model=JobOut,
     status_code=status.HTTP_202_ACCEPTED,
     responses={
+        404: {"description": "no such project"},
         409: {"description": "no active model"},
         413: {"description": "too large"},
         415: {"description": "a zip among several files"},
@@ -286,7 +287,11 @@ class RepredictOut(BaseModel):
     "/projects/{pid}/predictions/refresh",
     response_model=RepredictOut,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={403: {"description": "managers only"}, 409: {"description": "no active model"}},
+    responses={
+        403: {"description": "managers only"},
+        404: {"description": "no such project"},
+        409: {"description": "no active model"},
+    },
 )
 def repredict_all(project: ProjectManager, session: SessionDep, request: Request) -> RepredictOut:
     """Re-predict every image of the project with its active model (managers), e.g. after the

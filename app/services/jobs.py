@@ -139,18 +139,27 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def latest_export(session: Session, model_id: int, fmt: str) -> Job | None:
+def latest_export(session: Session, model: ModelVersion, fmt: str) -> Job | None:
     """The newest export job of this model version and format (any status)."""
     jobs = session.scalars(
-        select(Job)
-        .join(ModelVersion, ModelVersion.id == model_id)
-        .where(Job.kind == "export", Job.project_id == ModelVersion.project_id)
-        .order_by(Job.id.desc())
+        select(Job).where(Job.kind == "export", Job.project_id == model.project_id).order_by(Job.id.desc())
     )
     for job in jobs:
-        if job.params.get("model_id") == model_id and job.params.get("format") == fmt:
+        if job.params.get("model_id") == model.id and job.params.get("format") == fmt:
             return job
     return None
+
+
+def input_still_needed(session: Session, job: Job) -> bool:
+    """Whether another unfinished job reads the same stored input (storage is content-addressed,
+    so two identical uploads share one object)."""
+    key = (job.params or {}).get("input_key")
+    others = session.scalars(
+        select(Job).where(
+            Job.project_id == job.project_id, Job.id != job.id, Job.status.in_(("queued", "running"))
+        )
+    )
+    return any((o.params or {}).get("input_key") == key for o in others)
 
 
 def request_export(
@@ -160,7 +169,7 @@ def request_export(
     last failed and `retry` is set, or the last is stale. Returns (job, created); the caller
     commits and enqueues a created job."""
     check_format(fmt)
-    job = latest_export(session, model.id, fmt)
+    job = latest_export(session, model, fmt)
     if job is not None and job.status == "failed" and not retry:
         raise Conflict(
             f"exporting model version {model.version} as {fmt} failed: {job.error}; "

@@ -143,7 +143,14 @@ def test_predict_batch_from_a_zip_and_from_files(world):
     assert _sent(world, TASK_PREDICT_BATCH) == [[job["id"]]]  # the message carries the id, not the images
     assert world.get(f"/api/v1/jobs/{job['id']}/result").status_code == 409
 
+    with world.session() as s:
+        from app.models import Job
+
+        input_key = s.get(Job, job["id"]).params["input_key"]
+    storage = WorkerContext(world.stack.settings).storage
+    assert storage.exists(input_key)
     assert worker_jobs.predict_batch(WorkerContext(world.stack.settings), job["id"])["status"] == "succeeded"
+    assert not storage.exists(input_key)  # the uploaded images are not kept after the job
     done = world.get(job["poll_url"]).json()
     assert (
         done["status"] == "succeeded" and done["progress"]["total"] == 3 and done["result"]["predicted"] == 2
