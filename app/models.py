@@ -132,6 +132,7 @@ class Image(Base):
         # Deleting a file after its row is gone: is any other row still using the object?
         Index("ix_images_storage_key", "storage_key"),
         Index("ix_images_import_saliency_key", "import_saliency_key"),
+        Index("ix_images_project_group", "project_id", "group"),
         Index("ix_images_array_key", "array_key"),
     )
 
@@ -145,6 +146,8 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     split: Mapped[str | None] = mapped_column(String(10), default=None)  # train | val | test | None
+    # Patient, subject or device: images of one group always share a split (`draw_splits`).
+    group: Mapped[str | None] = mapped_column(String(100), default=None)
     import_label: Mapped[str | None] = mapped_column(String(100), default=None)
     # labels.csv `subtype` (e.g. an attack type): enables leave-subtype-out evaluation
     subtype: Mapped[str | None] = mapped_column(String(100), default=None)

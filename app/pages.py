@@ -347,8 +347,19 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
             "recent": recent,
             "mine": mine,
             "boot": boot,
+            "weights": _registered_weights(),
         },
     )
+
+
+def _registered_weights() -> list[dict[str, Any]]:
+    """The pretrained weights the train box offers (empty when the registry is unreadable)."""
+    from sage.weights import WeightsError, as_dicts, list_weights
+
+    try:
+        return as_dicts(list_weights())
+    except (WeightsError, OSError):
+        return []
 
 
 # --- annotate ----------------------------------------------------------------------------------------

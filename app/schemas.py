@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 
 def _no_control_chars(value: str) -> str:
@@ -104,7 +104,21 @@ class TrainingOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    method: Literal["ce", "blur", "cyborg", "rrr", "gradia", "sage", "sage-inverted"] | None = None
+    method: (
+        Literal[
+            "ce",
+            "blur",
+            "cyborg",
+            "rrr",
+            "gradia",
+            "ce-swap",
+            "ce-jsd",
+            "sage-paper",
+            "sage",
+            "sage-inverted",
+        ]
+        | None
+    ) = None
     backbone: (
         Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)]
         | None
@@ -114,6 +128,27 @@ class TrainingOptions(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=4096)
     lr: float | None = Field(default=None, gt=0, le=10)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    weights: str | None = Field(
+        default=None,
+        max_length=100,
+        description="pretrained weights by registered name (GET /api/v1/weights)",
+    )
+
+    @model_validator(mode="after")
+    def _registered_weights_only(self) -> TrainingOptions:
+        if "pretrained_path" in (self.model_extra or {}):
+            raise ValueError(
+                "pretrained_path cannot be set through SAGE Studio; register the file with "
+                "`sage-studio weights add FILE` and set weights to its name"
+            )
+        if self.weights is not None:
+            from sage.weights import WeightsError, resolve  # torch-free
+
+            try:
+                resolve(self.weights, self.backbone)
+            except WeightsError as exc:
+                raise ValueError(str(exc)) from exc
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, mode="json")
@@ -245,6 +280,9 @@ class ImageOut(BaseModel):
     size_bytes: int
     original_name: str
     split: str | None
+    group: str | None = Field(
+        default=None, description="patient, subject or device; a group never spans splits"
+    )
     import_label: str | None
     label: str | None = Field(description="majority of the annotators' labels, else the import label")
     annotation_count: int
@@ -353,6 +391,7 @@ def image_out(image: Any) -> ImageOut:
         size_bytes=image.size_bytes,
         original_name=image.original_name,
         split=image.split,
+        group=image.group,
         import_label=image.import_label,
         label=image.label,
         annotation_count=image.annotation_count,

@@ -50,17 +50,21 @@ class ExportError(ValueError):
 
 
 class ExportedClassifier(nn.Module):
-    """pixels in [0, 1] -> (logits, probabilities), with the model's normalisation inside."""
+    """pixels in [0, 1] -> (logits, probabilities), with the model's normalisation inside and the
+    probabilities calibrated with the temperature fitted at training (softmax(logits / T))."""
 
-    def __init__(self, model: Classifier, mean: list[float], std: list[float]) -> None:
+    def __init__(
+        self, model: Classifier, mean: list[float], std: list[float], temperature: float = 1.0
+    ) -> None:
         super().__init__()
         self.model = model.eval()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model((pixels - self.mean) / self.std)
-        return logits, torch.softmax(logits, dim=1)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
 
 
 def read_checkpoint(model_file: str | Path) -> dict[str, Any]:
@@ -82,6 +86,10 @@ def build_model(ckpt: dict[str, Any]) -> Classifier:
     model = create_model(ckpt["backbone"], ckpt["num_classes"], image_size=ckpt["image_size"])
     model.load_state_dict(ckpt["model_state"])
     return model.eval()
+
+
+def _temperature(ckpt: dict[str, Any]) -> float:
+    return float((ckpt.get("metrics") or {}).get("temperature") or 1.0)
 
 
 def preprocessing_spec(ckpt: dict[str, Any], fmt: str) -> dict[str, Any]:
@@ -115,6 +123,8 @@ def preprocessing_spec(ckpt: dict[str, Any], fmt: str) -> dict[str, Any]:
         },
         "input": {"name": "pixels", "dtype": "float32", "shape": ["batch", 3, size, size]},
         "outputs": ["logits", "probabilities"] if fmt != "state_dict" else ["logits"],
+        "temperature": _temperature(ckpt),
+        "probabilities": "softmax(logits / temperature): calibrated on the validation split",
     }
     spec.update(ckpt.get("preprocessing") or {})
     return spec
@@ -207,7 +217,7 @@ def export_archive(
     else:
         size = int(ckpt["image_size"])
         norm = card["preprocessing"]["normalisation"]
-        wrapper = ExportedClassifier(build_model(ckpt), norm["mean"], norm["std"]).eval()
+        wrapper = ExportedClassifier(build_model(ckpt), norm["mean"], norm["std"], _temperature(ckpt)).eval()
         example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
         if fmt == "torchscript":
             model_bytes = _torchscript_bytes(wrapper, example)
@@ -271,7 +281,8 @@ class ExportedModel:
             norm = self.card["preprocessing"]["normalisation"]
             mean = torch.tensor(norm["mean"]).view(1, 3, 1, 1)
             std = torch.tensor(norm["std"]).view(1, 3, 1, 1)
-            return torch.softmax(self.runner((t - mean) / std).float(), dim=1).numpy()
+            temperature = float(self.card["preprocessing"].get("temperature") or 1.0)
+            return torch.softmax(self.runner((t - mean) / std).float() / temperature, dim=1).numpy()
 
 
 def read_archive(path: str | Path) -> ExportedModel:

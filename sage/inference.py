@@ -41,6 +41,8 @@ class Predictor:
         self.image_size = image_size
         self.device = device
         self.info = info  # backbone, config, metrics from the artifact
+        # probabilities are calibrated with the temperature fitted on the validation split at training
+        self.temperature = float((info.get("metrics") or {}).get("temperature") or 1.0)
         self.window = str((info.get("config") or {}).get("window", "default"))
 
     @classmethod
@@ -95,7 +97,7 @@ class Predictor:
             with torch.inference_mode():
                 logits = self.model(x)
             predicted = logits.argmax(1)
-        probs = F.softmax(logits.float(), dim=1).cpu().numpy()
+        probs = F.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
         results = []
         for i, (_, box) in enumerate(prepared):
             idx = int(predicted[i])

@@ -45,12 +45,20 @@ class Drawn:
 
 
 def make_dataset(
-    kind: str, out_dir: str | Path, n: int = 600, seed: int = 0, clean: bool = False, image_size: int = 64
+    kind: str,
+    out_dir: str | Path,
+    n: int = 600,
+    seed: int = 0,
+    clean: bool = False,
+    image_size: int = 64,
+    val_shortcut: bool = True,
 ) -> Path:
     """Write a synthetic dataset folder (labels.csv, images/, saliency/) and return its path.
 
     kind: one of `KINDS`. n: number of images (60% train, 20% val, 20% test, classes balanced).
-    clean: the decoy carries no class information in any split (the ceiling). The folder is
+    clean: the decoy carries no class information in any split (the ceiling). val_shortcut=False
+    makes the decoy random in the val split too (a validation split that rewards the object, not
+    the shortcut, for choosing hyperparameters); the images are otherwise identical. The folder is
     replaced if it exists and holds a previous synthetic dataset (a labels.csv); a non-empty folder
     without one is refused rather than overwritten.
     """
@@ -78,7 +86,8 @@ def make_dataset(
         y = int(ys[i])
         split = splits[i]
         random_class = int(rng.integers(len(classes)))  # the decoy's class when it is uninformative
-        decoy = y if split != "test" and not clean else random_class
+        coded = split == "train" or (split == "val" and val_shortcut)
+        decoy = y if coded and not clean else random_class
         drawn = draw(rng, image_size, y, decoy, digits)
         name = f"{kind}-{i:05d}"
         Image.fromarray(drawn.image).save(out / "images" / f"{name}.png")

@@ -63,6 +63,10 @@ def upload_images(
     file: Annotated[UploadFile | None, File(description="a single image (alternative to files)")] = None,
     label: Annotated[str | None, Form(max_length=100, pattern=NoControl)] = None,
     split: Annotated[Literal["train", "val", "test", ""] | None, Form()] = None,
+    group: Annotated[
+        str | None,
+        Form(max_length=100, pattern=NoControl, description="patient, subject or device of every file"),
+    ] = None,
 ) -> UploadResult:
     """Upload images (annotators and managers), all or nothing: every file is checked first
     (413 too large, 415 not PNG/JPEG/TIFF/BMP/DICOM by content, 422 corrupt/truncated/too many pixels,
@@ -83,6 +87,7 @@ def upload_images(
         payload,
         label=label or None,
         split=split or None,
+        group=(group or "").strip() or None,
         max_pixels=settings.max_image_pixels,
     )
     created = sum(1 for _, c in results if c)

@@ -37,7 +37,9 @@ from app.storage import Staging, Storage
 from sage import imageio
 
 SPLITS = ("train", "val", "test")
-DEFAULT_SPLIT = "train"
+# An image uploaded without a split has none until the project's first training run after it draws
+# one (`app.services.datasets.draw_splits`), which is then kept.
+DEFAULT_SPLIT = None
 NEXT_POLICIES = ("sequential", "random", "uncertainty", "misalignment")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
@@ -60,7 +62,7 @@ def check_label(project: Project, label: str | None) -> str | None:
     return label
 
 
-def check_split(split: str | None) -> str:
+def check_split(split: str | None) -> str | None:
     if split is None or split == "":
         return DEFAULT_SPLIT
     if split not in SPLITS:
@@ -83,6 +85,7 @@ def upload_images(
     *,
     label: str | None = None,
     split: str | None = None,
+    group: str | None = None,
     max_pixels: int,
 ) -> list[tuple[Image, bool]]:
     """Add images to a project, all or nothing (commits). Returns (image, created) per file, in order.
@@ -101,7 +104,7 @@ def upload_images(
         decoded.append((f, image, hashlib.sha256(f.data).hexdigest()))
     for attempt in range(2):
         try:
-            return _insert_images(session, storage, project, uploader, decoded, label, split)
+            return _insert_images(session, storage, project, uploader, decoded, label, split, group)
         except IntegrityError:
             # The same bytes were uploaded concurrently: the second pass answers their row.
             session.rollback()
@@ -110,7 +113,9 @@ def upload_images(
     raise AssertionError("unreachable")
 
 
-def _insert_images(session, storage, project, uploader, decoded, label, split) -> list[tuple[Image, bool]]:
+def _insert_images(
+    session, storage, project, uploader, decoded, label, split, group=None
+) -> list[tuple[Image, bool]]:
     shas = {sha for _, _, sha in decoded}
     existing = {
         img.sha256: img
@@ -140,6 +145,7 @@ def _insert_images(session, storage, project, uploader, decoded, label, split) -
                 height=image.height,
                 size_bytes=len(f.data),
                 split=split,
+                group=group,
                 import_label=label,
                 label=label,
                 uploaded_by_id=uploader.id if uploader else None,

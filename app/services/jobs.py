@@ -266,7 +266,15 @@ def start_sanity_check(session: Session, model: ModelVersion, user: User | None)
             f"with {method!r}, which has no inverted variant"
         )
     project = session.get(Project, model.project_id)
-    options = {**(model.config or {}), "method": "sage-inverted"}
+    # the options the model's run was given (the full config also holds values only the worker
+    # sets, such as resolved paths), with the maps inverted
+    run = session.get(TrainingRun, model.run_id) if model.run_id else None
+    given = (
+        dict(run.options or {})
+        if run is not None
+        else {k: v for k, v in (model.config or {}).items() if v is not None}
+    )
+    options = {**given, "method": "sage-inverted"}
     request = create_or_join_run(session, project, user, options, reason=SANITY_CHECK_REASON)
     if not request.created:
         raise Conflict(

@@ -17,6 +17,11 @@ from sage.export import ExportError, export_archive, read_archive
 from sage.inference import Predictor, as_decoded
 
 
+def zf_card(archive) -> bytes:
+    with zipfile.ZipFile(archive) as zf:
+        return zf.read("model.json")
+
+
 def _rows(path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -69,7 +74,10 @@ def test_onnx_runs_in_onnxruntime_alone(trained_model, shapes_dir, tmp_path):
 
         torch_logits = model(normalize(torch.from_numpy(pixels))).numpy()
     assert np.allclose(logits, torch_logits, atol=1e-4)
-    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    temperature = json.loads(zf_card(archive))["preprocessing"]["temperature"]
+    assert temperature > 0
+    calibrated = torch.softmax(torch.from_numpy(torch_logits) / temperature, dim=1).numpy()
+    assert np.allclose(probs, calibrated, atol=1e-5)
 
 
 def test_a_tampered_archive_is_refused(trained_model, tmp_path):
