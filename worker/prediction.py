@@ -126,11 +126,19 @@ def predict_project(
 
 
 def _alignment(session, storage, image: Image, heatmap: np.ndarray) -> dict[str, float] | None:
-    """The heatmap's alignment with the image's consensus map (None when it has none)."""
-    from app.services.annotations import consensus_map
+    """The heatmap's alignment with the map training uses for the image: the adjudicated map when
+    one was painted, else the consensus of the annotators' maps (None when there is neither)."""
+    from app.models import Adjudication
+    from app.services.annotations import consensus_map, read_mask
     from sage.metrics import saliency_alignment
 
-    consensus = consensus_map(session, storage, image)
+    adjudicated = session.scalars(select(Adjudication).where(Adjudication.image_id == image.id)).first()
+    if adjudicated is not None and adjudicated.saliency_key:
+        consensus = (
+            read_mask(storage, adjudicated.saliency_key, image.width, image.height).astype(np.float32) / 255.0
+        )
+    else:
+        consensus = consensus_map(session, storage, image)
     if consensus is None:
         return None
     return saliency_alignment(heatmap, np.asarray(consensus, dtype=np.float32))  # both at the image's size

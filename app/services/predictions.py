@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Annotation, Image, Prediction, utcnow
+from app.models import Adjudication, Annotation, Image, Prediction, utcnow
 
 SORTS = ("uncertainty", "misalignment", "confidence", "image")
 
@@ -57,7 +57,9 @@ def set_alignment(row: Prediction, alignment: dict[str, float] | None) -> None:
     row.aligned_at = utcnow()
 
 
-def images_without_prediction(session: Session, project_id: int, model_id: int, limit: int = 10_000) -> list[int]:
+def images_without_prediction(
+    session: Session, project_id: int, model_id: int, limit: int = 10_000
+) -> list[int]:
     """Ids of the project's images that have no stored prediction of `model_id` (id order)."""
     predicted = select(Prediction.image_id).where(Prediction.model_id == model_id)
     return list(
@@ -71,13 +73,20 @@ def images_without_prediction(session: Session, project_id: int, model_id: int, 
 
 
 def stale_alignments(session: Session, model_id: int, limit: int = 1000) -> list[int]:
-    """Ids of predictions of `model_id` whose image's annotations changed after the alignment was
-    computed (the consensus map may differ now)."""
+    """Ids of predictions of `model_id` whose image's annotations or adjudication changed after the
+    alignment was computed (the map it is compared with may differ now)."""
     changed = (
         select(Annotation.id)
         .where(
             Annotation.image_id == Prediction.image_id,
             (Prediction.aligned_at.is_(None)) | (Annotation.updated_at > Prediction.aligned_at),
+        )
+        .exists()
+    ) | (
+        select(Adjudication.id)
+        .where(
+            Adjudication.image_id == Prediction.image_id,
+            (Prediction.aligned_at.is_(None)) | (Adjudication.updated_at > Prediction.aligned_at),
         )
         .exists()
     )

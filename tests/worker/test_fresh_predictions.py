@@ -107,6 +107,20 @@ def test_alignment_follows_the_consensus_map(world):  # noqa: F811
         s.commit()
     assert prediction.realign_model(ctx, model_id) == 1
 
+    # an adjudicated map replaces the readers' mean: the alignment follows it
+    image_id = world.image_ids[2]
+    before = world.get(f"/api/v1/images/{image_id}/prediction").json()["alignment"]
+    adjudicated = world.client.put(
+        f"/api/v1/images/{image_id}/adjudication",
+        headers=world.headers,
+        data={"label": "left"},
+        files={"saliency": ("s.png", png(corner, "L"))},
+    )
+    assert adjudicated.status_code == 201, adjudicated.text
+    assert [image_id] in _sent(world, TASK_REALIGN)
+    assert prediction.realign_image(ctx, image_id)["realigned"] == 1
+    assert world.get(f"/api/v1/images/{image_id}/prediction").json()["alignment"] < before
+
 
 def test_repredict_all_is_for_managers(world):  # noqa: F811
     url = f"/api/v1/projects/{world.project_id}/predictions/refresh"
