@@ -80,6 +80,10 @@ def upload_images(
         str | None,
         Form(max_length=100, pattern=NoControl, description="patient, subject or device of every file"),
     ] = None,
+    subtype: Annotated[
+        str | None,
+        Form(max_length=100, pattern=NoControl, description="subtype of every file, e.g. an attack type"),
+    ] = None,
 ) -> UploadResult:
     """Upload images (annotators and managers), all or nothing: every file is checked first
     (413 too large, 415 not PNG/JPEG/TIFF/BMP/DICOM by content, 422 corrupt/truncated/too many pixels,
@@ -101,6 +105,7 @@ def upload_images(
         label=label or None,
         split=split or None,
         group=(group or "").strip() or None,
+        subtype=(subtype or "").strip() or None,
         max_pixels=settings.max_image_pixels,
     )
     created = sum(1 for _, c in results if c)
