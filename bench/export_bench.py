@@ -73,7 +73,7 @@ def main() -> None:
                 x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
                 t = torch.from_numpy(x)
 
-                def eager(t=t):
+                def eager(t=t, model=model):
                     with torch.inference_mode():
                         return torch.softmax(model(normalize(t)), dim=1).numpy()
 
@@ -99,7 +99,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for backbone, size, batch, label, p50, p95, ratio, diff in rows:
-        lines.append(f"| {backbone} | {size} px | {batch} | {label} | {p50:.2f} | {p95:.2f} | {ratio:.2f}x | {diff:.1e} |")
+        lines.append(
+            f"| {backbone} | {size} px | {batch} | {label} | {p50:.2f} | {p95:.2f} | {ratio:.2f}x | {diff:.1e} |"
+        )
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
