@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from app.settings import get_settings
 
@@ -12,7 +13,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from app.db import upgrade_to_head
 
     settings = get_settings()
-    upgrade_to_head(settings.resolved_database_url)
+    upgrade_to_head(settings.resolved_database_url, settings)
     print(f"database at head: {settings.resolved_database_url.split('@')[-1]}")
     return 0
 
@@ -178,6 +179,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         session.close()
         engine.dispose()
     lineage.pop("annotations", None)
+    lineage.pop("adjudications", None)
     print(json.dumps({"out": str(out), **lineage}, indent=2))
     return 0
 
@@ -199,6 +201,59 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         engine.dispose()
     objects.write_report(settings.resolved_data_dir, report)
     print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
+def cmd_model_export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from app.models import ModelVersion
+    from app.services import jobs
+    from app.services.errors import ServiceError
+
+    settings = get_settings()
+    engine, session = _session(settings)
+    try:
+        model = session.get(ModelVersion, args.mid)
+        if model is None:
+            return _fail(f"no model {args.mid}; `GET /api/v1/projects/{{pid}}/models` lists them")
+        try:
+            card = jobs.write_export(session, settings.resolved_data_dir, model, args.format, Path(args.out))
+        except (ServiceError, ValueError, FileNotFoundError) as exc:
+            return _fail(str(exc))
+    finally:
+        session.close()
+        engine.dispose()
+    print(json.dumps({"out": args.out, "format": args.format, "sha256": card["archive_sha256"],
+                      "bytes": card["archive_bytes"], "model_version": model.version}))  # fmt: skip
+    return 0
+
+
+def cmd_weights_add(args: argparse.Namespace) -> int:
+    from sage.weights import WeightsError, add_weights
+
+    try:
+        entry = add_weights(Path(args.file), args.name, args.backbone)
+    except WeightsError as exc:
+        return _fail(str(exc))
+    print(f"added {entry.name} ({entry.backbone}) as {entry.file}")
+    return 0
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    from sage.weights import WeightsError, list_weights, weights_dir
+
+    try:
+        entries = list_weights()
+    except WeightsError as exc:
+        return _fail(str(exc))
+    if not entries:
+        print(f"no weights registered in {weights_dir()}; add one with `sage-studio weights add FILE`")
+    for e in entries:
+        print(
+            f"{e.name}\t{e.backbone}\t{e.file}\t{e.source}{'' if e.present else ' (downloaded on first use)'}"
+        )
     return 0
 
 
@@ -254,6 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="only count them")
     p.add_argument("--grace-s", type=float, default=None, help="override SAGE_ORPHAN_GRACE_S")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("model", help="model versions: export")
+    model_sub = p.add_subparsers(dest="model_command", required=True)
+    q = model_sub.add_parser(
+        "export", help="write a model version as an archive (model, model.json, SHA256SUMS)"
+    )
+    q.add_argument("mid", type=int, help="model version id")
+    q.add_argument("--format", required=True, choices=("torchscript", "onnx", "state_dict"))
+    q.add_argument("--out", required=True, help="the .zip to write")
+    q.set_defaults(func=cmd_model_export)
+
+    p = sub.add_parser("weights", help="the pretrained weights registry (SAGE_WEIGHTS_DIR)")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    w = wsub.add_parser("add", help="copy a weights file into the registry (hash-checked)")
+    w.add_argument(
+        "file", help="a torchvision weights file (e.g. resnet18-f37072fd.pth) or your own state dict"
+    )
+    w.add_argument("--name", help="a torchvision name (ResNet18_Weights.IMAGENET1K_V1) or your own")
+    w.add_argument("--backbone", help="the backbone of your own weights (default: from the file name)")
+    w.set_defaults(func=cmd_weights_add)
+    w = wsub.add_parser("list", help="the names training options may use as weights")
+    w.set_defaults(func=cmd_weights_list)
 
     p = sub.add_parser("demo", help="seed the demo project and admin account")
     p.add_argument("--if-missing", action="store_true", help="do nothing when the demo project exists")

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import pages
-from app.api import annotations, auth, images, models, predictions, projects, tokens, training
+from app.api import annotations, auth, images, jobs, models, predictions, projects, reading, tokens, training
 from app.db import check_ready, make_engine, make_session_factory
 from app.hardening import (
     AllowHeaderMiddleware,
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def redoc_docs() -> HTMLResponse:
         return HTMLResponse(_DOCS_PAGE.format(title="SAGE Studio API", body=_REDOC_BODY))
 
-    for module in (auth, tokens, projects, images, annotations, training, models, predictions):
+    for module in (auth, tokens, projects, images, annotations, reading, training, models, predictions, jobs):
         app.include_router(module.router, prefix=API)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     orphan_sweep_interval_s: float = Field(default=3600.0, gt=0)
     orphan_grace_s: float = Field(default=6 * 3600.0, ge=0)
     orphan_sweep_dry_run: bool = False  # only count orphans (in /metrics and the log)
+    # beat: how often images without a prediction of their project's active model (and changed
+    # alignments) are swept up; bounds how stale the review orderings get if an event was lost.
+    fresh_predictions_interval_s: float = Field(default=60.0, gt=0)
     # `serve` also starts one worker per queue and beat: None = only in embedded mode.
     serve_workers: bool | None = None
     # Grace a child process gets to stop on SIGTERM before it is killed (serve, multi-queue worker).

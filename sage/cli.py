@@ -1,4 +1,4 @@
-"""`python -m sage`: make-dataset, train, evaluate, bench (DESIGN.md section 7)."""
+"""`python -m sage`: make-dataset, train, evaluate, predict, export, bench (DESIGN.md section 7)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     samples = index.split(args.split) if args.split != "all" else index.samples
     if not samples:
         raise ValueError(f"{args.data} has no images in split {args.split!r}")
-    tensors = load_split(index, samples, predictor.image_size)
+    tensors = load_split(index, samples, predictor.image_size, window=predictor.window)
     metrics = evaluate(predictor.model, tensors, predictor.labels, predictor.device)
     metrics["split"] = args.split
     metrics["labels"] = predictor.labels
@@ -132,23 +132,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from sage.batch import ProgressBar, iter_inputs, load_model, predict_batch
+
+    model = load_model(args.model, device=args.device)
+    inputs = iter_inputs(args.images)
+    if not inputs:
+        raise ValueError(f"{args.images} holds no images ({', '.join(('png', 'jpeg', 'tiff', 'bmp'))})")
+    bar = None if args.quiet else ProgressBar(len(inputs))
+    result = predict_batch(
+        model, inputs, args.out, heatmaps=args.heatmaps, progress=bar.update if bar else None
+    )
+    _print_json({"predicted": result.predicted, "failed": len(result.failed), "out": str(args.out)})
+    return 0 if result.predicted else 2
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sage.export import export_archive
+
+    model = Path(args.model)
+    card = export_archive(model / "model.pt" if model.is_dir() else model, args.out, args.format)
+    _print_json({"out": str(args.out), "format": args.format, "sha256": card["archive_sha256"]})
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from sage.bench import BenchSettings, run_bench
 
     settings = BenchSettings.preset(args.preset)
     overrides = {
-        "suites": args.suite, "methods": args.methods, "seeds": args.seeds, "epochs": args.epochs,
-        "n": args.n, "image_size": args.image_size, "backbone": args.backbone, "coverages": args.coverage,
+        "suites": args.suite, "methods": args.methods, "tuning_seeds": args.tuning_seeds,
+        "report_seeds": args.report_seeds, "configs_per_method": args.configs, "epochs": args.epochs,
+        "n": args.n, "image_size": args.image_size, "backbone": args.backbone,
     }  # fmt: skip
     settings = settings.with_overrides({k: v for k, v in overrides.items() if v is not None})
-    run_bench(
-        settings,
-        out_md=Path(args.out),
-        work_dir=Path(args.work),
-        ablation=not args.no_ablation,
-        fresh=args.fresh,
-        jobs=args.jobs,
-    )
+    run_bench(settings, out_md=Path(args.out), work_dir=Path(args.work), fresh=args.fresh, jobs=args.jobs)
     print(f"wrote {args.out}")
     return 0
 
@@ -201,19 +219,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("bench", help="compare all methods on the synthetic suites; writes a markdown report")
+    p = sub.add_parser("predict", help="predict a folder or zip of images; writes predictions.csv")
+    p.add_argument("--model", required=True, help="run folder, model.pt, or an export archive (.zip)")
+    p.add_argument("--images", required=True, help="a folder (searched recursively) or a zip of images")
+    p.add_argument("--out", required=True, help="output folder: predictions.csv [, heatmaps/]")
+    p.add_argument("--heatmaps", action="store_true", help="write Grad-CAM PNGs at each image's size")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a model as an archive (TorchScript, ONNX or state dict)")
+    p.add_argument("--model", required=True, help="run folder or model.pt")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx", "state_dict"))
+    p.add_argument("--out", required=True, help="the archive (.zip) to write")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "bench", help="the fair comparison of every method (bench/README.md); writes a markdown report"
+    )
     p.add_argument("--preset", default="full", choices=("full", "smoke"))
-    p.add_argument("--suite", nargs="+", help="dataset kinds (default: all)")
+    p.add_argument("--suite", nargs="+", choices=list(KINDS), help="dataset kinds")
     p.add_argument("--methods", nargs="+", choices=METHODS)
-    p.add_argument("--seeds", type=int)
+    p.add_argument("--tuning-seeds", type=int, nargs="+", help="seeds that choose configurations")
+    p.add_argument("--report-seeds", type=int, nargs="+", help="seeds the tables report (disjoint)")
+    p.add_argument("--configs", type=int, help="configurations tried per method (the same for all)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--n", type=int)
     p.add_argument("--image-size", type=int)
     p.add_argument("--backbone")
-    p.add_argument("--coverage", type=float, nargs="*", help="partial saliency coverages (default 0.25 0.1)")
     p.add_argument("--out", default="bench/ml.md")
     p.add_argument("--work", default="bench/out", help="datasets and the resumable results.json")
-    p.add_argument("--no-ablation", action="store_true")
     p.add_argument("--fresh", action="store_true", help="ignore results already in WORK/results.json")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and thread each")
     p.set_defaults(func=cmd_bench)

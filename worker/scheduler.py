@@ -15,7 +15,14 @@ from typing import Any
 from sqlalchemy import select
 
 from app.models import ModelVersion
-from app.queue import PREDICT_QUEUE, TASK_REAP_STALE, TASK_RETRAIN_CHECK, TASK_SWEEP_OBJECTS
+from app.queue import (
+    PREDICT_QUEUE,
+    TASK_PREDICT_MISSING,
+    TASK_REAP_STALE,
+    TASK_RETRAIN_CHECK,
+    TASK_SWEEP_OBJECTS,
+    TRAIN_QUEUE,
+)
 from app.services import objects
 from app.services import training as runs
 from app.settings import Settings
@@ -45,6 +52,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": TASK_SWEEP_OBJECTS,
             "schedule": settings.orphan_sweep_interval_s,
             "options": {"queue": PREDICT_QUEUE, "expires": settings.orphan_sweep_interval_s},
+        },
+        "fresh-predictions": {
+            "task": TASK_PREDICT_MISSING,
+            "schedule": settings.fresh_predictions_interval_s,
+            "options": {"queue": TRAIN_QUEUE, "expires": settings.fresh_predictions_interval_s},
         },
     }
 

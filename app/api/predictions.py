@@ -31,7 +31,7 @@ from app.deps import (
     StorageDep,
     check_project_access,
 )
-from app.imaging import ImageError, decode_image, display_copy
+from app.imaging import ImageError, decode_image
 from app.models import Image, ModelVersion, Prediction
 from app.queue import TASK_PREDICT
 from app.schemas import API, UtcDateTime
@@ -55,6 +55,8 @@ class PredictAnswer(BaseModel):
     model_version: int
     project_id: int
     heatmap_png: str | None = None  # base64 PNG: the heatmap blended over the image
+    # base64 8-bit grayscale PNG of the heatmap itself at the image's size (heatmap=raw or both)
+    raw_heatmap_png: str | None = None
     worker_ms: float | None = None
 
 
@@ -97,7 +99,7 @@ def stored_out(p: Prediction, model: ModelVersion, image: Image) -> StoredPredic
         alignment_detail=p.alignment_detail or {},
         heatmap_url=f"{base}/heatmap.png" if p.heatmap_key else None,
         overlay_url=f"{base}/overlay.png" if p.heatmap_key else None,
-        image_url=f"{API}/images/{p.image_id}/file",
+        image_url=f"{API}/images/{p.image_id}/display.png",  # the default window: DICOM shows too
         image_label=image.label,
         created_at=p.created_at,
     )
@@ -124,15 +126,24 @@ async def predict(
     storage: StorageDep,
     request: Request,
     response: Response,
-    file: Annotated[UploadFile, File(description="the image (PNG, JPEG, TIFF or BMP)")],
+    file: Annotated[UploadFile, File(description="the image (PNG, JPEG, TIFF, BMP or DICOM)")],
     run_async: Annotated[bool, Query(alias="async", description="answer 202 with a job to poll")] = False,
+    heatmap: Annotated[
+        str,
+        Query(
+            pattern="^(overlay|raw|both|none)$",
+            description="overlay: heatmap_png blended over the image; raw: raw_heatmap_png, the 8-bit "
+            "grayscale map at the image's size; both; none",
+        ),
+    ] = "overlay",
 ) -> PredictAnswer | PredictJob:
-    """Label, probabilities, model version and id, and the heatmap overlay (base64 PNG) for one image.
+    """Label, probabilities, model version and id, and the heatmap (base64 PNG) for one image:
+    blended over the image (`heatmap_png`), raw (`raw_heatmap_png`), both or none.
 
     The image goes to the predict worker by storage key (the message stays small); the wait for
     the answer holds no request thread. A bounded number of synchronous predicts wait at once
     (503 with Retry-After beyond)."""
-    job = await run_in_threadpool(_prepare_job, session, storage, settings, project.id, file)
+    job = await run_in_threadpool(_prepare_job, session, storage, settings, project.id, file, heatmap)
     celery = request.app.state.celery
     expires = ASYNC_JOB_EXPIRES_S if run_async else settings.predict_timeout_s
     result: AsyncResult = await run_in_threadpool(celery.send_task, TASK_PREDICT, args=[job], expires=expires)
@@ -144,7 +155,7 @@ async def predict(
 
 
 def _prepare_job(
-    session: Session, storage: Storage, settings: Any, project_id: int, file: UploadFile
+    session: Session, storage: Storage, settings: Any, project_id: int, file: UploadFile, heatmap: str
 ) -> dict[str, Any]:
     """Check the upload, store it (content-addressed; unreferenced, so the orphan sweep removes it
     after its grace period) and build the worker's message."""
@@ -159,7 +170,6 @@ def _prepare_job(
         decoded = decode_image(data, max_pixels=settings.max_image_pixels, what=file.filename or "the file")
     except ImageError as exc:
         raise HTTPException(exc.status_code, detail=exc.detail) from None
-    decoded.image.close()
     key = storage.put_bytes(data, decoded.suffix)
     job = {
         "project_id": project_id,
@@ -168,7 +178,8 @@ def _prepare_job(
         "artifact_key": model.artifact_key,
         "checksum": model.checksum,
         "image_key": key,
-        "heatmap": True,
+        "heatmap": heatmap in ("overlay", "both"),
+        "raw_heatmap": heatmap in ("raw", "both"),
     }
     session.close()  # do not hold a connection while waiting for the worker
     return job
@@ -252,14 +263,23 @@ def image_prediction_heatmap(image: ImageViewer, session: SessionDep, storage: S
     )
 
 
-def render_overlay(storage: Storage, storage_key: str, heatmap_key: str, max_side: int) -> bytes:
-    """The heatmap colour-mapped and blended over a display-sized copy of the image (PNG): memory
-    per render is bounded by `max_side`, not by the stored image's size."""
+def render_overlay(
+    session: Session, storage: Storage, image: Image, heatmap_key: str, max_side: int
+) -> bytes:
+    """The heatmap colour-mapped and blended over the image in its default display window (DICOM
+    and 16-bit images too), downscaled to at most `max_side` pixels on its longest side before
+    blending, so the colour map and blend never run at a huge image's full size."""
     from PIL import Image as PILImage
 
+    from app.services.images import display_window, pixel_array
     from sage.heatmaps import overlay_png
+    from sage.imageio import render_8bit
 
-    picture = display_copy(storage.read_bytes(storage_key), max_side)
+    pixels = pixel_array(session, storage, image)
+    picture = PILImage.fromarray(render_8bit(pixels, *display_window(image)))
+    del pixels
+    if max(picture.size) > max_side:
+        picture.thumbnail((max_side, max_side), PILImage.Resampling.BILINEAR)
     heat_image = PILImage.open(io.BytesIO(storage.read_bytes(heatmap_key)))
     if max(heat_image.size) > max(picture.size):
         heat_image = heat_image.resize(picture.size, PILImage.Resampling.BILINEAR)
@@ -282,7 +302,7 @@ async def image_prediction_overlay(
     if not row.heatmap_key:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this prediction has no heatmap")
     png = await request.app.state.render_limiter.run(
-        render_overlay, storage, image.storage_key, row.heatmap_key, settings.display_max_side
+        render_overlay, session, storage, image, row.heatmap_key, settings.display_max_side
     )
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 

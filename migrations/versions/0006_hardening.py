@@ -1,7 +1,7 @@
 """hardening: session epochs, API token scopes, retrain errors, SQLite AUTOINCREMENT (ids never reused)
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0008
 Create Date: 2026-12-02 04:00:00
 
 On SQLite every table is rebuilt with AUTOINCREMENT, so the id of a deleted row (a project, an
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | None = "0003"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -108,33 +108,6 @@ def test_sweep_counts_appear_in_metrics(client, settings):
     assert 'sage_orphan_sweep_objects{outcome="removed"} 2.0' in text
 
 
-def test_upload_batches_are_read_one_file_at_a_time(db, settings, make_user, make_project):
-    import io
-    import tracemalloc
-
-    import numpy as np
-    from PIL import Image as PILImage
-
-    owner = make_user()
-    project = make_project(owner)
-    storage = get_storage(settings)
-    sources = []
-    for seed in range(8):
-        arr = np.random.default_rng(seed).integers(0, 256, (500, 700, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        PILImage.fromarray(arr).save(buf, format="BMP")  # ~1 MB each, uncompressed
-        sources.append(buf)
-    size = len(sources[0].getvalue())
-    files = [image_service.UploadedFile(f"{i}.bmp", source=s) for i, s in enumerate(sources)]
-    tracemalloc.start()
-    try:
-        image_service.upload_images(db, storage, project, owner, files, max_pixels=settings.max_image_pixels)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 4 * size, (peak, size)  # a whole batch in memory would be 8x
-
-
 def test_the_upload_route_passes_spooled_files(client, make_user, make_project, auth_headers, monkeypatch):
     owner = make_user()
     project = make_project(owner)

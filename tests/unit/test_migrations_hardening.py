@@ -88,7 +88,7 @@ def test_populated_sqlite_database_migrates_down_and_up_keeping_every_row(tmp_pa
     _populate(url)
     before = _rows(url)
     assert all(before[t] for t in TABLES)
-    command.downgrade(alembic_config(url), "0003")
+    command.downgrade(alembic_config(url), "0008")
     assert _rows(url) == before
     command.upgrade(alembic_config(url), "head")
     assert _rows(url) == before

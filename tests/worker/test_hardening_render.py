@@ -62,18 +62,27 @@ def _asgi(world) -> httpx.AsyncClient:
 
 def test_render_overlay_uses_a_display_sized_copy(world):
     from app.api.predictions import render_overlay
+    from app.models import Image
+    from app.services import images as image_service
     from app.storage import get_storage
 
     storage = get_storage(world.stack.settings)
-    big = PILImage.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8))
+    big = PILImage.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8))
     buf = io.BytesIO()
     big.save(buf, format="JPEG", quality=70)
-    image_key = storage.put_bytes(buf.getvalue(), ".jpg")
     heat = io.BytesIO()
-    PILImage.fromarray(np.full((3000, 4000), 128, dtype=np.uint8)).save(heat, format="PNG")
+    PILImage.fromarray(np.full((1500, 2000), 128, dtype=np.uint8)).save(heat, format="PNG")
     heat_key = storage.put_bytes(heat.getvalue(), ".png")
-    out = PILImage.open(io.BytesIO(render_overlay(storage, image_key, heat_key, 512)))
-    assert max(out.size) == 512 and out.size == (512, 384)
+    with world.session() as s:
+        project = s.get(Project, world.project_id)
+        owner = s.get(Image, world.image_ids[0]).uploaded_by_id
+        files = [image_service.UploadedFile("big.jpg", buf.getvalue())]
+        ((image, _),) = image_service.upload_images(
+            s, storage, project, None, files, max_pixels=world.stack.settings.max_image_pixels
+        )
+        assert owner is not None
+        out = PILImage.open(io.BytesIO(render_overlay(s, storage, image, heat_key, 512)))
+    assert out.size == (512, 384)
 
 
 def test_concurrent_renders_beyond_the_bound_answer_503(world, monkeypatch):
