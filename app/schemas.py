@@ -331,7 +331,7 @@ class ImageOut(BaseModel):
 
 
 class BulkAction(Strict):
-    image_ids: list[int] = Field(min_length=1, max_length=1000)
+    image_ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(min_length=1, max_length=1000)
     action: Literal["set_split", "set_label", "delete", "requeue"]
     split: Literal["train", "val", "test"] | None = None
     label: Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_control_chars)] | None = (
