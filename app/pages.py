@@ -373,13 +373,16 @@ def reading_study_context(session: Session, project: Project, privileged: bool) 
 
 
 def _registered_weights() -> list[dict[str, Any]]:
-    """The pretrained weights the train box offers (empty when the registry is unreadable)."""
+    """The pretrained weights the train box offers, each with the input size its backbone trains at
+    (empty when the registry is unreadable)."""
+    from sage.config import default_image_size
     from sage.weights import WeightsError, as_dicts, list_weights
 
     try:
-        return as_dicts(list_weights())
+        entries = as_dicts(list_weights())
     except (WeightsError, OSError):
         return []
+    return [e | {"image_size": default_image_size(e["backbone"])} for e in entries]
 
 
 # --- annotate ----------------------------------------------------------------------------------------

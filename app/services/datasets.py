@@ -20,6 +20,7 @@ snapshots, `export_zip_stream` streams it as a zip.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -228,6 +229,8 @@ def _parse_labels(data: bytes, project: Project, problems: _Problems) -> list[La
     parsed = parse_labels_csv(data, labels=project.labels, allow_unlabelled=True)
     for p in parsed.problems:
         problems.add(LABELS_CSV, p.message, p.line)
+    if "split" not in parsed.columns:  # no split given: the project draws one at training (`draw_splits`)
+        return [dataclasses.replace(r, split=None) for r in parsed.rows]
     return parsed.rows
 
 
@@ -318,6 +321,7 @@ def import_dataset(
                     height=height,
                     size_bytes=len(data),
                     split=row.split,
+                    group=row.group,
                     import_label=row.label,
                     label=row.label,
                     import_saliency_key=mask_key,
@@ -348,7 +352,7 @@ def import_dataset(
             "existing": n_existing,
             "with_saliency": sum(1 for r in new_rows if r.import_saliency_key),
             "labels": dict(Counter(r.label for r in new_rows if r.label)),
-            "splits": dict(Counter(r.split for r in new_rows)),
+            "splits": dict(Counter(r.split or "unassigned" for r in new_rows)),
             "ignored_files": sorted(
                 n[len(root) :] for n in names if n.startswith(root + "images/") and n not in listed
             )[:1000],
@@ -374,7 +378,7 @@ class DatasetEntry:
     width: int
     height: int
     saliency_keys: list[str]  # the annotators' current maps; else the imported map, if any
-    group: str | None = None  # written to labels.csv when set (no column stores it yet)
+    group: str | None = None  # written to labels.csv when set
     subtype: str | None = None  # likewise
     readings: list[Any] = field(default_factory=list)  # app.services.study_io.Reading, per reader
     adjudication: Any = None  # app.services.study_io.AdjudicatedEntry, when adjudicated
@@ -429,7 +433,15 @@ def dataset_entries(
         )
         entries.append(
             DatasetEntry(
-                img.id, name, img.storage_key, img.label, img.split or "train", img.width, img.height, keys
+                img.id,
+                name,
+                img.storage_key,
+                img.label,
+                img.split or "train",
+                img.width,
+                img.height,
+                keys,
+                group=img.group,
             )
         )
     readings, adjudicated_entries = study_facts(session, ids)

@@ -35,7 +35,9 @@ async function watch(run) {
 $("train-now")?.addEventListener("click", async () => {
   try {
     const choice = $("train-weights")?.selectedOptions[0];
-    const training = choice?.value ? { weights: choice.value, backbone: choice.dataset.backbone } : undefined;
+    const training = choice?.value
+      ? { weights: choice.value, backbone: choice.dataset.backbone, image_size: Number(choice.dataset.imageSize) }
+      : undefined;
     const run = await api(`projects/${pid}/training-runs`, { method: "POST", body: training ? { training } : {} });
     if (run.joined) toast(`A run was already under way: following run #${run.id}.`);
     watch(run);
