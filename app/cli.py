@@ -171,7 +171,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             os.replace(tmp, out)
         else:
             lineage = datasets.write_dataset_folder(
-                session, storage, project, out, only_labelled=args.only_labelled
+                session, storage, project, out, only_labelled=args.only_labelled, study=True
             )
     except ServiceError as exc:
         return _fail(str(exc))

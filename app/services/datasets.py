@@ -550,13 +550,20 @@ def draw_splits(session: Session, project: Project, shares: dict[str, float] | N
 
 
 def write_dataset_folder(
-    session: Session, storage: Storage, project: Project, out_dir: Path, *, only_labelled: bool = True
+    session: Session,
+    storage: Storage,
+    project: Project,
+    out_dir: Path,
+    *,
+    only_labelled: bool = True,
+    study: bool = False,
 ) -> dict[str, Any]:
-    """Write the project's dataset folder (labels.csv, images/, saliency/<stem>.png consensus) to
-    `out_dir` (created; must be empty) and return the lineage
-    {"annotations": {"<annotation id>": revision, ...}, "images": n, "with_saliency": m,
-    "labels": {label: count}}. Image labels: majority of the annotators' current labels, else the
-    import label. Used by the worker to snapshot a training run's data."""
+    """Write the project's dataset folder (labels.csv, images/, saliency/<stem>.png: the adjudicated
+    map, else the readers' mean) to `out_dir` (created; must be empty) and return the lineage
+    {"annotations": {"<annotation id>": revision, ...}, "adjudications": {...}, "images": n,
+    "with_saliency": m, "labels": {label: count}}. Image labels: the adjudicated label, else the
+    majority of the readers' current labels, else the import label. Used by the worker to snapshot
+    a training run's data; `study=True` (exports) adds the readers' readings and adjudications."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
@@ -569,7 +576,9 @@ def write_dataset_folder(
         png = entry_saliency_png(storage, e)
         if png is not None:
             (out_dir / "saliency" / f"{e.stem}.png").write_bytes(png)
-    for path, data in study_files(storage, entries):
+    # The reading-study files (app.services.study_io) for an export; a training snapshot needs
+    # only saliency/, which already holds the adjudicated map where there is one.
+    for path, data in study_files(storage, entries) if study else ():
         (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
         (out_dir / path).write_bytes(data)
     (out_dir / LABELS_CSV).write_bytes(labels_csv(entries))

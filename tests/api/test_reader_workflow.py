@@ -742,3 +742,17 @@ def test_project_training_options_are_validated_like_a_run(client, team):
     assert r.status_code == 422 and "epochs_typo" in r.json()["detail"]
     r = client.patch(url, headers=h[manager], json={"training": {"method": "ce", "epochs": 2}})
     assert r.status_code == 200 and r.json()["training"] == {"method": "ce", "epochs": 2}
+
+
+def test_the_cli_export_folder_has_the_study_files_and_the_training_snapshot_does_not(
+    client, team, db, settings, tmp_path
+):
+    project, manager, r1, r2, h, ids = team
+    put_annotation(client, h[r1], ids[0], label="cat", saliency=mask_png(value=200))
+    snap = tmp_path / "snap"
+    write_dataset_folder(db, get_storage(settings), db.get(Project, project.id), snap)
+    assert not (snap / "readings.csv").exists() and not (snap / "readers").exists()
+    export = tmp_path / "export"
+    write_dataset_folder(db, get_storage(settings), db.get(Project, project.id), export, study=True)
+    assert (export / "readings.csv").is_file()
+    assert len(list((export / "readers").rglob("*.png"))) == 1
