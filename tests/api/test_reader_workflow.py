@@ -756,3 +756,14 @@ def test_the_cli_export_folder_has_the_study_files_and_the_training_snapshot_doe
     write_dataset_folder(db, get_storage(settings), db.get(Project, project.id), export, study=True)
     assert (export / "readings.csv").is_file()
     assert len(list((export / "readers").rglob("*.png"))) == 1
+
+
+def test_retraining_counts_readings_and_adjudications_not_skips(client, team, db):
+    from app.services.training import changed_annotations
+
+    project, manager, r1, r2, h, ids = team
+    client.put(f"/api/v1/images/{ids[0]}/annotation", headers=h[r1], data={"status": "skipped"})
+    assert changed_annotations(db, project.id, None) == 0
+    put_annotation(client, h[r1], ids[1], label="cat")
+    client.put(f"/api/v1/images/{ids[2]}/adjudication", headers=h[manager], data={"label": "dog"})
+    assert changed_annotations(db, project.id, None) == 2
