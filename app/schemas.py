@@ -319,6 +319,9 @@ class ImageOut(BaseModel):
     group: str | None = Field(
         default=None, description="patient, subject or device; a group never spans splits"
     )
+    subtype: str | None = Field(
+        default=None, description="e.g. an attack type; training option leave_out_subtype holds it out"
+    )
     import_label: str | None
     label: str | None = Field(description="majority of the annotators' labels, else the import label")
     annotation_count: int
@@ -463,6 +466,7 @@ def image_out(image: Any) -> ImageOut:
         original_name=image.original_name,
         split=image.split,
         group=image.group,
+        subtype=image.subtype,
         import_label=image.import_label,
         label=image.label,
         annotation_count=image.annotation_count,
