@@ -52,14 +52,17 @@ def reap(ctx: WorkerContext, celery: runs.TaskSender) -> dict[str, Any]:
         }
         session.rollback()
         report = runs.reap_stale_runs(session, ctx.settings, celery)
-        known = set(session.scalars(select(ModelVersion.artifact_key)))
+        known = {
+            (m.artifact_key, m.checksum)
+            for m in session.execute(select(ModelVersion.artifact_key, ModelVersion.checksum))
+        }
     for run_id in report.requeued + report.failed:
         worker_id = before.get(run_id)
         if worker_id:
             shutil.rmtree(
                 data_dir / "runs" / f"run-{run_id}" / worker_id.replace(":", "-"), ignore_errors=True
             )
-    swept = registry.sweep_orphans(data_dir, known, ORPHAN_AGE_S)
+    swept = registry.sweep_orphans(ctx.storage, data_dir, known, ORPHAN_AGE_S)
     if swept:
         log.warning("removed orphaned model artifacts: %s", swept)
     return {"requeued": report.requeued, "failed": report.failed, "resent": report.resent, "swept": swept}

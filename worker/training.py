@@ -217,7 +217,7 @@ def _train_claimed(
     config_dict = config.to_dict()
     try:
         artifact = registry.publish_artifact(
-            ctx.settings.resolved_data_dir,
+            ctx.storage,
             project_id,
             run_id,
             out_dir / registry.MODEL_FILE,
@@ -239,11 +239,11 @@ def _train_claimed(
                 metrics=metrics,
             )
     except Exception as exc:  # noqa: BLE001
-        registry.remove_artifact(ctx.settings.resolved_data_dir, artifact.key)
+        registry.remove_artifact(ctx.storage, ctx.settings.resolved_data_dir, artifact)
         log.exception("run %s: registering the model failed", run_id)
         return _finish(ctx, run_id, worker_id, "failed", error=f"could not register the model: {exc}")
     if registered is None:
-        registry.remove_artifact(ctx.settings.resolved_data_dir, artifact.key)
+        registry.remove_artifact(ctx.storage, ctx.settings.resolved_data_dir, artifact)
         return {"run_id": run_id, "claimed": True, "status": "lost"}
     model, activated = registered
     if activated:

@@ -43,7 +43,7 @@ from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
 from app.services.images import SPLITS, safe_name
 from app.settings import Settings
-from app.storage import Storage
+from app.storage import CHUNK, Storage
 
 MAX_ERRORS = 100
 LABELS_CSV = "labels.csv"
@@ -510,7 +510,8 @@ def write_dataset_folder(
     (out_dir / "images").mkdir()
     (out_dir / "saliency").mkdir()
     for e in entries:
-        shutil.copyfile(storage.path(e.storage_key), out_dir / "images" / e.name)
+        with storage.open(e.storage_key) as src, open(out_dir / "images" / e.name, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
         png = entry_saliency_png(storage, e)
         if png is not None:
             (out_dir / "saliency" / f"{e.stem}.png").write_bytes(png)
@@ -556,7 +557,11 @@ def export_zip_stream(
         yield sink.drain()
         for e in entries:
             info = _zip_info(f"{folder}/images/{e.name}")
-            zf.writestr(info, storage.read_bytes(e.storage_key), zipfile.ZIP_STORED)
+            info.compress_type = zipfile.ZIP_STORED
+            with storage.open(e.storage_key) as src, zf.open(info, "w") as dst:
+                while chunk := src.read(CHUNK):  # streamed: one chunk in memory, not the file
+                    dst.write(chunk)
+                    yield sink.drain()
             png = entry_saliency_png(storage, e)
             if png is not None:
                 zf.writestr(_zip_info(f"{folder}/saliency/{e.stem}.png"), png, zipfile.ZIP_STORED)

@@ -108,8 +108,7 @@ def put_annotation(client, headers, iid: int, *, label=None, saliency: bytes | N
 
 
 def stored_objects(settings) -> list:
-    """Every stored object file (staging and temporary files excluded)."""
-    root = settings.resolved_data_dir / "objects"
-    if not root.exists():
-        return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts)
+    """Every stored object's key (staging and temporary objects excluded), whichever the backend."""
+    from app.storage import get_storage
+
+    return sorted(get_storage(settings).iter_keys())
