@@ -199,7 +199,21 @@ def _train_claimed(
         recorder.record(
             {"phase": "training", "epoch": 0, "epochs": config.epochs, "step": 0, "config": config.to_dict()}
         )
-        metrics = fit(config, data_dir, out_dir, progress=recorder, should_cancel=heartbeat.should_stop)
+        ranks = ctx.settings.train_processes
+        if ranks > 1:  # a multi-GPU worker (--gpus 0,1): DistributedDataParallel, one rank per GPU
+            from sage.distributed import fit_distributed
+
+            metrics = fit_distributed(
+                config,
+                data_dir,
+                out_dir,
+                world_size=ranks,
+                progress=recorder,
+                should_cancel=heartbeat.should_stop,
+                started=lambda pids: log.info("run %s: %s ranks started, pids %s", run_id, ranks, pids),
+            )
+        else:
+            metrics = fit(config, data_dir, out_dir, progress=recorder, should_cancel=heartbeat.should_stop)
     except Cancelled:
         if heartbeat.lost.is_set():
             return {"run_id": run_id, "claimed": True, "status": "lost"}
