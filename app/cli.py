@@ -101,7 +101,6 @@ def cmd_create_token(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    import csv
     import json
     from pathlib import Path
 
@@ -110,6 +109,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from app.services.projects import create_project, find_project
     from app.services.users import get_by_username
     from app.storage import get_storage
+    from sage.labels_csv import parse_labels_csv
 
     settings = get_settings()
     engine, session = _session(settings)
@@ -125,11 +125,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         except NotFound:
             if not args.create:
                 return _fail(f"no project {args.project!r}; pass --create to make it from labels.csv")
-            root = datasets.dataset_root(source.names())
-            text = source.read(root + datasets.LABELS_CSV, 64 * 1024 * 1024).decode("utf-8-sig")
-            labels = sorted(
-                {(r.get("label") or "").strip() for r in csv.DictReader(text.splitlines())} - {""}
-            )
+            parsed = parse_labels_csv(datasets.read_labels(source), allow_unlabelled=True)
+            for problem in parsed.problems:
+                print(f"  {problem}", file=sys.stderr)
+            if parsed.problems:
+                return _fail("import rejected; nothing was imported (the project was not created)")
+            labels = parsed.labels
             if not labels:
                 return _fail("labels.csv names no label; create the project with its labels first")
             project = create_project(session, user, name=args.project, labels=labels)

@@ -7,7 +7,6 @@ of the images already carry a label and a soft saliency map (the dataset's human
 
 from __future__ import annotations
 
-import csv
 import os
 import secrets
 import tempfile
@@ -18,6 +17,7 @@ from sqlalchemy import select
 from app.db import make_engine, make_session_factory
 from app.models import Project
 from app.settings import Settings
+from sage.labels_csv import LABELS_CSV, LabelRow, read_labels_csv
 
 DEMO_PROJECT = "Demo: decoy shapes"
 DEMO_ADMIN = "admin"
@@ -86,9 +86,9 @@ def seed_demo(
             folder = make_dataset(
                 "decoy-shapes", Path(tmp) / "decoy-shapes", n=n_images, seed=0, image_size=DEMO_IMAGE_SIZE
             )
-            with open(folder / "labels.csv", newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            labels = sorted({r["label"] for r in rows})
+            parsed = read_labels_csv(folder / LABELS_CSV).check(folder / LABELS_CSV)
+            rows = parsed.rows
+            labels = parsed.labels
             project = create_project(
                 session,
                 admin,
@@ -99,13 +99,11 @@ def seed_demo(
             )
             images = {}
             # one upload per (label, split) group: the import label and split are per call
-            groups: dict[tuple[str, str], list[dict]] = {}
+            groups: dict[tuple[str, str], list[LabelRow]] = {}
             for r in rows:
-                groups.setdefault((r["label"], r.get("split") or "train"), []).append(r)
+                groups.setdefault((r.label or "", r.split), []).append(r)
             for (label, split), group in groups.items():
-                files = [
-                    UploadedFile(r["image"], (folder / "images" / r["image"]).read_bytes()) for r in group
-                ]
+                files = [UploadedFile(r.image, (folder / "images" / r.image).read_bytes()) for r in group]
                 results = upload_images(
                     session,
                     storage,
@@ -117,21 +115,21 @@ def seed_demo(
                     max_pixels=settings.max_image_pixels,
                 )
                 for r, (image, _created) in zip(group, results, strict=True):
-                    images[r["image"]] = image
+                    images[r.image] = image
             annotated = 0
             for r in rows:
                 if annotated >= n_annotated:
                     break
-                saliency = folder / "saliency" / f"{Path(r['image']).stem}.png"
-                if r.get("split", "train") != "train" or not saliency.is_file():
+                saliency = folder / "saliency" / f"{Path(r.image).stem}.png"
+                if r.split != "train" or not saliency.is_file():
                     continue
                 put_annotation(
                     session,
                     storage,
-                    images[r["image"]],
+                    images[r.image],
                     project,
                     admin,
-                    label=r["label"],
+                    label=r.label,
                     saliency_png=saliency.read_bytes(),
                     if_match=None,
                 )

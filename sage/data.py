@@ -1,6 +1,7 @@
 """Reader for the dataset folder format (DESIGN.md section 3) and the tensors training reads.
 
-DATASET/labels.csv (image,label[,split]), DATASET/images/<image>, DATASET/saliency/<stem>.png.
+DATASET/labels.csv (image,label[,split][,group][,subtype], parsed by sage.labels_csv with the
+rules every reader shares), DATASET/images/<image>, DATASET/saliency/<stem>.png.
 `read_dataset` checks every row and raises one `DatasetError` listing each bad row with its file
 and line; nothing is dropped silently. `load_split` decodes a split once into uint8 tensors at the
 training size; an image without a saliency map gets an all-zero map and `has_saliency = False`,
@@ -9,7 +10,6 @@ which the methods use as a per-sample weight.
 
 from __future__ import annotations
 
-import csv
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from sage.labels_csv import HEADER_HELP, LABELS_CSV, read_labels_csv
 from sage.transforms import image_to_tensor, saliency_to_tensor
 
-SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -41,6 +41,8 @@ class Sample:
     split: str
     line: int  # line in labels.csv, for error messages
     saliency: str | None = None  # file name under saliency/, when the image has a map
+    group: str | None = None  # patient, subject or device; a split never cuts a group
+    subtype: str | None = None  # for example an attack type, for leave-subtype-out evaluation
 
 
 @dataclass
@@ -61,60 +63,30 @@ def read_dataset(root: str | Path, labels: list[str] | None = None, check_files:
     check it is decodable and that the map has the image's size.
     """
     root = Path(root)
-    csv_path = root / "labels.csv"
+    csv_path = root / LABELS_CSV
     if not csv_path.is_file():
         raise DatasetError(
-            [f"{csv_path}: missing (a dataset folder needs labels.csv with header image,label[,split])"]
+            [f"{csv_path}: missing (a dataset folder needs labels.csv with header {HEADER_HELP})"]
         )
-    errors: list[str] = []
+    parsed = read_labels_csv(csv_path, labels=labels)
+    problems = [(p.line, p.message) for p in parsed.problems]
     samples: list[Sample] = []
-    seen: dict[str, int] = {}
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip().lower() for h in next(reader, [])]
-        if header[:2] != ["image", "label"] or len(header) > 3 or (len(header) == 3 and header[2] != "split"):
-            raise DatasetError(
-                [f"{csv_path}:1: header must be image,label[,split], got {','.join(header) or '(empty)'}"]
-            )
-        for line, row in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in row):
+    for row in parsed.rows:
+        image_path = root / "images" / row.image
+        if not image_path.is_file():
+            problems.append((row.line, f"image file {image_path} not found"))
+            continue
+        saliency_path = root / "saliency" / f"{Path(row.image).stem}.png"
+        saliency = saliency_path.name if saliency_path.is_file() else None
+        if check_files:
+            problem = _check_files(image_path, saliency_path if saliency else None)
+            if problem:
+                problems.append((row.line, problem))
                 continue
-            where = f"{csv_path}:{line}"
-            if len(row) < 2 or len(row) > len(header):
-                errors.append(f"{where}: expected {len(header)} columns, got {len(row)}")
-                continue
-            image, label = row[0].strip(), row[1].strip()
-            split = (row[2].strip().lower() if len(row) > 2 else "") or "train"
-            if not image or Path(image).name != image:
-                errors.append(f"{where}: image must be a plain file name, got {image!r}")
-                continue
-            if image in seen:
-                errors.append(f"{where}: {image} already listed on line {seen[image]}")
-                continue
-            seen[image] = line
-            if not label:
-                errors.append(f"{where}: {image} has no label")
-                continue
-            if labels and label not in labels:
-                errors.append(f"{where}: {image} has label {label!r}, not one of {labels}")
-                continue
-            if split not in SPLITS:
-                errors.append(f"{where}: {image} has unknown split {split!r} (use train, val or test)")
-                continue
-            image_path = root / "images" / image
-            if not image_path.is_file():
-                errors.append(f"{where}: image file {image_path} not found")
-                continue
-            saliency_path = root / "saliency" / f"{Path(image).stem}.png"
-            saliency = saliency_path.name if saliency_path.is_file() else None
-            if check_files:
-                problem = _check_files(image_path, saliency_path if saliency else None)
-                if problem:
-                    errors.append(f"{where}: {problem}")
-                    continue
-            samples.append(Sample(image, label, split, line, saliency))
-    if errors:
-        raise DatasetError(errors)
+        assert row.label is not None  # parsed without allow_unlabelled
+        samples.append(Sample(row.image, row.label, row.split, row.line, saliency, row.group, row.subtype))
+    if problems:
+        raise DatasetError([f"{csv_path}:{line}: {message}" for line, message in sorted(problems)])
     if not samples:
         raise DatasetError([f"{csv_path}: no rows"])
     names = list(labels) if labels else sorted({s.label for s in samples})

@@ -1,7 +1,7 @@
 """Dataset folders (DESIGN.md section 3): import a zip or folder into a project, export one back.
 
 ```
-DATASET/labels.csv          image,label[,split]
+DATASET/labels.csv          image,label[,split][,group][,subtype]  (rules: sage/labels_csv.py)
 DATASET/images/<image>
 DATASET/saliency/<stem>.png optional 8-bit grayscale map of the image's size
 ```
@@ -20,7 +20,6 @@ snapshots, `export_zip_stream` streams it as a zip.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import os
@@ -41,12 +40,13 @@ from app.imaging import ImageError, decode_image, decode_mask, encode_mask, suff
 from app.models import Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
-from app.services.images import SPLITS, safe_name
+from app.services.images import safe_name
 from app.settings import Settings
 from app.storage import CHUNK, Storage
+from sage.labels_csv import LABELS_CSV, LabelRow, format_labels_csv, parse_labels_csv
 
 MAX_ERRORS = 100
-LABELS_CSV = "labels.csv"
+MAX_LABELS_CSV_BYTES = 64 * 1024 * 1024
 RATIO_MIN_BYTES = 1024 * 1024  # small members may compress well (a flat mask); don't judge those
 
 
@@ -190,14 +190,6 @@ def open_source(path: Path, settings: Settings) -> DatasetSource:
 
 
 @dataclass
-class _Row:
-    line: int
-    name: str
-    label: str | None
-    split: str
-
-
-@dataclass
 class _Problems:
     items: list[dict[str, Any]] = field(default_factory=list)
     truncated: bool = False
@@ -229,62 +221,18 @@ def dataset_root(names: list[str]) -> str:
     return f"{root}/" if root else ""
 
 
-def _parse_labels(text: str, project: Project, problems: _Problems) -> list[_Row]:
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        problems.add(LABELS_CSV, "the file is empty; it needs the header image,label[,split]", 1)
-        return []
-    except csv.Error as exc:
-        problems.add(LABELS_CSV, f"not valid CSV: {exc}", 1)
-        return []
-    cols = [h.strip().lower() for h in header]
-    if "image" not in cols or "label" not in cols:
-        problems.add(LABELS_CSV, f"the header must be image,label[,split], got {','.join(header)[:200]!r}", 1)
-        return []
-    i_image, i_label = cols.index("image"), cols.index("label")
-    i_split = cols.index("split") if "split" in cols else None
-    rows: list[_Row] = []
-    seen: dict[str, int] = {}
-    try:
-        for values in reader:
-            line = reader.line_num
-            if problems.full:
-                break
-            if not any(v.strip() for v in values):
-                continue
-            if len(values) < len(cols):
-                values = values + [""] * (len(cols) - len(values))
-            name = values[i_image].strip()
-            label = values[i_label].strip() or None
-            split = (values[i_split].strip() if i_split is not None else "") or "train"
-            if not name:
-                problems.add(LABELS_CSV, "the image column is empty", line)
-                continue
-            if "/" in name or "\\" in name or name in (".", "..") or safe_name(name) != name:
-                problems.add(
-                    LABELS_CSV, f"image {name[:100]!r} must be a plain file name inside images/", line
-                )
-                continue
-            if name in seen:
-                problems.add(LABELS_CSV, f"image {name!r} is listed twice (first on line {seen[name]})", line)
-                continue
-            seen[name] = line
-            if label is not None and label not in project.labels:
-                problems.add(
-                    LABELS_CSV,
-                    f"unknown label {label[:100]!r}; the project's labels are {project.labels}",
-                    line,
-                )
-                continue
-            if split not in SPLITS:
-                problems.add(LABELS_CSV, f"unknown split {split[:20]!r}; use train, val or test", line)
-                continue
-            rows.append(_Row(line, name, label, split))
-    except csv.Error as exc:
-        problems.add(LABELS_CSV, f"not valid CSV: {exc}", reader.line_num)
-    return rows
+def _parse_labels(data: bytes, project: Project, problems: _Problems) -> list[LabelRow]:
+    """The good rows of labels.csv (sage.labels_csv rules; unlabelled rows allowed), each problem
+    added to `problems`."""
+    parsed = parse_labels_csv(data, labels=project.labels, allow_unlabelled=True)
+    for p in parsed.problems:
+        problems.add(LABELS_CSV, p.message, p.line)
+    return parsed.rows
+
+
+def read_labels(source: DatasetSource) -> bytes:
+    """The bytes of the source's labels.csv (Invalid when there is none or several)."""
+    return source.read(dataset_root(source.names()) + LABELS_CSV, MAX_LABELS_CSV_BYTES)
 
 
 def import_dataset(
@@ -306,33 +254,31 @@ def import_dataset(
     name_set = set(names)
     problems = _Problems()
     try:
-        labels_text = source.read(root + LABELS_CSV, 64 * 1024 * 1024).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ImportRejected([{"file": LABELS_CSV, "error": "not UTF-8 text"}]) from None
+        labels_data = source.read(root + LABELS_CSV, MAX_LABELS_CSV_BYTES)
     except (TooLarge, Invalid) as exc:
         raise ImportRejected([{"file": LABELS_CSV, "error": str(exc)}]) from None
-    rows = _parse_labels(labels_text, project, problems)
+    rows = _parse_labels(labels_data, project, problems)
 
-    stems = Counter(posixpath.splitext(r.name)[0] for r in rows)
+    stems = Counter(posixpath.splitext(r.image)[0] for r in rows)
     existing = set(session.scalars(select(Image.sha256).where(Image.project_id == project.id)))
     seen_sha: set[str] = set()
     new_rows: list[Image] = []
-    listed = {root + "images/" + r.name for r in rows}
+    listed = {root + "images/" + r.image for r in rows}
     n_existing = 0
 
     with storage.staging() as staging:
         for row in rows:
             if problems.full:
                 break
-            member = root + "images/" + row.name
+            member = root + "images/" + row.image
             if member not in name_set:
-                problems.add(LABELS_CSV, f"images/{row.name} is not in the dataset", row.line)
+                problems.add(LABELS_CSV, f"images/{row.image} is not in the dataset", row.line)
                 continue
             try:
                 data = source.read(member, settings.max_upload_bytes)
                 decoded = decode_image(data, max_pixels=settings.max_image_pixels, what="the image")
             except (ImageError, TooLarge, Invalid) as exc:
-                problems.add(f"images/{row.name}", str(exc), row.line)
+                problems.add(f"images/{row.image}", str(exc), row.line)
                 continue
             width, height, fmt = decoded.width, decoded.height, decoded.format
             decoded.image.close()
@@ -341,7 +287,7 @@ def import_dataset(
                 n_existing += 1
                 continue
             seen_sha.add(sha)
-            stem = posixpath.splitext(row.name)[0]
+            stem = posixpath.splitext(row.image)[0]
             mask_member = root + "saliency/" + stem + ".png"
             mask_key = None
             if mask_member in name_set:
@@ -364,7 +310,7 @@ def import_dataset(
                     project_id=project.id,
                     sha256=sha,
                     storage_key=key,
-                    original_name=row.name,
+                    original_name=row.image,
                     format=fmt,
                     width=width,
                     height=height,
@@ -410,6 +356,8 @@ class DatasetEntry:
     width: int
     height: int
     saliency_keys: list[str]  # the annotators' current maps; else the imported map, if any
+    group: str | None = None  # written to labels.csv when set (no column stores it yet)
+    subtype: str | None = None  # likewise
 
     @property
     def stem(self) -> str:
@@ -476,12 +424,9 @@ def _export_name(img: Image, used_names: set[str], used_stems: set[str]) -> str:
 
 
 def labels_csv(entries: list[DatasetEntry]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image", "label", "split"])
-    for e in entries:
-        writer.writerow([e.name, e.label or "", e.split])
-    return buf.getvalue().encode()
+    """labels.csv of an export: image,label,split (plus group and subtype when an entry has one)."""
+    rows = (LabelRow(0, e.name, e.label, e.split, e.group, e.subtype) for e in entries)
+    return format_labels_csv(rows).encode()
 
 
 def entry_saliency_png(storage: Storage, entry: DatasetEntry) -> bytes | None:

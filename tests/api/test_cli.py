@@ -63,3 +63,13 @@ def test_create_user_token_import_export(cli_env, client, tmp_path, capsys):
     capsys.readouterr()
     assert main(["import", str(bad), "--project", "Pets"]) == 1
     assert "labels.csv:2: images/missing.png is not in the dataset" in capsys.readouterr().err
+
+
+def test_import_create_reports_a_bad_labels_csv_and_creates_no_project(cli_env, client, tmp_path, capsys):
+    folder = tmp_path / "ds"
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels.csv").write_text("image,label,split\na.png,cat,train\nb.png,dog,holdout\n")
+    assert main(["import", str(folder), "--project", "Pets", "--create"]) == 1
+    err = capsys.readouterr().err
+    assert "labels.csv:3: unknown split 'holdout'" in err and "not created" in err
+    assert main(["export", "--project", "Pets", "--out", str(tmp_path / "out")]) == 1

@@ -253,3 +253,28 @@ def test_export_uses_majority_label_and_consensus(
     assert (tmp_path / "ds" / "images" / "a.png").read_bytes() == client.get(
         f"/api/v1/images/{iid}/file", headers=h
     ).content
+
+
+def test_group_and_subtype_columns_are_accepted_and_a_group_cut_by_a_split_rejects_the_import(
+    client, proj, db
+):
+    project, h = proj
+    files = dataset([("a.png", "cat", "train"), ("b.png", "dog", "test")])
+    files["labels.csv"] = b"image,label,subtype,split,group\na.png,cat,print,train,p1\nb.png,dog,,test,p1\n"
+    r = do_import(client, h, project.id, make_zip(files))
+    assert r.status_code == 422, r.text
+    assert [(e["file"], e["line"]) for e in r.json()["errors"]] == [("labels.csv", 3)]
+    assert "splits never cut a group" in r.json()["errors"][0]["error"]
+    assert db.scalar(select(func.count()).select_from(Image)) == 0
+    files["labels.csv"] = b"image,label,subtype,split,group\na.png,cat,print,train,p1\nb.png,dog,,test,p2\n"
+    r = do_import(client, h, project.id, make_zip(files))
+    assert r.status_code == 201, r.text
+    assert r.json()["imported"] == 2 and r.json()["splits"] == {"train": 1, "test": 1}
+
+
+def test_an_unknown_column_rejects_the_import(client, proj):
+    project, h = proj
+    files = dataset([("a.png", "cat", "train")])
+    files["labels.csv"] = b"image,label,spilt\na.png,cat,train\n"
+    r = do_import(client, h, project.id, make_zip(files))
+    assert r.status_code == 422 and "unknown column(s) ['spilt']" in r.json()["detail"]

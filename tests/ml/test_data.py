@@ -110,3 +110,22 @@ def test_augmentation_moves_image_and_saliency_together():
     out_images, _ = augment_batch(images, saliency, "flip")
     flipped = (out_images[:, 0, 2:6, 9:13] > 0.5).all(dim=(1, 2))
     assert 0 < int(flipped.sum()) < 8  # some, not all, images were mirrored
+
+
+def test_group_and_subtype_reach_the_samples_and_a_group_cut_by_a_split_is_an_error(tmp_path):
+    header = ("image", "label", "split", "group", "subtype")
+    root = write_dataset(
+        tmp_path / "d",
+        [("a.png", "x", "train", "p1", "print"), ("b.png", "y", "test", "p2", "")],
+        header=header,
+    )
+    samples = read_dataset(root).samples
+    assert [(s.image, s.group, s.subtype) for s in samples] == [
+        ("a.png", "p1", "print"),
+        ("b.png", "p2", None),
+    ]
+    root = write_dataset(
+        tmp_path / "c", [("a.png", "x", "train", "p1", ""), ("b.png", "y", "test", "p1", "")], header=header
+    )
+    with pytest.raises(DatasetError, match=r"labels.csv:3: group 'p1' of b.png is in split test"):
+        read_dataset(root)
