@@ -25,6 +25,7 @@ import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
@@ -333,6 +334,7 @@ class ScratchCache:
             with contextlib.suppress(FileNotFoundError):
                 os.utime(target)  # most recently used
                 return target
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)  # the folder may have been deleted meanwhile
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             digest = hashlib.sha256()
@@ -444,6 +446,7 @@ class S3Storage(Storage):
     def _upload_verified(self, src: BinaryIO, tmp_name: str) -> tuple[str, int]:
         """Upload `src` to `tmp_name` and check what arrived; returns (sha256 hex, size)."""
         spool = _HashingSpool(self.part_size)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
         fd, spool_path = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.spool_dir)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -594,8 +597,10 @@ class S3Staging(Staging):
         return list(self._names)
 
     def promote(self) -> None:
-        for key, name in self._names.items():
-            self.storage._publish(name, key)
+        # Each publish is a server-side copy and a delete: run several at once.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for _ in pool.map(lambda item: self.storage._publish(item[1], item[0]), self._names.items()):
+                pass
         self._names.clear()
 
     def discard(self) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.storage import Storage, make_key
+from app.storage import Storage, StorageIntegrityError, make_key
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def verified_model_file(storage: Storage, data_dir: Path, key: str, checksum: st
         raise ArtifactError(f"model {key}: recorded checksum {checksum!r} is not a SHA-256") from exc
     try:
         path = storage.path(object_key) if storage.exists(object_key) else None
-    except OSError as exc:  # a download that came back corrupt
+    except StorageIntegrityError as exc:  # a download that came back corrupt
         raise ArtifactError(f"model artifact {key} is corrupt in storage: {exc}") from exc
     if path is None:
         path = artifact_dir(data_dir, key) / MODEL_FILE
