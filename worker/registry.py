@@ -118,17 +118,18 @@ def remove_artifact(storage: Storage, data_dir: Path, artifact: Artifact) -> Non
 
 
 def sweep_orphans(
-    storage: Storage, data_dir: Path, known: set[tuple[str, str]], older_than_s: float
+    storage: Storage | None, data_dir: Path, known: set[tuple[str, str]], older_than_s: float
 ) -> list[str]:
     """Remove model objects (`<sha256>.pt`) and legacy artifact directories (complete or `.tmp-`)
     that no model version references, once they are older than `older_than_s` (younger ones may
-    belong to a run that is about to commit). `known`: (artifact_key, checksum) of every version.
+    belong to a run that is about to commit). `known`: (artifact_key, checksum) of every version;
+    `storage` None sweeps only the legacy directories.
     Returns what was removed (object keys and legacy artifact keys)."""
     removed: list[str] = []
     cutoff = time.time() - older_than_s
     known_checksums = {checksum for _, checksum in known}
     known_keys = {key for key, _ in known}
-    for object_key, mtime in storage.list_objects():
+    for object_key, mtime in storage.list_objects() if storage is not None else ():
         if not object_key.endswith(MODEL_SUFFIX) or object_key[:64] in known_checksums or mtime > cutoff:
             continue
         storage.delete(object_key)
