@@ -215,6 +215,7 @@ class Fleet:
 
     def __init__(self, workdir: Path, endpoint: str) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.procs: list[subprocess.Popen] = []
         self.db = f"sage_bench_{uuid.uuid4().hex[:8]}"
         admin = make_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")

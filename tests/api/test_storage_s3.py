@@ -61,3 +61,54 @@ def test_presigned_download_only_after_the_permission_check(
     assert r.status_code == 404 and "location" not in r.headers
     r = client.get(f"/api/v1/images/{iid}/file", follow_redirects=False)
     assert r.status_code == 401 and "location" not in r.headers
+
+
+def _model(db, project, storage, data: bytes):
+    from app.models import ModelVersion
+
+    key = storage.put_bytes(data, ".pt")
+    model = ModelVersion(
+        project_id=project.id, version=1, artifact_key=f"models/project-{project.id}/run-1-abc", checksum=key[:64],
+        backbone="tiny", labels=["cat", "dog"], metrics={}, active=True,
+    )  # fmt: skip
+    db.add(model)
+    db.commit()
+    return model
+
+
+def test_model_weights_download_for_managers_only(
+    client, app, make_user, make_project, auth_headers, settings, db
+):
+    from app.storage import get_storage
+
+    owner, viewer, stranger = make_user(), make_user(), make_user()
+    project = make_project(owner, members={viewer: "viewer"})
+    model = _model(db, project, get_storage(settings), b"trained weights" * 1000)
+    url = f"/api/v1/models/{model.id}/weights"
+    r = client.get(url, headers=auth_headers(owner))
+    assert r.status_code == 200 and r.content == b"trained weights" * 1000
+    assert r.headers["content-disposition"] == f'attachment; filename="project-{project.id}-model-v1.pt"'
+    assert client.get(url, headers=auth_headers(viewer)).status_code == 403
+    assert client.get(url, headers=auth_headers(stranger)).json() == {"detail": f"no model {model.id}"}
+
+    app.state.settings = settings.model_copy(update={"s3_presigned_downloads": True})
+    r = client.get(url, headers=auth_headers(owner), follow_redirects=False)
+    assert r.status_code == 307
+    fetched = httpx.get(r.headers["location"])
+    assert fetched.status_code == 200 and fetched.content == b"trained weights" * 1000
+    assert "project-" in fetched.headers["content-disposition"]
+    r = client.get(url, headers=auth_headers(viewer), follow_redirects=False)
+    assert r.status_code == 403 and "location" not in r.headers
+
+    get_storage(settings).delete(f"{model.checksum}.pt")
+    r = client.get(url, headers=auth_headers(owner), follow_redirects=False)
+    assert r.status_code == 404 and "storage migrate" in r.json()["detail"]
+
+    # The local folder backend answers the file itself.
+    from app.storage import LocalStorage
+
+    local = LocalStorage(settings.resolved_data_dir / "local-objects")
+    local.put_bytes(b"trained weights" * 1000, ".pt")
+    app.state.storage = local
+    r = client.get(url, headers=auth_headers(owner), follow_redirects=False)
+    assert r.status_code == 200 and r.content == b"trained weights" * 1000
