@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from app.settings import get_settings
 
@@ -12,7 +13,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from app.db import upgrade_to_head
 
     settings = get_settings()
-    upgrade_to_head(settings.resolved_database_url)
+    upgrade_to_head(settings.resolved_database_url, settings)
     print(f"database at head: {settings.resolved_database_url.split('@')[-1]}")
     return 0
 
@@ -186,6 +187,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         session.close()
         engine.dispose()
     lineage.pop("annotations", None)
+    lineage.pop("adjudications", None)
     print(json.dumps({"out": str(out), **lineage}, indent=2))
     return 0
 
@@ -219,6 +221,33 @@ def cmd_storage_migrate(args: argparse.Namespace) -> int:
     if report["errors"]:
         return _fail(f"{len(report['errors'])} object(s) not copied; fix them and run the command again")
     print(f"done: set SAGE_STORAGE_URL={args.to} on every web and worker process", file=sys.stderr)
+    return 0
+
+
+def cmd_weights_add(args: argparse.Namespace) -> int:
+    from sage.weights import WeightsError, add_weights
+
+    try:
+        entry = add_weights(Path(args.file), args.name, args.backbone)
+    except WeightsError as exc:
+        return _fail(str(exc))
+    print(f"added {entry.name} ({entry.backbone}) as {entry.file}")
+    return 0
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    from sage.weights import WeightsError, list_weights, weights_dir
+
+    try:
+        entries = list_weights()
+    except WeightsError as exc:
+        return _fail(str(exc))
+    if not entries:
+        print(f"no weights registered in {weights_dir()}; add one with `sage-studio weights add FILE`")
+    for e in entries:
+        print(
+            f"{e.name}\t{e.backbone}\t{e.file}\t{e.source}{'' if e.present else ' (downloaded on first use)'}"
+        )
     return 0
 
 
@@ -288,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify-existing", action="store_true", help="also re-hash objects already in the target"
     )
     p.set_defaults(func=cmd_storage_migrate)
+    p = sub.add_parser("weights", help="the pretrained weights registry (SAGE_WEIGHTS_DIR)")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    w = wsub.add_parser("add", help="copy a weights file into the registry (hash-checked)")
+    w.add_argument(
+        "file", help="a torchvision weights file (e.g. resnet18-f37072fd.pth) or your own state dict"
+    )
+    w.add_argument("--name", help="a torchvision name (ResNet18_Weights.IMAGENET1K_V1) or your own")
+    w.add_argument("--backbone", help="the backbone of your own weights (default: from the file name)")
+    w.set_defaults(func=cmd_weights_add)
+    w = wsub.add_parser("list", help="the names training options may use as weights")
+    w.set_defaults(func=cmd_weights_list)
 
     p = sub.add_parser("demo", help="seed the demo project and admin account")
     p.add_argument("--if-missing", action="store_true", help="do nothing when the demo project exists")

@@ -104,6 +104,19 @@ class Project(Base):
     retrain_min_new: Mapped[int] = mapped_column(Integer, default=20)
     activation_policy: Mapped[str] = mapped_column(String(20), default="auto")  # auto | manual
     next_policy: Mapped[str] = mapped_column(String(20), default="sequential")
+    # Reading studies (issue 12): readers wanted per image, and blind reading (None: on when k > 1).
+    readers_per_image: Mapped[int] = mapped_column(Integer, default=1)
+    blind_mode: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    # Labels no longer offered for new readings; existing readings keep them.
+    retired_labels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+    @property
+    def blind(self) -> bool:
+        """Whether blind reading is in force: the setting, else on exactly when k > 1."""
+        if self.blind_mode is not None:
+            return bool(self.blind_mode)
+        return (self.readers_per_image or 1) > 1
+
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -117,6 +130,8 @@ class ProjectMember(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(20))  # manager | annotator | viewer
+    # May adjudicate disagreements and see every reader's work, whatever the role.
+    adjudicator: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     user: Mapped[User] = relationship()
@@ -132,6 +147,8 @@ class Image(Base):
         # Deleting a file after its row is gone: is any other row still using the object?
         Index("ix_images_storage_key", "storage_key"),
         Index("ix_images_import_saliency_key", "import_saliency_key"),
+        Index("ix_images_project_group", "project_id", "group"),
+        Index("ix_images_array_key", "array_key"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -144,6 +161,8 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     split: Mapped[str | None] = mapped_column(String(10), default=None)  # train | val | test | None
+    # Patient, subject or device: images of one group always share a split (`draw_splits`).
+    group: Mapped[str | None] = mapped_column(String(100), default=None)
     import_label: Mapped[str | None] = mapped_column(String(100), default=None)
     # Saliency map that came with an import (dataset folder saliency/<stem>.png): the consensus
     # when no annotator has painted one, so import -> export round-trips.
@@ -156,8 +175,23 @@ class Image(Base):
     # Agreement of the annotators' current maps (None below two maps); project agreement averages these.
     agreement_iou: Mapped[float | None] = mapped_column(Float, default=None)
     agreement_r: Mapped[float | None] = mapped_column(Float, default=None)
+    # Readers this image wants when re-queued for reading (None: the project's readers_per_image).
+    readers_wanted: Mapped[int | None] = mapped_column(Integer, default=None)
     uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The decoded pixels at full precision (sage.imageio), stored once at upload or import as .npy
+    # (content-addressed); display, training and prediction read them, never the original again.
+    # Rows from before migration 0004 get them on first use (app.services.images.pixel_array).
+    array_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    bit_depth: Mapped[int | None] = mapped_column(Integer, default=None)
+    photometric: Mapped[str | None] = mapped_column(String(20), default=None)  # MONOCHROME2 | RGB
+    channels: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The default display window (header window, else percentile range, else 8-bit full range).
+    window_center: Mapped[float | None] = mapped_column(Float, default=None)
+    window_width: Mapped[float | None] = mapped_column(Float, default=None)
+    # {"header_window": [c, w] | null, "auto_window": [c, w], "full_window": [c, w], "dtype": ...,
+    #  "source": {...}}: the window presets of the painter and where the pixels came from.
+    pixel_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Annotation(Base):
@@ -168,6 +202,7 @@ class Annotation(Base):
         UniqueConstraint("image_id", "author_id"),
         Index("ix_annotations_author_image", "author_id", "image_id"),
         Index("ix_annotations_project_updated", "project_id", "updated_at"),
+        Index("ix_annotations_project_status", "project_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -175,8 +210,11 @@ class Annotation(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     label: Mapped[str | None] = mapped_column(String(100), default=None)
-    saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)  # None: no map
     revision: Mapped[int] = mapped_column(Integer, default=1)
+    # done | skipped | unsure | flagged (app.services.annotations.STATUSES); comment for the last two.
+    status: Mapped[str] = mapped_column(String(20), default="done")
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -195,7 +233,42 @@ class AnnotationRevision(Base):
     revision: Mapped[int] = mapped_column(Integer)
     label: Mapped[str | None] = mapped_column(String(100), default=None)
     saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    status: Mapped[str] = mapped_column(String(20), default="done")
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Adjudication(Base):
+    """The adjudicated label and map of one image: what training uses instead of the readers' mean.
+    History in AdjudicationRevision, written with If-Match like an annotation."""
+
+    __tablename__ = "adjudications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), unique=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    label: Mapped[str | None] = mapped_column(String(100), default=None)
+    saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdjudicationRevision(Base):
+    __tablename__ = "adjudication_revisions"
+    __table_args__ = (
+        UniqueConstraint("adjudication_id", "revision"),
+        Index("ix_adjudication_revisions_saliency_key", "saliency_key"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adjudication_id: Mapped[int] = mapped_column(ForeignKey("adjudications.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(100), default=None)
+    saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 
 def _no_control_chars(value: str) -> str:
@@ -104,7 +104,21 @@ class TrainingOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    method: Literal["ce", "blur", "cyborg", "rrr", "gradia", "sage", "sage-inverted"] | None = None
+    method: (
+        Literal[
+            "ce",
+            "blur",
+            "cyborg",
+            "rrr",
+            "gradia",
+            "ce-swap",
+            "ce-jsd",
+            "sage-paper",
+            "sage",
+            "sage-inverted",
+        ]
+        | None
+    ) = None
     backbone: (
         Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)]
         | None
@@ -114,6 +128,27 @@ class TrainingOptions(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=4096)
     lr: float | None = Field(default=None, gt=0, le=10)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    weights: str | None = Field(
+        default=None,
+        max_length=100,
+        description="pretrained weights by registered name (GET /api/v1/weights)",
+    )
+
+    @model_validator(mode="after")
+    def _registered_weights_only(self) -> TrainingOptions:
+        if "pretrained_path" in (self.model_extra or {}):
+            raise ValueError(
+                "pretrained_path cannot be set through SAGE Studio; register the file with "
+                "`sage-studio weights add FILE` and set weights to its name"
+            )
+        if self.weights is not None:
+            from sage.weights import WeightsError, resolve  # torch-free
+
+            try:
+                resolve(self.weights, self.backbone)
+            except WeightsError as exc:
+                raise ValueError(str(exc)) from exc
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, mode="json")
@@ -131,6 +166,20 @@ def _unique_labels(labels: list[str]) -> list[str]:
 Labels = Annotated[list[LabelName], Field(min_length=1, max_length=1000), AfterValidator(_unique_labels)]
 
 
+BlindMode = Annotated[
+    Literal["auto", "on", "off"],
+    Field(
+        description="blind reading: a reader sees no other reader's label or map of an image before "
+        "saving their own (managers and adjudicators excepted); auto: on when readers_per_image > 1"
+    ),
+]
+BLIND_MODE_VALUES = {"auto": None, "on": True, "off": False}
+
+
+def blind_mode_name(value: bool | None) -> str:
+    return "auto" if value is None else ("on" if value else "off")
+
+
 class ProjectCreate(Strict):
     name: Name
     description: Description = ""
@@ -138,12 +187,16 @@ class ProjectCreate(Strict):
     backbone: Annotated[
         str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)
     ] = "tiny"
-    image_size: int = Field(default=64, ge=8, le=1024)
+    image_size: int | None = Field(
+        default=None, ge=8, le=1024, description="default by backbone: 224 (ImageNet CNNs, ViT), 64 (tiny)"
+    )
     training: TrainingOptions = Field(default_factory=TrainingOptions)
     retrain_enabled: bool = True
     retrain_min_new: int = Field(default=20, ge=1, le=1_000_000)
     activation_policy: Literal["auto", "manual"] = "auto"
     next_policy: NextPolicy = "sequential"
+    readers_per_image: int = Field(default=1, ge=1, le=50, description="readers wanted per image (k)")
+    blind_mode: BlindMode = "auto"
 
 
 class ProjectUpdate(Strict):
@@ -160,6 +213,15 @@ class ProjectUpdate(Strict):
     retrain_min_new: int | None = Field(default=None, ge=1, le=1_000_000)
     activation_policy: Literal["auto", "manual"] | None = None
     next_policy: NextPolicy | None = None
+    readers_per_image: int | None = Field(
+        default=None, ge=1, le=50, description="readers wanted per image (k)"
+    )
+    blind_mode: BlindMode | None = None
+    retired_labels: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = Field(
+        default=None,
+        max_length=1000,
+        description="labels no longer offered for new readings (existing ones keep them)",
+    )
 
 
 class Agreement(BaseModel):
@@ -192,6 +254,12 @@ class ProjectOut(BaseModel):
     retrain_min_new: int
     activation_policy: str
     next_policy: str
+    readers_per_image: int = 1
+    retired_labels: list[str] = Field(
+        default_factory=list, description="labels no longer offered for new readings"
+    )
+    blind_mode: str = Field(default="auto", description="auto | on | off (the setting)")
+    blind: bool = Field(default=False, description="whether blind reading is in force (the effect)")
     created_at: datetime
     updated_at: datetime
     role: RoleName = Field(description="the caller's role (site admins: manager)")
@@ -203,16 +271,39 @@ class MemberIn(Strict):
         str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_control_chars)
     ]
     role: RoleName
+    adjudicator: bool | None = Field(
+        default=None,
+        description="may adjudicate disagreements and see every reader's work (default: unchanged)",
+    )
 
 
 class MemberOut(BaseModel):
     user_id: int
     username: str
     role: RoleName
+    adjudicator: bool = False
     created_at: datetime
 
 
 # --- images --------------------------------------------------------------------------------------
+
+
+class Window(BaseModel):
+    center: float
+    width: float
+
+
+class PixelInfo(BaseModel):
+    """What the decoder found (null for an image uploaded before 0004 that was not displayed yet)."""
+
+    bit_depth: int | None = Field(description="bits per sample that carry information (32 for float)")
+    photometric: str | None = Field(description="MONOCHROME2 (MONOCHROME1 is inverted on decode) or RGB")
+    channels: int | None
+    dtype: str | None = Field(description="numpy dtype of the stored array")
+    default_window: Window = Field(description="display.png's window when none is given")
+    header_window: Window | None = Field(description="the file's own window (DICOM VOI), if any")
+    auto_window: Window | None = Field(description="the 0.5 to 99.5 percentile range")
+    full_window: Window | None = Field(description="the whole range of the values")
 
 
 class ImageOut(BaseModel):
@@ -225,6 +316,9 @@ class ImageOut(BaseModel):
     size_bytes: int
     original_name: str
     split: str | None
+    group: str | None = Field(
+        default=None, description="patient, subject or device; a group never spans splits"
+    )
     import_label: str | None
     label: str | None = Field(description="majority of the annotators' labels, else the import label")
     annotation_count: int
@@ -232,6 +326,34 @@ class ImageOut(BaseModel):
     agreement: Agreement
     created_at: datetime
     file_url: str
+    pixels: PixelInfo = Field(description="the decoded pixels: depth, photometric, windows")
+    display_url: str = Field(description="8-bit PNG rendering through the default window")
+
+
+class BulkAction(Strict):
+    image_ids: list[int] = Field(min_length=1, max_length=1000)
+    action: Literal["set_split", "set_label", "delete", "requeue"]
+    split: Literal["train", "val", "test"] | None = None
+    label: Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_control_chars)] | None = (
+        Field(default=None, description="set_label: the new import label ('' or null clears it)")
+    )
+
+
+class BulkResult(BaseModel):
+    action: str
+    changed: int
+    missing: int = Field(description="ids that are not images of this project")
+    image_ids: list[int]
+
+
+class LabelRename(Strict):
+    old: LabelName = Field(alias="from", description="the label's current name")
+    new: LabelName = Field(alias="to", description="its new name")
+
+
+class LabelRenameResult(BaseModel):
+    labels: list[str]
+    changed: dict[str, int] = Field(description="rows renamed per table")
 
 
 class UploadedImage(ImageOut):
@@ -272,8 +394,10 @@ class AnnotationOut(BaseModel):
     author: str
     label: str | None
     revision: int
-    has_saliency: bool
+    has_saliency: bool = Field(description="false: label only, no map (nothing was painted)")
     saliency_url: str | None
+    status: str = Field(description="done | skipped | unsure | flagged")
+    comment: str | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -283,6 +407,8 @@ class RevisionOut(BaseModel):
     label: str | None
     has_saliency: bool
     saliency_url: str | None
+    status: str = "done"
+    comment: str | None = None
     author_id: int
     created_at: datetime
 
@@ -313,6 +439,11 @@ class ImportReport(BaseModel):
     splits: dict[str, int]
     ignored_files: list[str] = Field(description="files in the zip that labels.csv does not name")
     image_ids: list[int]
+    readings: int = Field(default=0, description="readers' readings imported from readings.csv")
+    readings_of_unknown_readers: int = Field(
+        default=0, description="readings left out: their reader has no account here"
+    )
+    adjudications: int = Field(default=0, description="adjudications imported from adjudications.csv")
 
 
 # --- answers built from rows -------------------------------------------------------------------------
@@ -331,6 +462,7 @@ def image_out(image: Any) -> ImageOut:
         size_bytes=image.size_bytes,
         original_name=image.original_name,
         split=image.split,
+        group=image.group,
         import_label=image.import_label,
         label=image.label,
         annotation_count=image.annotation_count,
@@ -338,6 +470,27 @@ def image_out(image: Any) -> ImageOut:
         agreement=Agreement(iou=image.agreement_iou, pearson=image.agreement_r),
         created_at=image.created_at,
         file_url=f"{API}/images/{image.id}/file",
+        pixels=pixel_info_out(image),
+        display_url=f"{API}/images/{image.id}/display.png",
+    )
+
+
+def _window(pair: Any) -> Window | None:
+    return Window(center=float(pair[0]), width=float(pair[1])) if pair else None
+
+
+def pixel_info_out(image: Any) -> PixelInfo:
+    info = image.pixel_info or {}
+    default = (image.window_center, image.window_width) if image.window_center is not None else (128.0, 256.0)
+    return PixelInfo(
+        bit_depth=image.bit_depth,
+        photometric=image.photometric,
+        channels=image.channels,
+        dtype=info.get("dtype"),
+        default_window=Window(center=default[0], width=default[1]),
+        header_window=_window(info.get("header_window")),
+        auto_window=_window(info.get("auto_window")),
+        full_window=_window(info.get("full_window")),
     )
 
 
@@ -354,6 +507,8 @@ def annotation_out(annotation: Any, author: str) -> AnnotationOut:
         saliency_url=f"{API}/annotations/{annotation.id}/saliency.png?revision={annotation.revision}"
         if annotation.saliency_key
         else None,
+        status=annotation.status or "done",
+        comment=annotation.comment,
         created_at=annotation.created_at,
         updated_at=annotation.updated_at,
     )
@@ -372,6 +527,10 @@ def project_out(project: Any, role: str, summary: dict[str, Any]) -> ProjectOut:
         retrain_min_new=project.retrain_min_new,
         activation_policy=project.activation_policy,
         next_policy=project.next_policy,
+        readers_per_image=project.readers_per_image or 1,
+        retired_labels=list(project.retired_labels or []),
+        blind_mode=blind_mode_name(project.blind_mode),
+        blind=project.blind,
         created_at=project.created_at,
         updated_at=project.updated_at,
         role=role,

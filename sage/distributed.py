@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -40,12 +41,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from sage.config import TrainConfig
 from sage.methods import Batch, create_task
 from sage.models import create_model
+from sage.recipes import plan_training
 from sage.training import (
     Cancelled,
     ProgressFn,
@@ -56,6 +59,7 @@ from sage.training import (
     build_optimizer,
     epoch_batches,
     prepare_data,
+    pretrained_file,
     resolve_device,
     save_model,
     seed_everything,
@@ -282,26 +286,32 @@ def fit_rank(
         device = torch.device("cuda", rank)
     seed_everything(config.seed, config.deterministic)
     data = prepare_data(config, data_dir)
-    model = create_model(config.backbone, len(data.labels), config.pretrained_path, config.image_size).to(
-        device
-    )
+    # The same set-up as `fit`: pretrained weights, the recipe's optimisation values.
+    pretrained = pretrained_file(config)
+    model = create_model(config.backbone, len(data.labels), pretrained, config.image_size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    counts = np.bincount(data.train.labels.numpy(), minlength=len(data.labels))
+    plan = plan_training(config, pretrained is not None, counts)
+    run_config = plan.config_for_training(config)
     task = create_task(model, config)
+    task.freeze_batchnorm = plan.freeze_batchnorm
+    if plan.class_weights is not None:
+        task.class_weights = torch.tensor(plan.class_weights, dtype=torch.float32)
     ddp = torch.nn.parallel.DistributedDataParallel(
         task,
         device_ids=[rank] if device.type == "cuda" else None,
         find_unused_parameters=True,  # methods skip their saliency branch on batches without maps
     )
-    sampler = DistributedBatchSampler(data.train, config, rank, world)
+    sampler = DistributedBatchSampler(data.train, run_config, rank, world)
     steps = len(sampler.global_batches(0))
-    optimizer, scheduler = build_optimizer(config, model, steps)
+    optimizer, scheduler = build_optimizer(run_config, model, steps, plan.backbone_lr_scale)
     cancel_file = control_dir / CANCEL_FILE
     flag = torch.zeros(1, device=device)
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
              "train_seconds": 0.0}  # fmt: skip
     best_weights = None
-    amp = config.amp and device.type == "cuda"
+    amp = run_config.amp and device.type == "cuda"
     train_clock = time.perf_counter()
     images_done = 0
     for epoch in range(1, config.epochs + 1):
@@ -316,7 +326,7 @@ def fit_rank(
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item() > 0:
                 raise Cancelled(f"cancelled at epoch {epoch}, step {step}")
-            full = to_batch(data.train, rows, device, config.augment)
+            full = to_batch(data.train, rows, device, run_config.augment)
             mine = sampler.shard(rows).to(device)
             batch = Batch(full.images[mine], full.saliency[mine], full.has_saliency[mine], full.labels[mine])
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
@@ -328,8 +338,8 @@ def fit_rank(
                 )
             optimizer.zero_grad(set_to_none=True)
             (loss * (len(mine) * world / len(rows))).backward()  # DDP averages: the global mean
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(task.parameters(), config.grad_clip)
+            if run_config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(task.parameters(), run_config.grad_clip)
             optimizer.step()
             scheduler.step()
             for key, value in result.items():
@@ -388,6 +398,7 @@ def fit_rank(
     if config.early_stopping_patience and best_weights is not None:
         model.load_state_dict(best_weights)
     metrics = _final_metrics(model, data, device, state)
+    metrics["recipe"] = dataclasses.asdict(plan)
     metrics["total_seconds"] = time.perf_counter() - started
     metrics["world_size"] = world
     save_model(out_dir / "model.pt", model, config, data.labels, metrics)

@@ -12,6 +12,8 @@ shifted by a pixel or two, never pixel-exact.
   (class mod 4), since at 32 px a grey level alone is too faint a shortcut to dominate.
 - decoy-texture: the shapes again, with a background whose stripe orientation and colour cast code
   the class (a global shortcut, like a scanner's texture or a site's colour cast).
+- dicom-radiographs: 12-bit chest-radiograph-like DICOM files (non-square, with a header window),
+  a faint round or linear opacity as the class and a burned-in laterality marker as the shortcut.
 
 `clean=True` writes the same images with the decoy present but random in every split, so the
 shortcut carries no information: training on it gives the ceiling. For a given seed the clean and
@@ -21,6 +23,8 @@ decoy datasets have identical objects and an identical test split.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import math
 import shutil
 from collections.abc import Callable
@@ -38,17 +42,26 @@ SPLIT_SHARES = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 
 @dataclass
 class Drawn:
-    image: np.ndarray  # (P, P, 3) uint8
-    mask: np.ndarray  # (P, P) float in [0, 1]: where the true feature is
+    image: np.ndarray | None  # (P, P, 3) uint8, written as PNG
+    mask: np.ndarray  # (H, W) float in [0, 1]: where the true feature is
+    dicom: bytes | None = None  # written as .dcm instead of `image` (dicom-radiographs)
 
 
 def make_dataset(
-    kind: str, out_dir: str | Path, n: int = 600, seed: int = 0, clean: bool = False, image_size: int = 64
+    kind: str,
+    out_dir: str | Path,
+    n: int = 600,
+    seed: int = 0,
+    clean: bool = False,
+    image_size: int = 64,
+    val_shortcut: bool = True,
 ) -> Path:
     """Write a synthetic dataset folder (labels.csv, images/, saliency/) and return its path.
 
     kind: one of `KINDS`. n: number of images (60% train, 20% val, 20% test, classes balanced).
-    clean: the decoy carries no class information in any split (the ceiling). The folder is
+    clean: the decoy carries no class information in any split (the ceiling). val_shortcut=False
+    makes the decoy random in the val split too (a validation split that rewards the object, not
+    the shortcut, for choosing hyperparameters); the images are otherwise identical. The folder is
     replaced if it exists and holds a previous synthetic dataset (a labels.csv); a non-empty folder
     without one is refused rather than overwritten.
     """
@@ -76,12 +89,18 @@ def make_dataset(
         y = int(ys[i])
         split = splits[i]
         random_class = int(rng.integers(len(classes)))  # the decoy's class when it is uninformative
-        decoy = y if split != "test" and not clean else random_class
+        coded = split == "train" or (split == "val" and val_shortcut)
+        decoy = y if coded and not clean else random_class
         drawn = draw(rng, image_size, y, decoy, digits)
         name = f"{kind}-{i:05d}"
-        Image.fromarray(drawn.image).save(out / "images" / f"{name}.png")
+        if drawn.dicom is not None:
+            file_name = f"{name}.dcm"
+            (out / "images" / file_name).write_bytes(drawn.dicom)
+        else:
+            file_name = f"{name}.png"
+            Image.fromarray(drawn.image).save(out / "images" / file_name)
         Image.fromarray(_human_saliency(drawn.mask, rng)).save(out / "saliency" / f"{name}.png")
-        rows.append((f"{name}.png", classes[y], split))
+        rows.append((file_name, classes[y], split))
     with (out / "labels.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["image", "label", "split"])
@@ -201,6 +220,47 @@ def _draw_decoy_digits(rng, p, y, decoy, digits) -> Drawn:
     return Drawn(np.clip(image, 0, 255).astype(np.uint8), (mask > 0.25).astype(np.float32))
 
 
+RADIOGRAPH_CLASSES = ("nodule", "streak")
+RADIOGRAPH_WINDOW = (1400.0, 1600.0)  # the "lung window" written into each file's VOI
+
+
+def _draw_radiograph(rng, p, y, decoy, digits) -> Drawn:
+    """A 12-bit chest-radiograph-like DICOM, P high and 5P/4 wide (not square): soft tissue, two
+    darker lung fields and ribs; the class is a faint opacity (+300 of 4096, a round nodule or a
+    linear streak) somewhere in a lung; the shortcut is a burned-in laterality marker (saturated
+    white block) whose corner (top or bottom left) codes the class in train/val and is random in test."""
+    h, w = p, (5 * p) // 4
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    body = 1700 + 250 * np.cos((xx / w - 0.5) * math.pi)
+    lungs = np.zeros((h, w), np.float32)
+    for cx in (0.3 * w, 0.7 * w):
+        lungs += np.exp(-((((xx - cx) / (0.17 * w)) ** 2 + ((yy - 0.55 * h) / (0.33 * h)) ** 2) ** 2))
+    ribs = 60 * np.sin(yy / h * 7 * math.pi + rng.uniform(0, 6.3)) * np.clip(lungs, 0, 1)
+    pixels = body - 650 * np.clip(lungs, 0, 1) + ribs + rng.normal(0, 40, (h, w))
+    # the finding: supersampled shape mask inside one lung
+    s = 4
+    canvas = Image.new("L", (w * s, h * s), 0)
+    d = ImageDraw.Draw(canvas)
+    cx = rng.uniform(0.22, 0.38) * w + (0.4 * w if rng.random() < 0.5 else 0.0)
+    cy = rng.uniform(0.4, 0.7) * h
+    if RADIOGRAPH_CLASSES[y] == "nodule":
+        r = rng.uniform(0.09, 0.12) * h
+        d.ellipse([(cx - r) * s, (cy - r) * s, (cx + r) * s, (cy + r) * s], fill=255)
+    else:
+        length, half = rng.uniform(0.22, 0.3) * h, 0.035 * h
+        a = rng.uniform(-0.6, 0.6) + math.pi / 2 * (rng.random() < 0.5)
+        c, sn = math.cos(a), math.sin(a)
+        corners = [(-length, -half), (length, -half), (length, half), (-length, half)]
+        d.polygon([((cx + u * c - v * sn) * s, (cy + u * sn + v * c) * s) for u, v in corners], fill=255)
+    mask = np.asarray(canvas.resize((w, h), Image.Resampling.BOX), dtype=np.float32) / 255.0
+    pixels += 300 * mask
+    size = max(3, p // 6)
+    y0 = 2 if decoy == 0 else h - size - 2  # top or bottom: a horizontal flip keeps the code
+    pixels[y0 : y0 + size, 2 : 2 + size] = 4095  # the burned-in marker
+    pixels = np.clip(np.rint(pixels), 0, 4095).astype(np.uint16)
+    return Drawn(None, mask, dicom=dicom_bytes(pixels, bits_stored=12, window=RADIOGRAPH_WINDOW))
+
+
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
@@ -225,4 +285,52 @@ KINDS: dict[str, tuple[Callable[..., Drawn], tuple[str, ...]]] = {
     "decoy-shapes": (_draw_decoy_shapes, SHAPES),
     "decoy-digits": (_draw_decoy_digits, tuple(str(d) for d in range(10))),
     "decoy-texture": (_draw_decoy_texture, SHAPES),
+    "dicom-radiographs": (_draw_radiograph, RADIOGRAPH_CLASSES),
 }
+
+
+def dicom_bytes(
+    pixels: np.ndarray,
+    *,
+    bits_stored: int = 12,
+    window: tuple[float, float] | None = None,
+    photometric: str = "MONOCHROME2",
+    modality: str = "DX",
+) -> bytes:
+    """A single-frame DICOM Part 10 file (explicit VR little endian) holding `pixels` (H, W) uint16.
+
+    For synthetic radiograph-like data, demos and tests: BitsAllocated 16, `bits_stored` bits
+    stored (values must fit), unsigned, no rescale, and the VOI window `window` (center, width)
+    when given. Uses pydicom's writer; nothing here decodes.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2 or pixels.min() < 0 or pixels.max() >= 2**bits_stored:
+        raise ValueError(f"pixels must be 2-D and fit in {bits_stored} unsigned bits")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(
+        entropy_srcs=[hashlib.sha256(pixels.tobytes()).hexdigest()]
+    )
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.PatientName = "SYNTHETIC^PHANTOM"
+    ds.PatientID = "SAGE-SYNTH"
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = float(window[0]), float(window[1])
+    ds.PixelData = np.ascontiguousarray(pixels.astype("<u2")).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

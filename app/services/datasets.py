@@ -20,6 +20,7 @@ snapshots, `export_zip_stream` streams it as a zip.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -38,10 +39,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.imaging import ImageError, decode_image, decode_mask, encode_mask, suffix_for
-from app.models import Annotation, Image, Project, User
+from app.models import Adjudication, Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
-from app.services.images import safe_name
+from app.services.images import pixel_fields, safe_name
+from app.services.study_io import import_study, study_facts, study_files
 from app.settings import Settings
 from app.storage import CHUNK, Storage
 from sage.labels_csv import LABELS_CSV, LabelRow, format_labels_csv, parse_labels_csv
@@ -229,6 +231,8 @@ def _parse_labels(data: bytes, project: Project, problems: _Problems) -> list[La
     parsed = parse_labels_csv(data, labels=project.labels, allow_unlabelled=True)
     for p in parsed.problems:
         problems.add(LABELS_CSV, p.message, p.line)
+    if "split" not in parsed.columns:  # no split given: the project draws one at training (`draw_splits`)
+        return [dataclasses.replace(r, split=None) for r in parsed.rows]
     return parsed.rows
 
 
@@ -283,7 +287,6 @@ def import_dataset(
                 problems.add(f"images/{row.image}", str(exc), row.line)
                 continue
             width, height, fmt = decoded.width, decoded.height, decoded.format
-            decoded.image.close()
             sha = hashlib.sha256(data).hexdigest()
             if sha in existing or sha in seen_sha:
                 n_existing += 1
@@ -305,10 +308,12 @@ def import_dataset(
                 except (ImageError, TooLarge, Invalid) as exc:
                     problems.add(f"saliency/{stem}.png", str(exc), row.line)
                     continue
-                mask_key = staging.put_bytes(encode_mask(mask), ".png")
+                if mask.any():  # a map that is zero everywhere is no map (label only)
+                    mask_key = staging.put_bytes(encode_mask(mask), ".png")
             key = staging.put_bytes(data, suffix_for(fmt))
             new_rows.append(
                 Image(
+                    **pixel_fields(decoded, staging),
                     project_id=project.id,
                     sha256=sha,
                     storage_key=key,
@@ -318,6 +323,7 @@ def import_dataset(
                     height=height,
                     size_bytes=len(data),
                     split=row.split,
+                    group=row.group,
                     import_label=row.label,
                     label=row.label,
                     import_saliency_key=mask_key,
@@ -328,16 +334,32 @@ def import_dataset(
             raise ImportRejected(problems.items, problems.truncated)
         session.add_all(new_rows)
         session.flush()
+        study = import_study(
+            session,
+            storage,
+            staging,
+            source,
+            root,
+            name_set,
+            project,
+            {r.original_name: r for r in new_rows},
+            problems,
+            settings.max_upload_bytes,
+        )
+        if problems.items:
+            session.rollback()
+            raise ImportRejected(problems.items, problems.truncated)
         report = {
             "imported": len(new_rows),
             "existing": n_existing,
             "with_saliency": sum(1 for r in new_rows if r.import_saliency_key),
             "labels": dict(Counter(r.label for r in new_rows if r.label)),
-            "splits": dict(Counter(r.split for r in new_rows)),
+            "splits": dict(Counter(r.split or "unassigned" for r in new_rows)),
             "ignored_files": sorted(
                 n[len(root) :] for n in names if n.startswith(root + "images/") and n not in listed
             )[:1000],
             "image_ids": [r.id for r in new_rows],
+            **study,
         }
         session.commit()
     return report
@@ -358,8 +380,10 @@ class DatasetEntry:
     width: int
     height: int
     saliency_keys: list[str]  # the annotators' current maps; else the imported map, if any
-    group: str | None = None  # written to labels.csv when set (no column stores it yet)
+    group: str | None = None  # written to labels.csv when set
     subtype: str | None = None  # likewise
+    readings: list[Any] = field(default_factory=list)  # app.services.study_io.Reading, per reader
+    adjudication: Any = None  # app.services.study_io.AdjudicatedEntry, when adjudicated
 
     @property
     def stem(self) -> str:
@@ -377,6 +401,8 @@ def dataset_entries(
     images = list(session.scalars(q.order_by(Image.id)))
     maps: dict[int, list[str]] = {}
     revisions: dict[str, int] = {}
+    adjudications: dict[str, int] = {}
+    adjudicated: dict[int, str] = {}
     ids = [img.id for img in images]
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
@@ -388,19 +414,45 @@ def dataset_entries(
             revisions[str(aid)] = rev
             if key:
                 maps.setdefault(image_id, []).append(key)
+        # An adjudicated map replaces the readers' mean (issue 12); a label-only adjudication does not.
+        for adj_id, image_id, rev, key in session.execute(
+            select(
+                Adjudication.id, Adjudication.image_id, Adjudication.revision, Adjudication.saliency_key
+            ).where(Adjudication.image_id.in_(chunk))
+        ):
+            adjudications[str(adj_id)] = rev
+            if key:
+                adjudicated[image_id] = key
     used_names: set[str] = set()
     used_stems: set[str] = set()
     entries = []
     for img in images:
         name = _export_name(img, used_names, used_stems)
-        keys = maps.get(img.id) or ([img.import_saliency_key] if img.import_saliency_key else [])
+        keys = (
+            [adjudicated[img.id]]
+            if img.id in adjudicated
+            else maps.get(img.id) or ([img.import_saliency_key] if img.import_saliency_key else [])
+        )
         entries.append(
             DatasetEntry(
-                img.id, name, img.storage_key, img.label, img.split or "train", img.width, img.height, keys
+                img.id,
+                name,
+                img.storage_key,
+                img.label,
+                img.split or "train",
+                img.width,
+                img.height,
+                keys,
+                group=img.group,
             )
         )
+    readings, adjudicated_entries = study_facts(session, ids)
+    for e in entries:
+        e.readings = readings.get(e.image_id, [])
+        e.adjudication = adjudicated_entries.get(e.image_id)
     lineage = {
         "annotations": revisions,
+        "adjudications": adjudications,
         "images": len(entries),
         "with_saliency": sum(1 for e in entries if e.saliency_keys),
         "labels": dict(Counter(e.label for e in entries if e.label)),
@@ -441,6 +493,64 @@ def entry_saliency_png(storage: Storage, entry: DatasetEntry) -> bytes | None:
     return encode_mask(consensus_of(arrays))
 
 
+# Shares of a project's labelled images `draw_splits` puts in each split (images without a split).
+SPLIT_SHARES = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+def draw_splits(session: Session, project: Project, shares: dict[str, float] | None = None) -> dict[str, int]:
+    """Give every labelled image of `project` that has no split one, once (flushes; the caller
+    commits). Returns how many images each split received.
+
+    Splits are fixed once drawn: an image that has a split keeps it, so a project's test and
+    validation images stay the same from run to run and models are compared on the same images.
+    A group (patient, subject, device) never spans splits: an image whose group already has a
+    split joins it; a new group (or an ungrouped image) is one unit, assigned in a deterministic
+    order (a hash of the project and the unit) to the split furthest below its share among the
+    images of the unit's majority label, which keeps the splits stratified as the project grows.
+    """
+    shares = shares or SPLIT_SHARES
+    images = list(
+        session.scalars(
+            select(Image).where(Image.project_id == project.id, Image.label.is_not(None)).order_by(Image.id)
+        )
+    )
+    units: dict[str, list[Image]] = {}
+    for img in images:
+        units.setdefault(f"g:{img.group}" if img.group else f"i:{img.id}", []).append(img)
+    counts: dict[str, Counter] = {}
+    for img in images:
+        if img.split:
+            counts.setdefault(img.label, Counter())[img.split] += 1
+    drawn: Counter = Counter()
+
+    def assign(members: list[Image], split: str) -> None:
+        for img in members:
+            if not img.split:
+                img.split = split
+                counts.setdefault(img.label, Counter())[split] += 1
+                drawn[split] += 1
+
+    fresh = []
+    for key, members in units.items():
+        if all(img.split for img in members):
+            continue
+        given = Counter(img.split for img in members if img.split)
+        if given:  # the group already has a split: the rest of it joins that split
+            assign(members, given.most_common(1)[0][0])
+        else:
+            fresh.append(key)
+    fresh.sort(key=lambda key: hashlib.sha256(f"{project.id}:{key}".encode()).hexdigest())
+    for key in fresh:
+        members = units[key]
+        label = Counter(img.label for img in members).most_common(1)[0][0]
+        have = counts.get(label, Counter())
+        total = sum(have.values()) + len(members)
+        split = max(shares, key=lambda s: (shares[s] * total - have[s], -list(shares).index(s)))
+        assign(members, split)
+    session.flush()
+    return dict(drawn)
+
+
 def write_dataset_folder(
     session: Session, storage: Storage, project: Project, out_dir: Path, *, only_labelled: bool = True
 ) -> dict[str, Any]:
@@ -468,6 +578,9 @@ def write_dataset_folder(
     with ThreadPoolExecutor(max_workers=SNAPSHOT_THREADS) as pool:
         for _ in pool.map(write_entry, entries):
             pass
+    for path, data in study_files(storage, entries):
+        (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / path).write_bytes(data)
     (out_dir / LABELS_CSV).write_bytes(labels_csv(entries))
     return lineage
 
@@ -518,5 +631,9 @@ def export_zip_stream(
             png = entry_saliency_png(storage, e)
             if png is not None:
                 zf.writestr(_zip_info(f"{folder}/saliency/{e.stem}.png"), png, zipfile.ZIP_STORED)
+            yield sink.drain()
+        for path, data in study_files(storage, entries):
+            method = zipfile.ZIP_DEFLATED if path.endswith(".csv") else zipfile.ZIP_STORED
+            zf.writestr(_zip_info(f"{folder}/{path}"), data, method)
             yield sink.drain()
     yield sink.drain()

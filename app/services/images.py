@@ -12,15 +12,19 @@ import binascii
 import hashlib
 import random
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, exists, func, not_, select
+import numpy as np
+from sqlalchemy import and_, exists, func, not_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.imaging import decode_image
+from app.imaging import DecodedImage, decode_image
 from app.models import (
+    Adjudication,
     Annotation,
     AnnotationRevision,
     Image,
@@ -30,10 +34,13 @@ from app.models import (
     User,
 )
 from app.services.errors import BadRequest, Invalid
-from app.storage import Storage
+from app.storage import Staging, Storage
+from sage import imageio
 
 SPLITS = ("train", "val", "test")
-DEFAULT_SPLIT = "train"
+# An image uploaded without a split has none until the project's first training run after it draws
+# one (`app.services.datasets.draw_splits`), which is then kept.
+DEFAULT_SPLIT = None
 NEXT_POLICIES = ("sequential", "random", "uncertainty", "misalignment")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
@@ -56,7 +63,7 @@ def check_label(project: Project, label: str | None) -> str | None:
     return label
 
 
-def check_split(split: str | None) -> str:
+def check_split(split: str | None) -> str | None:
     if split is None or split == "":
         return DEFAULT_SPLIT
     if split not in SPLITS:
@@ -79,6 +86,7 @@ def upload_images(
     *,
     label: str | None = None,
     split: str | None = None,
+    group: str | None = None,
     max_pixels: int,
 ) -> list[tuple[Image, bool]]:
     """Add images to a project, all or nothing (commits). Returns (image, created) per file, in order.
@@ -95,10 +103,9 @@ def upload_images(
     for f in files:
         image = decode_image(f.data, max_pixels=max_pixels, what=f"file {safe_name(f.name) or '(unnamed)'!r}")
         decoded.append((f, image, hashlib.sha256(f.data).hexdigest()))
-        image.image.close()
     for attempt in range(2):
         try:
-            return _insert_images(session, storage, project, uploader, decoded, label, split)
+            return _insert_images(session, storage, project, uploader, decoded, label, split, group)
         except IntegrityError:
             # The same bytes were uploaded concurrently: the second pass answers their row.
             session.rollback()
@@ -107,7 +114,9 @@ def upload_images(
     raise AssertionError("unreachable")
 
 
-def _insert_images(session, storage, project, uploader, decoded, label, split) -> list[tuple[Image, bool]]:
+def _insert_images(
+    session, storage, project, uploader, decoded, label, split, group=None
+) -> list[tuple[Image, bool]]:
     shas = {sha for _, _, sha in decoded}
     existing = {
         img.sha256: img
@@ -127,6 +136,7 @@ def _insert_images(session, storage, project, uploader, decoded, label, split) -
                 continue
             key = staging.put_bytes(f.data, image.suffix)
             row = Image(
+                **pixel_fields(image, staging),
                 project_id=project.id,
                 sha256=sha,
                 storage_key=key,
@@ -136,6 +146,7 @@ def _insert_images(session, storage, project, uploader, decoded, label, split) -
                 height=image.height,
                 size_bytes=len(f.data),
                 split=split,
+                group=group,
                 import_label=label,
                 label=label,
                 uploaded_by_id=uploader.id if uploader else None,
@@ -146,6 +157,124 @@ def _insert_images(session, storage, project, uploader, decoded, label, split) -
         session.flush()
         session.commit()
     return results
+
+
+# --- decoded pixels -------------------------------------------------------------------------------
+
+
+def pixel_fields(decoded: DecodedImage, staging: Staging | Storage) -> dict:
+    """The Image columns that describe decoded pixels, the array stored (.npy) through `staging`."""
+    header = decoded.header_window
+    center, width = decoded.default_window()
+    return {
+        "array_key": staging.put_bytes(imageio.array_to_npy(decoded.pixels), ".npy"),
+        "bit_depth": decoded.bit_depth,
+        "photometric": decoded.photometric,
+        "channels": decoded.channels,
+        "window_center": float(center),
+        "window_width": float(width),
+        "pixel_info": {
+            "header_window": [float(header[0]), float(header[1])] if header else None,
+            "auto_window": [float(v) for v in decoded.auto_window()],
+            "full_window": [float(v) for v in decoded.full_window()],
+            "dtype": str(decoded.pixels.dtype),
+            "source": {k: v for k, v in decoded.info.items() if isinstance(v, str | int | float)},
+        },
+    }
+
+
+def pixel_array(session: Session, storage: Storage, image: Image) -> np.ndarray:
+    """The image's decoded pixels at full precision (the stored .npy).
+
+    Rows from before migration 0004 (or whose array object is missing) are decoded from their
+    original once here, and the array and its columns are stored and committed: a lazy backfill.
+    """
+    if image.array_key:
+        try:
+            return imageio.npy_to_array(storage.path(image.array_key))
+        except FileNotFoundError:
+            pass
+    decoded = decode_image(storage.read_bytes(image.storage_key), max_pixels=2**62, what=f"image {image.id}")
+    for column, value in pixel_fields(decoded, storage).items():
+        setattr(image, column, value)
+    session.commit()
+    return decoded.pixels
+
+
+def decoded_of(session: Session, storage: Storage, image: Image) -> imageio.DecodedArray:
+    """The stored pixels with their metadata, as the decoder gave them at upload (for prediction)."""
+    pixels = pixel_array(session, storage, image)
+    header = (image.pixel_info or {}).get("header_window")
+    return imageio.DecodedArray(
+        pixels,
+        image.format,
+        int(image.bit_depth or 8),
+        image.photometric or ("RGB" if pixels.ndim == 3 else "MONOCHROME2"),
+        (float(header[0]), float(header[1])) if header else None,
+    )
+
+
+def display_window(image: Image) -> tuple[float, float]:
+    """The image's default window (center, width); rows not yet backfilled: the 8-bit full range."""
+    if image.window_center is None or image.window_width is None:
+        return 128.0, 256.0
+    return float(image.window_center), float(image.window_width)
+
+
+class _RenderCache:
+    """Recent display renderings by (content hash, window, invert), up to `budget` bytes in total."""
+
+    def __init__(self, budget: int = 128 * 1024 * 1024) -> None:
+        self.budget = budget
+        self.items: OrderedDict[tuple, bytes] = OrderedDict()
+        self.size = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple) -> bytes | None:
+        with self.lock:
+            data = self.items.get(key)
+            if data is not None:
+                self.items.move_to_end(key)
+            return data
+
+    def put(self, key: tuple, data: bytes) -> None:
+        with self.lock:
+            if key in self.items or len(data) > self.budget // 4:
+                return
+            self.items[key] = data
+            self.size += len(data)
+            while self.size > self.budget:
+                _, old = self.items.popitem(last=False)
+                self.size -= len(old)
+
+
+RENDERS = _RenderCache()
+
+
+def display_png(
+    session: Session,
+    storage: Storage,
+    image: Image,
+    center: float | None = None,
+    width: float | None = None,
+    invert: bool = False,
+) -> tuple[bytes, tuple[float, float]]:
+    """The image rendered through a window as an 8-bit PNG at full size, and the window used.
+
+    No window given: the image's default window. Renderings are cached per content hash and window.
+    """
+    if center is None or width is None:
+        if image.array_key is None:
+            pixel_array(session, storage, image)  # backfill first, so the default window is known
+        center, width = display_window(image)
+    key = (image.sha256, float(center), float(width), bool(invert))
+    cached = RENDERS.get(key)
+    if cached is not None:
+        return cached, (center, width)
+    pixels = pixel_array(session, storage, image)
+    data = imageio.encode_png(imageio.render_8bit(pixels, center, width, invert))
+    RENDERS.put(key, data)
+    return data, (center, width)
 
 
 # --- listing ---------------------------------------------------------------------------------------
@@ -183,8 +312,18 @@ def list_images(
     split: str | None = None,
     annotated_by_me: bool | None = None,
     label: str | None = None,
+    blind: bool = False,
+    reader_id: int | None = None,
+    status: str | None = None,
+    label_disagreement: bool | None = None,
+    max_agreement: float | None = None,
+    prediction: str | None = None,
+    min_uncertainty: float | None = None,
 ) -> tuple[list[Image], str | None]:
-    """One page of the project's images in id order (keyset pagination) and the next cursor."""
+    """One page of the project's images in id order (keyset pagination) and the next cursor.
+
+    `blind`: the caller reads blind, so `label` matches the readers' label only on images they
+    have read themselves and the import label elsewhere (the filter must not reveal others' labels)."""
     q = select(Image).where(Image.project_id == project.id)
     if cursor:
         q = q.where(Image.id > decode_cursor(cursor))
@@ -194,25 +333,98 @@ def list_images(
         q = q.where(Image.annotation_count > 0 if annotated else Image.annotation_count == 0)
     if split is not None:
         q = q.where(Image.split == check_split(split))
-    if label is not None:
+    if label is not None and blind:
+        read = exists().where(
+            Annotation.author_id == user.id, Annotation.image_id == Image.id, Annotation.status != "skipped"
+        )
+        q = q.where(or_(and_(read, Image.label == label), and_(not_(read), Image.import_label == label)))
+    elif label is not None:
         q = q.where(Image.label == label)
     if annotated_by_me is not None:
         q = q.where(_done_by(user.id) if annotated_by_me else not_(_done_by(user.id)))
+    q = _study_filters(
+        session, project, q, reader_id, status, label_disagreement, max_agreement, prediction, min_uncertainty
+    )
     rows = list(session.scalars(q.order_by(Image.id).limit(limit + 1)))
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 
+def _study_filters(
+    session, project, q, reader_id, status, label_disagreement, max_agreement, prediction, min_uncertainty
+):
+    """The image browser's filters (issue 12): read by whom, a reading status, label disagreement,
+    map agreement at most, the active model's prediction right or wrong, uncertainty at least."""
+    if reader_id is not None or status is not None:
+        cond = [Annotation.image_id == Image.id]
+        if reader_id is not None:
+            cond.append(Annotation.author_id == reader_id)
+        if status is not None:
+            cond.append(Annotation.status == status)
+        q = q.where(exists().where(*cond))
+    if label_disagreement is not None:
+        n_labels = (
+            select(func.count(func.distinct(Annotation.label)))
+            .where(Annotation.image_id == Image.id, Annotation.status != "skipped")
+            .scalar_subquery()
+        )
+        q = q.where(n_labels > 1 if label_disagreement else n_labels <= 1)
+    if max_agreement is not None:
+        q = q.where(Image.agreement_iou <= max_agreement)
+    if prediction is not None or min_uncertainty is not None:
+        model_id = session.scalar(
+            select(ModelVersion.id).where(ModelVersion.project_id == project.id, ModelVersion.active).limit(1)
+        )
+        q = q.join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == (model_id or -1)))
+        if prediction == "correct":
+            q = q.where(Image.label.is_not(None), Prediction.label == Image.label)
+        elif prediction == "wrong":
+            q = q.where(Image.label.is_not(None), Prediction.label != Image.label)
+        if min_uncertainty is not None:
+            q = q.where(Prediction.uncertainty >= min_uncertainty)
+    return q
+
+
 # --- next --------------------------------------------------------------------------------------------
+
+
+def _open_for(project: Project, user: User) -> list:
+    """Conditions of an image `next` may give the reader: they neither read nor skipped it, and it
+    still has fewer readers than the project wants (`readers_per_image`; skips are not reads)."""
+    return [not_(_done_by(user.id)), Image.annotation_count < _wanted(project)]
+
+
+def _wanted(project: Project):
+    """Readers an image wants: its own `readers_wanted` (set by re-queueing), else the project's k."""
+    return func.coalesce(Image.readers_wanted, max(1, project.readers_per_image or 1))
 
 
 def _first_unfinished(session: Session, project: Project, user: User, *conditions) -> Image | None:
     return session.scalar(
         select(Image)
-        .where(Image.project_id == project.id, not_(_done_by(user.id)), *conditions)
+        .where(Image.project_id == project.id, *_open_for(project, user), *conditions)
         .order_by(Image.id)
         .limit(1)
     )
+
+
+def _first_skipped(session: Session, project: Project, user: User, after: int | None) -> Image | None:
+    """The reader's skipped images come back at the end of their queue, the oldest skip first
+    (the image just skipped, `after`, last of all), while they still need readers."""
+    q = (
+        select(Image)
+        .join(Annotation, and_(Annotation.image_id == Image.id, Annotation.author_id == user.id))
+        .where(
+            Image.project_id == project.id,
+            Annotation.status == "skipped",
+            Image.annotation_count < _wanted(project),
+        )
+    )
+    if after is not None:
+        first = session.scalar(q.where(Image.id != after).order_by(Annotation.updated_at, Image.id).limit(1))
+        if first is not None:
+            return first
+    return session.scalar(q.order_by(Annotation.updated_at, Image.id).limit(1))
 
 
 def _by_prediction(
@@ -235,7 +447,7 @@ def _by_prediction(
     q = (
         select(Image)
         .join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == model_id))
-        .where(Image.project_id == project.id, not_(_done_by(user.id)), *cond)
+        .where(Image.project_id == project.id, *_open_for(project, user), *cond)
     )
     if after is not None:
         q = q.where(Image.id != after)
@@ -245,13 +457,24 @@ def _by_prediction(
 def next_image(
     session: Session, project: Project, user: User, *, policy: str | None = None, after: int | None = None
 ) -> tuple[Image | None, str]:
-    """The caller's next image to annotate, never one they already annotated; (image, policy used).
+    """The caller's next image to read; (image, policy used). Never one they already read, nor one
+    that already has the project's `readers_per_image` readers; the images they skipped come back
+    once nothing else is left (`_first_skipped`).
 
     sequential: the first unfinished image after `after` (the image being skipped), wrapping
     around; random: a uniformly random pivot id, then the first unfinished image from there;
     uncertainty / misalignment: ordered by the active model's stored predictions, falling back
     to sequential when there is no active model or no prediction left.
     """
+    image, used = _next_unread(session, project, user, policy=policy, after=after)
+    if image is None:
+        image = _first_skipped(session, project, user, after)
+    return image, used
+
+
+def _next_unread(
+    session: Session, project: Project, user: User, *, policy: str | None, after: int | None
+) -> tuple[Image | None, str]:
     policy = policy or project.next_policy or "sequential"
     if policy not in NEXT_POLICIES:
         raise Invalid(f"unknown policy {policy!r}; use one of {', '.join(NEXT_POLICIES)}")
@@ -291,12 +514,14 @@ def object_keys_of_images(session: Session, image_ids: Iterable[int]) -> set[str
     ids = list(image_ids)
     keys: set[str] = set()
     for chunk in _chunks(ids, 500):
-        for key, imp in session.execute(
-            select(Image.storage_key, Image.import_saliency_key).where(Image.id.in_(chunk))
+        for key, imp, arr in session.execute(
+            select(Image.storage_key, Image.import_saliency_key, Image.array_key).where(Image.id.in_(chunk))
         ):
             keys.add(key)
             if imp:
                 keys.add(imp)
+            if arr:
+                keys.add(arr)
         keys.update(
             session.scalars(
                 select(AnnotationRevision.saliency_key)
@@ -320,6 +545,7 @@ def referenced_keys(session: Session, keys: Sequence[str]) -> set[str]:
     used: set[str] = set()
     for chunk in _chunks(list(keys), 500):
         used.update(session.scalars(select(Image.storage_key).where(Image.storage_key.in_(chunk))))
+        used.update(session.scalars(select(Image.array_key).where(Image.array_key.in_(chunk))))
         used.update(
             session.scalars(select(Image.import_saliency_key).where(Image.import_saliency_key.in_(chunk)))
         )
@@ -374,7 +600,10 @@ def set_image_fields(
         image.import_label = None
     elif import_label is not None:
         image.import_label = check_label(project, import_label)
-    votes = session.scalars(select(Annotation.label).where(Annotation.image_id == image.id)).all()
-    image.label = resolve_label(votes, image.import_label, project.labels)
+    votes = session.scalars(
+        select(Annotation.label).where(Annotation.image_id == image.id, Annotation.status != "skipped")
+    ).all()
+    adjudicated = session.scalar(select(Adjudication.label).where(Adjudication.image_id == image.id))
+    image.label = adjudicated or resolve_label(votes, image.import_label, project.labels)
     session.commit()
     return image

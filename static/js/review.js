@@ -12,9 +12,18 @@ function card(title, meta, mapUrl) {
   return el(
     "article",
     { class: "map-card" },
-    mapPicture(image.file_url, mapUrl, `${title}: saliency over the image`),
+    mapPicture(image.display_url, mapUrl, `${title}: saliency over the image`),
     el("div", { class: "meta" }, el("strong", { text: title }), el("span", { class: "small muted" }, meta)),
   );
+}
+
+/** One reader's annotation in words: label, "label only, no map", status and comment. */
+function annotationMeta(a) {
+  const parts = [a.label ?? "no label"];
+  if (!a.has_saliency) parts.push("label only, no map");
+  if (a.status && a.status !== "done") parts.push(a.comment ? `${a.status}: ${a.comment}` : a.status);
+  parts.push(`rev ${a.revision}`, fmtTime(a.updated_at));
+  return parts.join(" · ");
 }
 
 async function main() {
@@ -35,7 +44,7 @@ async function main() {
     );
     for (const a of data.annotations) {
       cards.push(
-        card(a.author, `${a.label ?? "no label"} · rev ${a.revision} · ${fmtTime(a.updated_at)}`, a.has_saliency ? a.saliency_url : null),
+        card(a.author, annotationMeta(a), a.has_saliency ? a.saliency_url : null),
       );
     }
   } catch (err) {

@@ -108,7 +108,9 @@ def put_annotation(client, headers, iid: int, *, label=None, saliency: bytes | N
 
 
 def stored_objects(settings) -> list:
-    """Every stored object's key (staging and temporary objects excluded), whichever the backend."""
+    """A local path of every stored object (staging and temporary objects excluded), whichever the
+    backend: the file itself in the local folder, a scratch-cache copy for S3."""
     from app.storage import get_storage
 
-    return sorted(get_storage(settings).iter_keys())
+    storage = get_storage(settings)
+    return sorted(storage.path(key) for key in storage.iter_keys())

@@ -81,7 +81,8 @@ def test_cancel_stops_every_rank(shapes_dir, tiny_config, tmp_path):
         if not asked:
             asked.append(time.monotonic())
 
-    with pytest.raises(Cancelled):
+    # A long grace: the ranks must stop by themselves (the flag), not be killed after the grace.
+    with pytest.raises(Cancelled, match="every rank stopped"):
         fit_distributed(
             tiny_config(epochs=500, batch_size=8, progress_every=1),
             shapes_dir,
@@ -90,8 +91,9 @@ def test_cancel_stops_every_rank(shapes_dir, tiny_config, tmp_path):
             progress=progress,
             should_cancel=lambda: bool(asked),
             started=pids.extend,
+            cancel_grace_s=120,
         )
-    assert time.monotonic() - asked[0] < 10
+    assert time.monotonic() - asked[0] < 30  # seconds even on a loaded shared machine
     assert len(pids) == 2 and all(_gone(pid) for pid in pids)
     assert not (tmp_path / "model.pt").exists()
 
