@@ -16,6 +16,7 @@ from sqlalchemy import select
 from app.models import ModelVersion, TrainingRun
 from tests.conftest import REDIS_HOST, REDIS_PORT, _truncate_all, free_port, require_service
 from tests.worker.conftest import (
+    FAILED,
     LABELS,
     REDIS_DB_WORKER,
     ROOT,
@@ -75,7 +76,7 @@ def fleet(tmp_path, request, s3_storage_url, s3_endpoint):
     finally:
         for proc in procs.values():
             proc.stop_all()
-        if request.node.stash.get(__import__("tests.worker.conftest", fromlist=["FAILED"]).FAILED, False):
+        if request.node.stash.get(FAILED, False):
             for proc in procs.values():
                 print(proc.dump_logs())
         _truncate_all(database_url)
