@@ -223,19 +223,36 @@ def window_to_unit(pixels: np.ndarray, center: float, width: float, invert: bool
     c - 0.5 - (w - 1)/2 are black, from c - 0.5 + (w - 1)/2 on white, linear in between."""
     span = max(float(width) - 1.0, 1e-6)
     lo = float(center) - 0.5 - span / 2.0
-    out = (pixels.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / span)
+    out = pixels.astype(np.float32)  # the one float copy; everything after is in place
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / span)
     np.clip(out, 0.0, 1.0, out=out)
     if invert:
         np.subtract(1.0, out, out=out)
     return out
 
 
+RENDER_CHUNK_PIXELS = 1 << 18  # values per float32 block: 1 MiB of scratch whatever the image size
+
+
 def render_8bit(pixels: np.ndarray, center: float, width: float, invert: bool = False) -> np.ndarray:
-    """uint8 rendering of `pixels` through the window (same shape)."""
-    unit = window_to_unit(pixels, center, width, invert)
-    unit *= 255.0
-    unit += 0.5
-    return unit.astype(np.uint8)
+    """uint8 rendering of `pixels` through the window (same shape).
+
+    Rendered a block of rows at a time into the uint8 result, so the float32 scratch stays at
+    `RENDER_CHUNK_PIXELS` values instead of a full-size copy (a 2048x2048 16-bit image costs its
+    4 MiB result plus 1 MiB, not 16 MiB of floats on top); `pixels` may be a memory-mapped array.
+    """
+    out = np.empty(pixels.shape, dtype=np.uint8)
+    if pixels.size == 0:
+        return out
+    per_row = max(1, pixels.size // max(1, pixels.shape[0]))
+    step = max(1, RENDER_CHUNK_PIXELS // per_row)
+    for start in range(0, pixels.shape[0], step):
+        unit = window_to_unit(pixels[start : start + step], center, width, invert)
+        unit *= 255.0
+        unit += 0.5
+        out[start : start + step] = unit  # float to uint8 by truncation, as astype did
+    return out
 
 
 def encode_png(rendered: np.ndarray, compress_level: int = 1) -> bytes:
@@ -258,11 +275,12 @@ def array_to_npy(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def npy_to_array(data_or_path) -> np.ndarray:
-    """An array written by `array_to_npy`, from bytes or a path."""
+def npy_to_array(data_or_path, mmap: bool = False) -> np.ndarray:
+    """An array written by `array_to_npy`, from bytes or a path (read-only memory-mapped with
+    `mmap`, for a path: a render then reads the rows it needs instead of a full copy)."""
     if isinstance(data_or_path, bytes | bytearray):
         return np.load(io.BytesIO(data_or_path), allow_pickle=False)
-    return np.load(data_or_path, allow_pickle=False)
+    return np.load(data_or_path, allow_pickle=False, mmap_mode="r" if mmap else None)
 
 
 # --- Pillow formats ---------------------------------------------------------------------------------

@@ -277,9 +277,10 @@ def image_file(image: ImageViewer, storage: StorageDep, settings: SettingsDep) -
         200: {"content": {"image/png": {}}, "description": "8-bit PNG at the image's full size"},
         304: {"description": "the rendering named in If-None-Match has not changed"},
         422: {"description": "center without width (or the reverse), or a bad value"},
+        503: {"description": "too many renders at once; retry after Retry-After"},
     },
 )
-def display_png(
+async def display_png(
     request: Request,
     image: ImageViewer,
     session: SessionDep,
@@ -291,10 +292,13 @@ def display_png(
     """The image through a display window (`center`, `width` in the stored pixel values, DICOM's
     linear function) as an 8-bit PNG of the image's size; without them, the image's default
     window (the file's own window, else the 0.5 to 99.5 percentile range, else 8-bit full range).
-    Cached by the browser per (image content, window): the ETag names both."""
+    Cached by the browser per (image content, window): the ETag names both. Renders run a bounded
+    number at a time (503 with Retry-After when the server stays busy)."""
     if (center is None) != (width is None):
         raise Invalid("give both center and width, or neither for the image's default window")
-    data, (c, w) = image_service.display_png(session, storage, image, center, width, bool(invert))
+    data, (c, w) = await request.app.state.render_limiter.run(
+        image_service.display_png, session, storage, image, center, width, bool(invert)
+    )
     etag = f'"{image.sha256}-{c:.6g}-{w:.6g}-{invert}"'
     explicit = center is not None
     headers = {

@@ -211,15 +211,16 @@ def pixel_fields(decoded: DecodedImage, staging: Staging | Storage) -> dict:
     }
 
 
-def pixel_array(session: Session, storage: Storage, image: Image) -> np.ndarray:
-    """The image's decoded pixels at full precision (the stored .npy).
+def pixel_array(session: Session, storage: Storage, image: Image, mmap: bool = False) -> np.ndarray:
+    """The image's decoded pixels at full precision (the stored .npy; read-only memory-mapped with
+    `mmap`).
 
     Rows from before migration 0004 (or whose array object is missing) are decoded from their
     original once here, and the array and its columns are stored and committed: a lazy backfill.
     """
     if image.array_key:
         try:
-            return imageio.npy_to_array(storage.path(image.array_key))
+            return imageio.npy_to_array(storage.path(image.array_key), mmap=mmap)
         except FileNotFoundError:
             pass
     decoded = decode_image(storage.read_bytes(image.storage_key), max_pixels=2**62, what=f"image {image.id}")
@@ -290,6 +291,8 @@ def display_png(
     """The image rendered through a window as an 8-bit PNG at full size, and the window used.
 
     No window given: the image's default window. Renderings are cached per content hash and window.
+    Memory is bounded: the stored array is memory-mapped and rendered a block of rows at a time
+    (`imageio.render_8bit`), so a request holds the 8-bit result, not float copies of the image.
     """
     if center is None or width is None:
         if image.array_key is None:
@@ -299,8 +302,9 @@ def display_png(
     cached = RENDERS.get(key)
     if cached is not None:
         return cached, (center, width)
-    pixels = pixel_array(session, storage, image)
+    pixels = pixel_array(session, storage, image, mmap=True)
     data = imageio.encode_png(imageio.render_8bit(pixels, center, width, invert))
+    del pixels
     RENDERS.put(key, data)
     return data, (center, width)
 

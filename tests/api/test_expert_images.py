@@ -201,3 +201,19 @@ def test_image_size_defaults_by_backbone_and_coarse_cams_are_422(client, make_us
     assert bad.status_code == 422 and "smallest image_size for 7x7 is 224" in bad.json()["detail"]
     tiny = client.post("/api/v1/projects", headers=h, json={"name": "t", "labels": ["a", "b"]})
     assert tiny.json()["image_size"] == 64
+
+
+def test_display_goes_through_the_render_limiter(app, client, setup):
+    """display.png is a heavy render: with every render slot taken it answers 503 + Retry-After
+    (declared in the schema) instead of rendering one more full-size image."""
+    from app.hardening import RenderLimiter
+
+    project, h = setup
+    iid = upload(client, h, project.id, [("a.png", noise_png(16, 12))]).json()["images"][0]["id"]
+    assert client.get(f"/api/v1/images/{iid}/display.png", headers=h).status_code == 200
+    app.state.render_limiter = RenderLimiter(slots=0, wait_s=0)  # saturated
+    r = client.get(f"/api/v1/images/{iid}/display.png", params={"center": 100, "width": 50}, headers=h)
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
+    assert "busy" in r.json()["detail"]
+    declared = app.openapi()["paths"]["/api/v1/images/{iid}/display.png"]["get"]["responses"]
+    assert "503" in declared

@@ -200,3 +200,23 @@ def test_dicom_is_sniffed_by_content_even_with_a_tiff_like_preamble():
     with pytest.raises(imageio.DecodeError) as e:
         imageio.decode(b"not an image at all" * 10)
     assert e.value.status_code == 415
+
+
+def test_render_8bit_of_a_large_16bit_image_is_chunked_and_exact():
+    """A 2048x2048 16-bit render holds its uint8 result plus a bounded float block, not a full
+    float32 copy of the image (16 MiB), and gives the same pixels as the whole-array formula."""
+    import tracemalloc
+
+    pixels = np.random.default_rng(3).integers(0, 4096, (2048, 2048), dtype=np.uint16)
+    tracemalloc.start()
+    try:
+        shown = imageio.render_8bit(pixels, 2000.0, 1000.0, invert=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < shown.nbytes + 4 * imageio.RENDER_CHUNK_PIXELS * 3, peak
+    span = 999.0
+    reference = np.clip((pixels.astype(np.float32) - np.float32(2000.0 - 0.5 - span / 2)) / span, 0, 1)
+    reference = ((1.0 - reference) * 255.0 + 0.5).astype(np.uint8)
+    assert np.abs(shown.astype(int) - reference.astype(int)).max() <= 1
+    assert (shown == reference).mean() > 0.999
