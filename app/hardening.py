@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -251,6 +252,39 @@ class RenderLimiter:
             return await awaitable
         finally:
             sem.release()
+
+
+class PendingPredicts:
+    """Asynchronous predicts this web process sent and that have not finished, per project, so a
+    project's queue of them is capped (`SAGE_MAX_QUEUED_JOBS_PER_PROJECT`). One is pending until
+    its result is ready or its message expired (the worker drops it unrun after that)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, list[tuple[float, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def count(self, project_id: int) -> int:
+        """Pending predicts of the project; forgets finished and expired ones (asks the result
+        backend, so call it from a worker thread)."""
+        import time
+
+        now = time.monotonic()
+        with self._lock:
+            entries = list(self._pending.get(project_id, ()))
+        alive = [(deadline, result) for deadline, result in entries if deadline > now and not result.ready()]
+        with self._lock:
+            kept = [e for e in self._pending.get(project_id, ()) if e not in entries or e in alive]
+            if kept:
+                self._pending[project_id] = kept
+            else:
+                self._pending.pop(project_id, None)
+            return len(kept)
+
+    def add(self, project_id: int, result: Any, expires_s: float) -> None:
+        import time
+
+        with self._lock:
+            self._pending.setdefault(project_id, []).append((time.monotonic() + expires_s, result))
 
 
 class AllowHeaderMiddleware:

@@ -15,6 +15,7 @@ from app.db import check_ready, make_engine, make_session_factory
 from app.hardening import (
     AllowHeaderMiddleware,
     BodyLimitMiddleware,
+    PendingPredicts,
     RenderLimiter,
     SecurityHeadersMiddleware,
 )
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.state.render_limiter = RenderLimiter(settings.render_slots, settings.render_wait_s)
     app.state.predict_limiter = RenderLimiter(settings.predict_max_waiting, 0.0)
+    app.state.pending_predicts = PendingPredicts()
     install_metrics(app)
     # Added last = outermost: the body limit runs before metrics, routes and authentication.
     app.add_middleware(AllowHeaderMiddleware, fastapi_app=app)

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     render_wait_s: float = Field(default=10.0, ge=0)
     # Synchronous predicts waiting for a worker at once per web process (they hold no thread).
     predict_max_waiting: int = Field(default=64, ge=1)
+    # Background work a project may have queued or running at once: export and batch-predict jobs
+    # (rows not touched for 15 min count as abandoned), and asynchronous predicts per web process.
+    # Beyond it: 429 with Retry-After. Training runs are one queued or running per project.
+    max_queued_jobs_per_project: int = Field(default=20, ge=1)
     # Longest side of an image rendered for display (overlays): bigger images are downscaled first.
     display_max_side: int = Field(default=1024, ge=64)
     # /metrics: when set, scrapes must send `Authorization: Bearer <metrics_token>`.

@@ -117,6 +117,7 @@ def _zip_response(storage, key: str, filename: str, sha256: str | None) -> Strea
         404: {"description": "no such model"},
         409: {"description": "the last export of this format failed (retry=true builds it again)"},
         422: {"description": "unknown format"},
+        429: {"description": "the project's queue of jobs is full; retry after Retry-After"},
     },
 )
 def download_model(
@@ -125,6 +126,7 @@ def download_model(
     session: SessionDep,
     storage: StorageDep,
     request: Request,
+    settings: SettingsDep,
     format: Annotated[str, Query(pattern="^(torchscript|onnx|state_dict)$")] = "onnx",  # noqa: A002
     retry: Annotated[bool, Query(description="build again after a failed export")] = False,
 ) -> Response:
@@ -139,7 +141,9 @@ def download_model(
         if exc.status_code == 404:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
         raise
-    job, created = job_service.request_export(session, model, format, user, retry=retry)
+    job, created = job_service.request_export(
+        session, model, format, user, retry=retry, limit=settings.max_queued_jobs_per_project
+    )
     if job.status == "succeeded" and job.result_key:
         return _zip_response(
             storage, job.result_key, job_service.export_filename(model, format), job.result_sha256
@@ -239,6 +243,7 @@ def _input_zip(files: list[UploadFile], settings) -> tuple[bytes, int]:
         413: {"description": "too large"},
         415: {"description": "a zip among several files"},
         422: {"description": "no images, or a broken zip"},
+        429: {"description": "the project's queue of jobs is full; retry after Retry-After"},
     },
 )
 def predict_batch(
@@ -256,6 +261,7 @@ def predict_batch(
     model = model_service.require_active_model(session, project.id)
     if not files:
         raise Invalid("send one zip or at least one image file")
+    job_service.check_queue_room(session, project.id, settings.max_queued_jobs_per_project)
     data, count = _input_zip(files, settings)
     key = storage.put_bytes(data, ".zip")
     job = job_service.create_job(

@@ -35,6 +35,7 @@ from app.imaging import ImageError, decode_image
 from app.models import Image, ModelVersion, Prediction
 from app.queue import TASK_PREDICT
 from app.schemas import API, UtcDateTime
+from app.services import jobs as job_service
 from app.services import models as model_service
 from app.services import predictions as prediction_service
 from app.storage import Storage
@@ -115,6 +116,7 @@ def _active_model_or_409(session: Session, project_id: int) -> ModelVersion:
     responses={
         202: {"model": PredictJob},
         409: {"description": "no active model"},
+        429: {"description": "async: the project's queue of predictions is full; retry after Retry-After"},
         503: {"description": "too many predictions waiting; retry after Retry-After"},
         504: {"model": PredictJob},
     },
@@ -142,12 +144,18 @@ async def predict(
 
     The image goes to the predict worker by storage key (the message stays small); the wait for
     the answer holds no request thread. A bounded number of synchronous predicts wait at once
-    (503 with Retry-After beyond)."""
+    (503 with Retry-After beyond); a project has at most `SAGE_MAX_QUEUED_JOBS_PER_PROJECT`
+    asynchronous predicts pending per web process (429 with Retry-After beyond)."""
+    pending = request.app.state.pending_predicts
+    limit = settings.max_queued_jobs_per_project
+    if run_async and await run_in_threadpool(pending.count, project.id) >= limit:
+        raise job_service.queue_full(project.id, limit, "asynchronous predictions")
     job = await run_in_threadpool(_prepare_job, session, storage, settings, project.id, file, heatmap)
     celery = request.app.state.celery
     expires = ASYNC_JOB_EXPIRES_S if run_async else settings.predict_timeout_s
     result: AsyncResult = await run_in_threadpool(celery.send_task, TASK_PREDICT, args=[job], expires=expires)
     if run_async:
+        pending.add(project.id, result, expires)
         response.status_code = status.HTTP_202_ACCEPTED
         return PredictJob(job_id=result.id, status="pending", poll_url=f"{API}/predict-jobs/{result.id}")
     answer = await request.app.state.predict_limiter.hold(_wait_for(result, settings.predict_timeout_s))

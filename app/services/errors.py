@@ -50,3 +50,9 @@ class Unsupported(ServiceError):
 
 class BadRequest(ServiceError):
     status_code = 400
+
+
+class TooManyRequests(ServiceError):
+    """Too much queued work of this kind: 429 (with a Retry-After header)."""
+
+    status_code = 429

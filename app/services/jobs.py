@@ -22,12 +22,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, ModelVersion, Project, TrainingRun, User, utcnow
 from app.queue import TASK_EXPORT_MODEL, TASK_PREDICT_BATCH, TASK_SANITY_CHECK
-from app.services.errors import Conflict, Invalid, NotFound
+from app.services.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.services.models import SANITY_CHECK_REASON
 from app.services.training import TaskSender, create_or_join_run
 from app.storage import Storage
@@ -61,6 +61,40 @@ def create_job(
     session.add(job)
     session.flush()
     return job
+
+
+QUEUE_FULL_RETRY_AFTER_S = 30
+
+
+def queue_full(project_id: int, limit: int, what: str = "jobs") -> TooManyRequests:
+    """The 429 for a project whose queue of background work is at its cap."""
+    return TooManyRequests(
+        f"project {project_id} already has {limit} {what} queued or running, the limit "
+        "(SAGE_MAX_QUEUED_JOBS_PER_PROJECT); wait for some to finish, then ask again",
+        headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+    )
+
+
+def queued_jobs(session: Session, project_id: int) -> int:
+    """Jobs of the project that are queued or running and not abandoned (touched within
+    `STALE_AFTER`: a job whose worker died stops counting instead of blocking the project)."""
+    return (
+        session.scalar(
+            select(func.count(Job.id)).where(
+                Job.project_id == project_id,
+                Job.status.in_(("queued", "running")),
+                Job.updated_at >= utcnow() - STALE_AFTER,
+            )
+        )
+        or 0
+    )
+
+
+def check_queue_room(session: Session, project_id: int, limit: int | None) -> None:
+    """Raise 429 (TooManyRequests, Retry-After) when the project has `limit` jobs queued or
+    running; None means no cap."""
+    if limit is not None and queued_jobs(session, project_id) >= limit:
+        raise queue_full(project_id, limit)
 
 
 def enqueue(celery: TaskSender, job: Job) -> None:
@@ -164,11 +198,18 @@ def input_still_needed(session: Session, job: Job) -> bool:
 
 
 def request_export(
-    session: Session, model: ModelVersion, fmt: str, user: User | None, *, retry: bool = False
+    session: Session,
+    model: ModelVersion,
+    fmt: str,
+    user: User | None,
+    *,
+    retry: bool = False,
+    limit: int | None = None,
 ) -> tuple[Job, bool]:
     """The export job of (model, format): the existing one, or a new one when there is none, the
     last failed and `retry` is set, or the last is stale. Returns (job, created); the caller
-    commits and enqueues a created job."""
+    commits and enqueues a created job. A new job needs room in the project's queue (`limit`
+    jobs queued or running at most; 429 otherwise)."""
     check_format(fmt)
     job = latest_export(session, model, fmt)
     if job is not None and job.status == "failed" and not retry:
@@ -180,6 +221,7 @@ def request_export(
         return job, False
     if job is not None and job.status != "failed":  # stale: the worker died; supersede it
         job.status, job.error = "failed", "abandoned: no worker finished it"
+    check_queue_room(session, model.project_id, limit)
     return create_job(session, model.project_id, "export", {"model_id": model.id, "format": fmt}, user), True
 
 

@@ -186,3 +186,67 @@ def test_event_streams_share_one_poller(world, settings):
     # 6 streams for ~2.5 s used to poll 4 times a second each (60+ reads); now one shared poll
     # every 0.5 s plus each stream's reads when its run changed.
     assert len(statements) < 40, len(statements)
+
+
+def _png(seed: int = 0) -> bytes:
+    out = io.BytesIO()
+    PILImage.new("RGB", (32, 32), (seed, 20, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_queued_jobs_per_project_are_capped_with_429(world):
+    """SAGE_MAX_QUEUED_JOBS_PER_PROJECT bounds a project's queued batch predictions and exports:
+    beyond it 429 with Retry-After and a detail naming the setting, and nothing is queued or stored.
+    A job whose worker died (untouched past the stale age) stops counting."""
+    from datetime import timedelta
+
+    from app.models import Job, ModelVersion, utcnow
+    from app.services import jobs as job_service
+
+    app = world.client.app
+    app.state.settings = app.state.settings.model_copy(update={"max_queued_jobs_per_project": 2})
+    _activate_a_model(world)
+    url = f"/api/v1/projects/{world.project_id}/predict-batch"
+    for i in range(2):
+        r = world.post(url, files=[("files", (f"a{i}.png", _png(i)))])
+        assert r.status_code == 202, r.text
+    sent = len(app.state.celery.sent)
+    r = world.post(url, files=[("files", ("c.png", _png(9)))])
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
+    assert "SAGE_MAX_QUEUED_JOBS_PER_PROJECT" in r.json()["detail"]
+    with world.session() as s:
+        model_id = s.query(ModelVersion.id).filter_by(project_id=world.project_id).scalar()
+    r = world.get(f"/api/v1/models/{model_id}/download?format=onnx")
+    assert r.status_code == 429 and r.headers["retry-after"], r.text
+    assert len(app.state.celery.sent) == sent
+    with world.session() as s:
+        assert s.query(Job).filter_by(project_id=world.project_id).count() == 2
+        # one job's worker died long ago: it no longer holds a place in the queue
+        job = s.query(Job).filter_by(project_id=world.project_id).first()
+        job.updated_at = utcnow() - job_service.STALE_AFTER - timedelta(minutes=1)
+        s.commit()
+    r = world.post(url, files=[("files", ("c.png", _png(9)))])
+    assert r.status_code == 202, r.text
+    declared = app.openapi()["paths"]
+    assert "429" in declared["/api/v1/projects/{pid}/predict-batch"]["post"]["responses"]
+    assert "429" in declared["/api/v1/models/{mid}/download"]["get"]["responses"]
+
+
+def test_async_predicts_per_project_are_capped_with_429(world):
+    """Asynchronous predicts still pending count against the project's queue; once a result is
+    ready its place frees."""
+    app = world.client.app
+    app.state.settings = app.state.settings.model_copy(update={"max_queued_jobs_per_project": 2})
+    _activate_a_model(world)
+    url = f"/api/v1/projects/{world.project_id}/predict?async=true"
+    for i in range(2):
+        assert world.post(url, files={"file": (f"q{i}.png", _png(i))}).status_code == 202
+    r = world.post(url, files={"file": ("q.png", _png(7))})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
+    assert "SAGE_MAX_QUEUED_JOBS_PER_PROJECT" in r.json()["detail"]
+    assert len(app.state.celery.sent) == 2
+    pending = app.state.pending_predicts._pending[world.project_id]
+    pending[0][1]._ready = True  # the worker answered the first
+    assert world.post(url, files={"file": ("q.png", _png(7))}).status_code == 202
+    declared = app.openapi()["paths"]["/api/v1/projects/{pid}/predict"]["post"]["responses"]
+    assert "429" in declared
