@@ -50,7 +50,7 @@ def _check_blind_for(session, annotation, user) -> None:
     response_model=AnnotationOut,
     responses={
         201: {"description": "your first annotation of this image"},
-        409: {"description": "stale If-Match"},
+        409: {"description": "stale If-Match, or the label is not one of the project's labels"},
     },
 )
 def put_annotation(
@@ -80,7 +80,7 @@ def put_annotation(
     annotation of the image. A stale revision answers 409 and changes nothing; every revision
     is kept. The whole annotation is replaced: send both label and map. No map (omitted, or a map
     that is zero everywhere) means "label only": nothing is stored for it, and training and the
-    consensus ignore it. 422 for an unknown label, a map that is not an 8-bit grayscale PNG of the
+    consensus ignore it. 409 for an unknown label, 422 for a map that is not an 8-bit grayscale PNG of the
     image's size, `unsure`/`flagged` without a comment, or a skip that carries a label or map."""
     project = session.get(Project, image.project_id)
     png = (

@@ -34,7 +34,7 @@ from app.schemas import (
 from app.services import browse, reading
 from app.services import images as image_service
 from app.services import models as model_service
-from app.services.errors import Forbidden, Invalid, TooLarge
+from app.services.errors import Forbidden, TooLarge
 from app.storage import CHUNK, LocalStorage
 
 router = APIRouter(tags=["images"])
@@ -74,7 +74,10 @@ def read_upload(upload: UploadFile, limit: int, what: str) -> bytes:
     "/projects/{pid}/images",
     response_model=UploadResult,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "every file was already in the project"}},
+    responses={
+        200: {"description": "every file was already in the project"},
+        409: {"description": "the label is not one of the project's labels"},
+    },
 )
 def upload_images(
     request: Request,
@@ -99,7 +102,7 @@ def upload_images(
 ) -> UploadResult:
     """Upload images (annotators and managers), all or nothing: every file is checked first
     (413 too large, 415 not PNG/JPEG/TIFF/BMP/DICOM by content, 422 corrupt/truncated/too many pixels,
-    422 unknown label). Bytes already in the project answer their existing row (`created: false`)."""
+    409 unknown label). Bytes already in the project answer their existing row (`created: false`)."""
     check_content_length(request, settings.max_import_bytes)
     uploads = list(files or []) + ([file] if file is not None else [])
     # Starlette spooled each file to disk as it streamed (over 1 MiB); the service reads one at a time.
@@ -143,7 +146,11 @@ def list_images(
     user: CurrentUser,
     session: SessionDep,
     cursor: Annotated[
-        str | None, Query(max_length=64, description="`next_cursor` of the previous page")
+        str | None,
+        Query(
+            pattern=image_service.CURSOR_PATTERN,
+            description="`next_cursor` of the previous page (the last id it listed)",
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     labelled: bool | None = None,
@@ -276,7 +283,7 @@ def image_file(image: ImageViewer, storage: StorageDep, settings: SettingsDep) -
     responses={
         200: {"content": {"image/png": {}}, "description": "8-bit PNG at the image's full size"},
         304: {"description": "the rendering named in If-None-Match has not changed"},
-        422: {"description": "center without width (or the reverse), or a bad value"},
+        422: {"description": "a center, width or invert out of range"},
         503: {"description": "too many renders at once; retry after Retry-After"},
     },
 )
@@ -291,16 +298,15 @@ async def display_png(
 ) -> Response:
     """The image through a display window (`center`, `width` in the stored pixel values, DICOM's
     linear function) as an 8-bit PNG of the image's size; without them, the image's default
-    window (the file's own window, else the 0.5 to 99.5 percentile range, else 8-bit full range).
+    window (the file's own window, else the 0.5 to 99.5 percentile range, else 8-bit full range);
+    with only one of them, the other comes from the default window.
     Cached by the browser per (image content, window): the ETag names both. Renders run a bounded
     number at a time (503 with Retry-After when the server stays busy)."""
-    if (center is None) != (width is None):
-        raise Invalid("give both center and width, or neither for the image's default window")
     data, (c, w) = await request.app.state.render_limiter.run(
         image_service.display_png, session, storage, image, center, width, bool(invert)
     )
     etag = f'"{image.sha256}-{c:.6g}-{w:.6g}-{invert}"'
-    explicit = center is not None
+    explicit = center is not None and width is not None
     headers = {
         "ETag": etag,
         "Cache-Control": "private, max-age=31536000, immutable" if explicit else "private, max-age=300",
@@ -312,7 +318,11 @@ async def display_png(
     return Response(data, media_type="image/png", headers=headers)
 
 
-@router.patch("/images/{iid}", response_model=ImageOut)
+@router.patch(
+    "/images/{iid}",
+    response_model=ImageOut,
+    responses={409: {"description": "the import label is not one of the project's labels"}},
+)
 def update_image(body: ImageUpdate, image: ImageManager, session: SessionDep) -> ImageOut:
     """Move an image to another split or change its import label (managers)."""
     image_service.set_image_fields(
@@ -338,7 +348,10 @@ def delete_image(image: ImageManager, session: SessionDep, storage: StorageDep) 
 @router.post(
     "/projects/{pid}/images/bulk",
     response_model=BulkResult,
-    responses={422: {"description": "unknown action, split or label; no ids; more than 1000 ids"}},
+    responses={
+        409: {"description": "the label is not one of the project's labels"},
+        422: {"description": "unknown action or split; no ids; more than 1000 ids"},
+    },
 )
 def bulk_images(
     body: BulkAction, project: ProjectManager, session: SessionDep, storage: StorageDep

@@ -73,7 +73,7 @@ def attention(
 
 ADJ_ERRORS = {
     403: {"description": "managers and adjudicators only (writes); blind reading (reads)"},
-    409: {"description": "stale If-Match"},
+    409: {"description": "stale If-Match, or the label is not one of the project's labels"},
 }
 
 
@@ -210,7 +210,7 @@ def put_adjudication(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
-    label: Annotated[str, Form(max_length=100, pattern=r"^[^\x00-\x1f]*$")],
+    label: Annotated[str, Form(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]*$")],
     saliency: Annotated[
         UploadFile | None, File(description="8-bit grayscale PNG of the image's size")
     ] = None,

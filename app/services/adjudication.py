@@ -111,7 +111,7 @@ def put_adjudication(
     if label is None:
         raise Invalid("an adjudication needs the adjudicated label")
     if label not in project.labels:
-        raise Invalid(f"unknown label {label!r}; the project's labels are {project.labels}")
+        raise Conflict(f"unknown label {label!r}; the project's labels are {project.labels}")
     arr = None
     if saliency_png is not None:
         arr = decode_mask(saliency_png, image.width, image.height, what="the adjudicated map")

@@ -207,13 +207,13 @@ def check_annotation(
 ) -> tuple[np.ndarray | None, str | None]:
     """Validate an annotation before anything is written: (the map, or None for no map; the comment).
 
-    Raises Invalid (422) for an unknown label or status, a bad map, a skip that carries a label or
+    Raises Conflict (409) for an unknown label; Invalid (422) for an unknown status, a bad map, a skip that carries a label or
     map, an unsure or flagged status without a comment, or a done annotation with neither a label
     nor a painted map."""
     if status not in STATUSES:
         raise Invalid(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
     if label is not None and label not in project.labels:
-        raise Invalid(f"unknown label {label!r}; the project's labels are {project.labels}")
+        raise Conflict(f"unknown label {label!r}; the project's labels are {project.labels}")
     if label is not None and label in (project.retired_labels or []):
         raise Invalid(f"the label {label!r} is retired: new readings use one of the other labels")
     comment = (comment or "").strip() or None

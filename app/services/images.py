@@ -7,8 +7,6 @@ and only the files no other row still uses.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import random
 import re
@@ -35,7 +33,7 @@ from app.models import (
     Project,
     User,
 )
-from app.services.errors import BadRequest, Invalid
+from app.services.errors import BadRequest, Conflict, Invalid
 from app.storage import Staging, Storage
 from sage import imageio
 
@@ -72,7 +70,7 @@ def check_label(project: Project, label: str | None) -> str | None:
     if label is None or label == "":
         return None
     if label not in project.labels:
-        raise Invalid(f"unknown label {label!r}; the project's labels are {project.labels}")
+        raise Conflict(f"unknown label {label!r}; the project's labels are {project.labels}")
     return label
 
 
@@ -290,14 +288,17 @@ def display_png(
 ) -> tuple[bytes, tuple[float, float]]:
     """The image rendered through a window as an 8-bit PNG at full size, and the window used.
 
-    No window given: the image's default window. Renderings are cached per content hash and window.
+    No window given: the image's default window; only one of center and width given: the other
+    from the default window (a viewer adjusting brightness or contrast alone). Renderings are cached per content hash and window.
     Memory is bounded: the stored array is memory-mapped and rendered a block of rows at a time
     (`imageio.render_8bit`), so a request holds the 8-bit result, not float copies of the image.
     """
     if center is None or width is None:
         if image.array_key is None:
             pixel_array(session, storage, image)  # backfill first, so the default window is known
-        center, width = display_window(image)
+        default_center, default_width = display_window(image)
+        center = default_center if center is None else center
+        width = default_width if width is None else width
     key = (image.sha256, float(center), float(width), bool(invert))
     cached = RENDERS.get(key)
     if cached is not None:
@@ -312,20 +313,19 @@ def display_png(
 # --- listing ---------------------------------------------------------------------------------------
 
 
+CURSOR_PATTERN = r"^[0-9]{1,18}$"  # the last id of the previous page, in decimal
+
+
 def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"i{last_id}".encode()).decode().rstrip("=")
+    """The cursor after `last_id`: its decimal digits. Any value of `CURSOR_PATTERN` is a valid
+    cursor (the page after that id, maybe empty), so the schema states the whole contract."""
+    return str(last_id)
 
 
 def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("i") or not raw[1:].isdigit() or len(raw) > 12:
-            raise ValueError
-        return int(raw[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest(
-            "invalid cursor: pass back the `next_cursor` of the previous page unchanged"
-        ) from None
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise BadRequest("invalid cursor: pass back the `next_cursor` of the previous page unchanged")
+    return int(cursor)
 
 
 def _done_by(user_id: int):

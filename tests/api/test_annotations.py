@@ -148,10 +148,10 @@ def test_grey_opaque_rgba_from_a_browser_canvas_is_accepted(client, image):
     assert (_png_array(png.content) == 77).all()
 
 
-def test_unknown_label_and_empty_put_are_422(client, image):
+def test_unknown_label_is_409_and_empty_put_422(client, image):
     iid, h, _, _ = image
     r = put_annotation(client, h, iid, label="horse")
-    assert r.status_code == 422 and "unknown label" in r.json()["detail"]
+    assert r.status_code == 409 and "unknown label" in r.json()["detail"]
     assert put_annotation(client, h, iid).status_code == 422
 
 

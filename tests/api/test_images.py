@@ -129,10 +129,25 @@ def test_pixel_cap_is_configurable(client, setup, app, settings):
     assert r.status_code == 422 and "over the limit of 100" in r.json()["detail"]
 
 
-def test_unknown_label_and_split_are_422(client, setup):
+def test_unknown_label_is_409_and_unknown_split_422(client, app, setup):
+    """A label is valid by the schema's rules but may not be one of the project's (labels are the
+    project's own data): 409, declared on every route that takes a label; a split is an enum: 422."""
     project, h, _ = setup
     r = upload(client, h, project.id, [("a.png", noise_png())], label="horse")
-    assert r.status_code == 422 and "unknown label" in r.json()["detail"]
+    assert r.status_code == 409 and "unknown label" in r.json()["detail"]
+    iid = upload(client, h, project.id, [("b.png", noise_png(seed=5))]).json()["images"][0]["id"]
+    r = client.patch(f"/api/v1/images/{iid}", json={"import_label": "horse"}, headers=h)
+    assert r.status_code == 409 and "['cat', 'dog']" in r.json()["detail"]
+    assert client.get(f"/api/v1/images/{iid}", headers=h).json()["import_label"] is None
+    paths = app.openapi()["paths"]
+    for path, method in [
+        ("/api/v1/projects/{pid}/images", "post"),
+        ("/api/v1/images/{iid}", "patch"),
+        ("/api/v1/projects/{pid}/images/bulk", "post"),
+        ("/api/v1/images/{iid}/annotation", "put"),
+        ("/api/v1/images/{iid}/adjudication", "put"),
+    ]:
+        assert "409" in paths[path][method]["responses"], (path, method)
     assert upload(client, h, project.id, [("a.png", noise_png())], split="holdout").status_code == 422
     assert upload(client, h, project.id, []).status_code == 422
 
@@ -200,7 +215,12 @@ def test_list_pagination_and_filters(client, setup, make_user, auth_headers, db)
     assert ids[1] not in ids_for(annotated_by_me=False) and ids[2] in ids_for(annotated_by_me=False)
     assert ids_for(split="test") == [seen[-1]]
     assert ids_for(label="dog") == [ids[2], seen[-1]]
-    assert client.get(url, headers=h, params={"cursor": "not a cursor!"}).status_code == 400
+    # the cursor's format is in the schema (422 otherwise); any cursor of that format is a page
+    assert client.get(url, headers=h, params={"cursor": "not a cursor!"}).status_code == 422
+    forged = client.get(url, headers=h, params={"cursor": "0" * 18})
+    assert forged.status_code == 200 and len(forged.json()["items"]) == 8
+    after_all = client.get(url, headers=h, params={"cursor": "9" * 18})
+    assert after_all.status_code == 200 and after_all.json() == {"items": [], "next_cursor": None}
     assert client.get(url, headers=h, params={"limit": 0}).status_code == 422
     assert client.get(url, headers=h, params={"split": "nope"}).status_code == 422
 
@@ -265,7 +285,7 @@ def test_patch_image_split_and_import_label(client, setup):
     iid = upload(client, h, project.id, [("a.png", noise_png())]).json()["images"][0]["id"]
     r = client.patch(f"/api/v1/images/{iid}", headers=h, json={"split": "test", "import_label": "dog"})
     assert r.status_code == 200 and (r.json()["split"], r.json()["label"]) == ("test", "dog")
-    assert client.patch(f"/api/v1/images/{iid}", headers=h, json={"import_label": "cow"}).status_code == 422
+    assert client.patch(f"/api/v1/images/{iid}", headers=h, json={"import_label": "cow"}).status_code == 409
     assert (
         client.patch(f"/api/v1/images/{iid}", headers=h, json={"clear_import_label": True}).json()["label"]
         is None

@@ -445,7 +445,7 @@ def test_adjudication_is_a_revision_and_training_uses_it_instead_of_the_mean(
         json={"username": judge.username, "role": "annotator", "adjudicator": True},
     )
     hj = auth_headers(judge)
-    assert client.put(url, headers=hj, data={"label": "bird"}).status_code == 422  # not a project label
+    assert client.put(url, headers=hj, data={"label": "bird"}).status_code == 409  # not a project label
     r = client.put(
         url, headers=hj, data={"label": "dog"}, files={"saliency": ("m.png", mask_png(value=40), "image/png")}
     )
@@ -749,7 +749,7 @@ def test_browser_filters_and_bulk_actions(client, team, db):
         client.post(
             bulk, headers=hm, json={"image_ids": [ids[3]], "action": "set_label", "label": "cow"}
         ).status_code
-        == 422
+        == 409
     )
     # re-queue: an image with its two readers is offered to a third reader again
     nxt = client.get(f"/api/v1/projects/{pid}/next", headers=hm).json()["image"]["id"]
