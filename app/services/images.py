@@ -313,7 +313,8 @@ def display_png(
 # --- listing ---------------------------------------------------------------------------------------
 
 
-CURSOR_PATTERN = r"^[0-9]{1,18}$"  # the last id of the previous page, in decimal
+CURSOR_PATTERN = r"^[0-9]{1,10}$"  # the last id of the previous page, in decimal
+MAX_CURSOR_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
 
 
 def encode_cursor(last_id: int) -> str:
@@ -325,7 +326,7 @@ def encode_cursor(last_id: int) -> str:
 def decode_cursor(cursor: str) -> int:
     if not re.fullmatch(CURSOR_PATTERN, cursor):
         raise BadRequest("invalid cursor: pass back the `next_cursor` of the previous page unchanged")
-    return int(cursor)
+    return min(int(cursor), MAX_CURSOR_ID)  # past the last possible id: an empty page
 
 
 def _done_by(user_id: int):
