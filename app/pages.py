@@ -28,6 +28,8 @@ from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_ro
 from app.models import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
 from app.schemas import API
 from app.services.images import next_image
+from app.services.login import login_with_password
+from app.services.lookups import active_model
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
@@ -148,12 +150,6 @@ def project_counts(session: Session, project_id: int, user: User | None = None) 
     return counts
 
 
-def active_model(session: Session, project_id: int) -> ModelVersion | None:
-    return session.scalar(
-        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active.is_(True))
-    )
-
-
 def latest_run(session: Session, project_id: int) -> TrainingRun | None:
     return session.scalar(
         select(TrainingRun)
@@ -241,7 +237,7 @@ def login_submit(
     if not username or not password:
         return again("Enter your username and password.", 422)
     try:
-        user = security.login_with_password(request, session, username, password)
+        user = login_with_password(request, session, username, password)
     except HTTPException as exc:
         if exc.status_code == 429:
             return again(f"Too many failed attempts: {exc.detail}.", 429)

@@ -1,4 +1,7 @@
-"""Credentials: Argon2 passwords, API and access tokens, signed session cookies, CSRF, login rate limits.
+"""Credentials: Argon2 passwords, API and access tokens, signed session cookies, CSRF.
+
+Pure primitives: nothing here reads or writes the database (the login flow and its rate limit are
+the service app/services/login.py, the accounts app/services/users.py).
 
 Three ways to be a user, all resolved by `app.deps.CurrentUser`:
 
@@ -17,21 +20,16 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from fastapi import HTTPException, Request, Response, status
+from fastapi import Request, Response
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import delete, func, select
 
-from app.models import LoginFailure, as_utc, utcnow
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from app.models import User
 
 API_TOKEN_PREFIX = "sst_"
@@ -171,7 +169,7 @@ def read_session(request: Request, settings: Settings) -> BrowserSession | None:
     )
 
 
-def _settings_of(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -182,7 +180,7 @@ def csrf_token(request: Request) -> str:
     nonce from the `<session_cookie>_csrf` cookie; when the browser has none yet a new one is made,
     and the page must call `attach_csrf_cookie(request, response)` so the browser keeps it.
     """
-    settings = _settings_of(request)
+    settings = settings_of(request)
     session = read_session(request, settings)
     if session:
         return session.csrf
@@ -204,7 +202,7 @@ def attach_csrf_cookie(request: Request, response: Response) -> None:
     nonce = getattr(request.state, "new_csrf_nonce", None)
     if nonce is None:
         return
-    settings = _settings_of(request)
+    settings = settings_of(request)
     value = _serializer(settings, "sage-csrf").dumps(nonce)
     _set_cookie(response, _csrf_cookie(settings), value, settings, settings.session_max_age_s)
 
@@ -213,7 +211,7 @@ def verify_csrf(request: Request, token: str | None) -> bool:
     """True when `token` is this browser's CSRF token (session nonce, else pre-session cookie nonce)."""
     if not token:
         return False
-    settings = _settings_of(request)
+    settings = settings_of(request)
     session = read_session(request, settings)
     if session:
         expected = session.csrf
@@ -226,85 +224,3 @@ def verify_csrf(request: Request, token: str | None) -> bool:
         except (BadSignature, SignatureExpired, ValueError, TypeError):
             return False
     return bool(expected) and hmac.compare_digest(str(expected).encode(), token.encode())
-
-
-# --- login rate limiting --------------------------------------------------------------------------
-
-
-class LoginRateLimiter:
-    """Failed login attempts per (username, client address) in a sliding window, in the database.
-
-    Every web process (and host) sees the same count, and a restart does not reset it. Rows older
-    than the window are pruned as failures are recorded; a successful login clears its key.
-    """
-
-    def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
-        self.per_minute = per_minute
-        self.window_s = window_s
-
-    @staticmethod
-    def _key(username: str, client: str) -> str:
-        return hashlib.sha256(f"{username.lower()}\0{client}".encode()).hexdigest()
-
-    def retry_after(self, session: Session, username: str, client: str) -> int:
-        """Seconds until another attempt is allowed; 0 when allowed now."""
-        now = utcnow()
-        since = now - timedelta(seconds=self.window_s)
-        count, oldest = session.execute(
-            select(func.count(), func.min(LoginFailure.at)).where(
-                LoginFailure.key == self._key(username, client), LoginFailure.at > since
-            )
-        ).one()
-        if count < self.per_minute:
-            return 0
-        return max(1, int(self.window_s - (now - as_utc(oldest)).total_seconds()) + 1)
-
-    def record_failure(self, session: Session, username: str, client: str) -> None:
-        """Record a failure (committed at once: the request goes on to fail)."""
-        now = utcnow()
-        session.execute(delete(LoginFailure).where(LoginFailure.at <= now - timedelta(seconds=self.window_s)))
-        session.add(LoginFailure(key=self._key(username, client), at=now))
-        session.commit()
-
-    def reset(self, session: Session, username: str, client: str) -> None:
-        session.execute(delete(LoginFailure).where(LoginFailure.key == self._key(username, client)))
-        session.commit()
-
-
-def login_limiter(request: Request) -> LoginRateLimiter:
-    """The app's limiter (created on first use and kept on app.state)."""
-    state = request.app.state
-    limiter = getattr(state, "login_limiter", None)
-    if limiter is None:
-        limiter = LoginRateLimiter(_settings_of(request).login_attempts_per_minute)
-        state.login_limiter = limiter
-    return limiter
-
-
-def login_with_password(request: Request, session: Session, username: str, password: str) -> User:
-    """Check a username and password for `/auth/token` and the `/login` form.
-
-    Raises HTTPException 429 (too many failed attempts in the last minute, with Retry-After) or
-    401 (wrong username or password, or a deactivated account; the message does not say which).
-    """
-    from app.services.users import authenticate
-
-    limiter = login_limiter(request)
-    client = request.client.host if request.client else "unknown"
-    wait = limiter.retry_after(session, username, client)
-    if wait:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"too many failed login attempts; try again in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
-    user = authenticate(session, username, password)
-    if user is None:
-        limiter.record_failure(session, username, client)
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="wrong username or password",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    limiter.reset(session, username, client)
-    return user

@@ -272,7 +272,7 @@ def load_pretrained(model: Classifier, spec: ModelSpec, path: Path, name: str) -
         raise FileNotFoundError(f"pretrained weights not found: {path} (give a local file path)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing here
+    except Exception as exc:  # any unpickling failure means the same thing here
         raise ValueError(f"cannot read pretrained weights {path}: {exc}") from exc
     if isinstance(obj, dict) and "model_state" in obj:  # a SAGE model.pt
         obj = {k.removeprefix("net."): v for k, v in obj["model_state"].items()}

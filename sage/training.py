@@ -36,7 +36,7 @@ MODEL_FORMAT = "sage-model/1"
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-class Cancelled(Exception):  # noqa: N818 - the name the worker catches
+class Cancelled(Exception):  # the name the worker catches
     """`should_cancel()` returned True; nothing was written."""
 
 

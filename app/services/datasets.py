@@ -183,7 +183,7 @@ class FolderSource(DatasetSource):
 def open_source(path: Path, settings: Settings) -> DatasetSource:
     if path.is_dir():
         return FolderSource(path)
-    return ZipSource(open(path, "rb"), settings)  # noqa: SIM115 - the source owns the file
+    return ZipSource(open(path, "rb"), settings)  # the source owns the file
 
 
 # --- import --------------------------------------------------------------------------------------
@@ -472,7 +472,7 @@ class _Sink(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b) -> int:  # noqa: ANN001
+    def write(self, b) -> int:
         self.chunks.append(bytes(b))
         return len(b)
 

@@ -30,6 +30,7 @@ from app.models import (
     User,
 )
 from app.services.errors import BadRequest, Invalid
+from app.services.lookups import active_model
 from app.storage import Storage
 
 SPLITS = ("train", "val", "test")
@@ -221,11 +222,10 @@ def _by_prediction(
     """The unfinished image the active model is least sure about (uncertainty) or whose heatmap
     agrees least with the human consensus (misalignment); None without an active model or
     predictions for the remaining images. The worker fills `predictions`."""
-    model_id = session.scalar(
-        select(ModelVersion.id).where(ModelVersion.project_id == project.id, ModelVersion.active).limit(1)
-    )
-    if model_id is None:
+    model = active_model(session, project.id)
+    if model is None:
         return None
+    model_id = model.id
     if policy == "uncertainty":
         order = (Prediction.uncertainty.desc(), Image.id)
         cond = []

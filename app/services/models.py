@@ -14,13 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.models import ModelVersion, Prediction, Project, TrainingRun, utcnow
 from app.queue import TASK_PREDICT_PROJECT
+from app.services.lookups import active_model
 from app.services.training import TaskSender, TrainingError, add_event, finish_run, lock_project
-
-
-def active_model(session: Session, project_id: int) -> ModelVersion | None:
-    return session.scalars(
-        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active.is_(True))
-    ).first()
 
 
 def list_models(session: Session, project_id: int) -> list[ModelVersion]:

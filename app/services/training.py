@@ -26,7 +26,6 @@ from sqlalchemy.orm import Session
 from app.models import (
     Annotation,
     Image,
-    ModelVersion,
     Project,
     TrainingEvent,
     TrainingRun,
@@ -36,6 +35,7 @@ from app.models import (
 )
 from app.queue import TASK_TRAIN
 from app.services.errors import Conflict, Invalid
+from app.services.lookups import active_model
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -497,9 +497,7 @@ def last_snapshot_at(session: Session, project_id: int) -> datetime | None:
         when = _parse_time((run.lineage or {}).get("snapshot_at"))
         if when is not None:
             return when
-    active = session.scalars(
-        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active.is_(True))
-    ).first()
+    active = active_model(session, project_id)
     return as_utc(active.created_at) if active else None
 
 

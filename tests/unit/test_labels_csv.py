@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from sage.labels_csv import LabelRow, LabelsCsvError, format_labels_csv, parse_labels_csv
@@ -120,9 +117,3 @@ def test_format_round_trips_and_adds_group_and_subtype_columns_only_when_used():
     assert parse_labels_csv(text, allow_unlabelled=True).rows == rows
     plain = format_labels_csv([LabelRow(0, "a.png", "cat")])
     assert plain == "image,label,split\na.png,cat,train\n"
-
-
-def test_the_parser_needs_no_torch():
-    code = "import sys, sage.labels_csv\nprint('torch' in sys.modules)\n"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
