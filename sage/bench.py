@@ -356,9 +356,11 @@ def render_report(settings: BenchSettings, records: list[dict], ablation: bool) 
                         if r["seed"] < settings.ablation_seeds]  # fmt: skip
                 cells.append(_pm([r["test_accuracy"] for r in rows]))
                 secs += [r["seconds_per_epoch"] for r in rows]
-            sec = f"{_stats(secs)[0]:.2f}" if secs else "n/a"
+            sec_text = f"{_stats(secs)[0]:.2f}" if secs else "n/a"
             lines.append(
-                f"| {variant} | `{json.dumps(ABLATIONS[variant])}` | " + " | ".join(cells) + f" | {sec} |"
+                f"| {variant} | `{json.dumps(ABLATIONS[variant])}` | "
+                + " | ".join(cells)
+                + f" | {sec_text} |"
             )
         lines.append("")
     passed = sum(ok for *_, ok in summary)

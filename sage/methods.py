@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,7 @@ class SageTask(Task):
         xs, ys = x[rows], y[rows]
         s = self.saliency(batch)[rows].to(x.dtype)
         donors = (x, rows) if o.swap_from_batch else None  # swap may take any image, annotated or not
-        kw = dict(
+        kw: dict[str, Any] = dict(
             kind=o.degradation,
             strength_min=o.strength_min,
             strength_max=o.strength_max,

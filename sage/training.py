@@ -91,7 +91,8 @@ def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
@@ -100,13 +101,15 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps_per_epoch
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=True
+        )
     else:
         optimizer = torch.optim.AdamW(groups, lr=config.lr)
     total = config.epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.lr, total_steps=max(total, 1)
         )
     else:
@@ -277,7 +280,7 @@ def fit(
     steps = len(epoch_batches(data.train, config, 0))
     optimizer, scheduler = build_optimizer(config, model, steps)
 
-    state = {
+    state: dict[str, Any] = {
         "epoch": 0,
         "best_val_loss": math.inf,
         "best_epoch": 0,

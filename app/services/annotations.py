@@ -71,7 +71,7 @@ def current_maps(session: Session, storage: Storage, image: Image) -> list[np.nd
         .where(Annotation.image_id == image.id, Annotation.saliency_key.is_not(None))
         .order_by(Annotation.id)
     ).all()
-    return [read_mask(storage, k, image.width, image.height) for k in keys]
+    return [read_mask(storage, k, image.width, image.height) for k in keys if k is not None]
 
 
 def consensus_map(session: Session, storage: Storage, image: Image) -> np.ndarray | None:
@@ -243,7 +243,7 @@ def put_annotation(
                 .values(revision=expected + 1, label=label, saliency_key=key, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            if result.rowcount != 1:
+            if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult; typed as Result
                 current = existing.revision
                 session.rollback()
                 raise Conflict(
@@ -263,7 +263,9 @@ def put_annotation(
             )
         )
         try:
-            refresh_image(session, storage, image, project, pending={key: arr} if key else None)
+            refresh_image(
+                session, storage, image, project, pending={key: arr} if key and arr is not None else None
+            )
             session.commit()
         except IntegrityError:
             session.rollback()

@@ -14,6 +14,7 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, exists, func, not_, select
 from sqlalchemy.exc import IntegrityError
@@ -227,7 +228,7 @@ def _by_prediction(
         return None
     model_id = model.id
     if policy == "uncertainty":
-        order = (Prediction.uncertainty.desc(), Image.id)
+        order: tuple[Any, ...] = (Prediction.uncertainty.desc(), Image.id)
         cond = []
     else:
         order = (Prediction.alignment.asc(), Image.id)
@@ -264,7 +265,7 @@ def next_image(
         # Two queries: SQLite answers a lone min() or max() from the index, not both together.
         lo = session.scalar(select(func.min(Image.id)).where(Image.project_id == project.id))
         hi = session.scalar(select(func.max(Image.id)).where(Image.project_id == project.id))
-        if lo is None:
+        if lo is None or hi is None:
             return None, policy
         pivot = random.randint(lo, hi)
         skip = [Image.id != after] if after is not None else []
@@ -367,7 +368,7 @@ def set_image_fields(
     """Change an image's split or import label (commits); the derived label follows."""
     from app.services.annotations import resolve_label
 
-    project = session.get(Project, image.project_id)
+    project = session.get_one(Project, image.project_id)
     if split is not None:
         image.split = check_split(split)
     if clear_import_label:

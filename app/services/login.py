@@ -43,9 +43,10 @@ class LoginRateLimiter:
                 LoginFailure.key == self._key(username, client), LoginFailure.at > since
             )
         ).one()
-        if count < self.per_minute:
+        oldest_at = as_utc(oldest)
+        if count < self.per_minute or oldest_at is None:
             return 0
-        return max(1, int(self.window_s - (now - as_utc(oldest)).total_seconds()) + 1)
+        return max(1, int(self.window_s - (now - oldest_at).total_seconds()) + 1)
 
     def record_failure(self, session: Session, username: str, client: str) -> None:
         """Record a failure (committed at once: the request goes on to fail)."""

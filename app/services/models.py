@@ -77,7 +77,7 @@ def register_model(
     run = session.get(TrainingRun, run_id)
     if run is None:
         return None
-    project = session.get(Project, run.project_id)
+    project = session.get_one(Project, run.project_id)
     lock_project(session, project.id)
     version = (
         session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.project_id == project.id))

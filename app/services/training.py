@@ -125,11 +125,11 @@ def active_run(session: Session, project_id: int) -> TrainingRun | None:
 
 
 def labelled_image_count(session: Session, project_id: int) -> int:
-    return session.scalar(
+    return session.execute(
         select(func.count())
         .select_from(Image)
         .where(Image.project_id == project_id, Image.label.is_not(None))
-    )
+    ).scalar_one()
 
 
 @dataclass
@@ -195,7 +195,7 @@ def request_cancel(session: Session, run: TrainingRun) -> TrainingRun:
         .values(status="cancelled", cancel_requested=True, finished_at=now, progress={"phase": "cancelled"})
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount == 1:
+    if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
         add_event(session, run.id, "status", {"status": "cancelled"})
     else:
         result = session.execute(
@@ -204,7 +204,7 @@ def request_cancel(session: Session, run: TrainingRun) -> TrainingRun:
             .values(cancel_requested=True)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1:
+        if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
             add_event(session, run.id, "log", {"message": "cancel requested"})
         else:
             session.rollback()
@@ -265,7 +265,7 @@ def claim_run(session: Session, run_id: int, worker_id: str) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
         session.rollback()
         return False
     add_event(session, run_id, "status", {"status": "running", "worker": worker_id})
@@ -287,7 +287,7 @@ def heartbeat(session: Session, run_id: int, worker_id: str, *, beat: bool = Tru
             .execution_options(synchronize_session=False)
         )
         session.commit()
-        if result.rowcount != 1:
+        if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
             return False, False
     row = session.execute(select(TrainingRun.cancel_requested).where(*_owned(run_id, worker_id))).first()
     session.rollback()  # end the read transaction (SQLite WAL: do not pin a snapshot)
@@ -306,7 +306,7 @@ def record_progress(
         .values(progress=progress, heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
         session.rollback()
         return False
     add_event(session, run_id, kind, progress)
@@ -322,7 +322,7 @@ def record_lineage(session: Session, run_id: int, worker_id: str, lineage: dict[
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]  # a CursorResult
 
 
 def finish_run(
@@ -350,7 +350,7 @@ def finish_run(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
         session.rollback()
         return False
     event: dict[str, Any] = {"status": status}
@@ -407,7 +407,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
                 )
                 .execution_options(synchronize_session=False)
             )
-            if result.rowcount == 1:
+            if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
                 add_event(
                     session,
                     run.id,
@@ -434,7 +434,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
                 .values(status=status, finished_at=now, error=error)
                 .execution_options(synchronize_session=False)
             )
-            if result.rowcount == 1:
+            if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
                 add_event(session, run.id, "status", {"status": status, "error": error})
                 report.failed.append(run.id)
     session.commit()
@@ -458,7 +458,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
             .values(progress=progress)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1:
+        if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
             report.resent.append(run.id)
     session.commit()
     for run_id in report.requeued + report.resent:
@@ -505,7 +505,7 @@ def changed_annotations(session: Session, project_id: int, since: datetime | Non
     query = select(func.count()).select_from(Annotation).where(Annotation.project_id == project_id)
     if since is not None:
         query = query.where(Annotation.updated_at > since)
-    return session.scalar(query)
+    return session.scalar(query) or 0
 
 
 def retrain_due(session: Session, project: Project) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -167,6 +167,11 @@ def user_for_api_token(session: Session, token: str) -> User | None:
     last = as_utc(row.last_used_at)
     # Write at most once a minute per token: reads should not become writes on every request.
     if last is None or (now - last).total_seconds() > 60:
-        session.execute(ApiToken.__table__.update().where(ApiToken.id == row.id).values(last_used_at=now))
+        session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == row.id)
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
         session.commit()
     return user
