@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.settings import Settings, get_settings
@@ -176,6 +177,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_add(args: argparse.Namespace) -> int:
+    from sage.weights import WeightsError, add_weights
+
+    try:
+        entry = add_weights(Path(args.file), args.name, args.backbone)
+    except WeightsError as exc:
+        return _fail(str(exc))
+    print(f"added {entry.name} ({entry.backbone}) as {entry.file}")
+    return 0
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    from sage.weights import WeightsError, list_weights, weights_dir
+
+    try:
+        entries = list_weights()
+    except WeightsError as exc:
+        return _fail(str(exc))
+    if not entries:
+        print(f"no weights registered in {weights_dir()}; add one with `sage-studio weights add FILE`")
+    for e in entries:
+        print(
+            f"{e.name}\t{e.backbone}\t{e.file}\t{e.source}{'' if e.present else ' (downloaded on first use)'}"
+        )
+    return 0
+
+
 # Started by the composition root (worker/__main__.py, the `sage-studio` entry point), not here:
 # app/ never imports worker/.
 WORKER_COMMANDS = ("worker", "beat")
@@ -225,6 +253,18 @@ def build_parser(add_worker_commands: Callable[[Any], None] | None = None) -> ar
     p.add_argument("--out", required=True, help="an empty folder, or a file name ending in .zip")
     p.add_argument("--only-labelled", action="store_true", help="leave out images without a label")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("weights", help="the pretrained weights registry (SAGE_WEIGHTS_DIR)")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    w = wsub.add_parser("add", help="copy a weights file into the registry (hash-checked)")
+    w.add_argument(
+        "file", help="a torchvision weights file (e.g. resnet18-f37072fd.pth) or your own state dict"
+    )
+    w.add_argument("--name", help="a torchvision name (ResNet18_Weights.IMAGENET1K_V1) or your own")
+    w.add_argument("--backbone", help="the backbone of your own weights (default: from the file name)")
+    w.set_defaults(func=cmd_weights_add)
+    w = wsub.add_parser("list", help="the names training options may use as weights")
+    w.set_defaults(func=cmd_weights_list)
 
     p = sub.add_parser("demo", help="seed the demo project and admin account")
     p.add_argument("--if-missing", action="store_true", help="do nothing when the demo project exists")

@@ -1,8 +1,9 @@
 """The one image decoder and the one saliency-mask codec of the application.
 
-`decode_image` sniffs the type from the bytes (never from a file name or a declared content
-type), checks the pixel count from the header before decoding anything (decompression bombs),
-then fully decodes with Pillow so truncated or corrupt files are caught at upload time.
+`decode_image` is `sage.imageio.decode` (torch-free, shared with sage's dataset reader): it sniffs
+the type from the bytes (never from a file name or a declared content type), checks the pixel
+count from the header before decoding anything (decompression bombs), then fully decodes to a
+full-precision array (DICOM, 16-bit PNG/TIFF included) so broken files are caught at upload time.
 `decode_mask`/`encode_mask` convert between 8-bit grayscale PNG saliency maps and uint8 arrays.
 Errors are `ImageError(status_code, detail)`: 415 for what is not a supported image at all, 422
 for what claims to be one but is broken, too large in pixels or of the wrong size/mode.
@@ -11,21 +12,18 @@ for what claims to be one but is broken, too large in pixels or of the wrong siz
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image as PILImage
 from starlette.exceptions import HTTPException
 
-# Formats accepted for images: sniffed magic bytes -> (our name, Pillow's format name, file suffix).
-IMAGE_FORMATS = {
-    "png": ("PNG", ".png", "image/png"),
-    "jpeg": ("JPEG", ".jpg", "image/jpeg"),
-    "tiff": ("TIFF", ".tif", "image/tiff"),
-    "bmp": ("BMP", ".bmp", "image/bmp"),
-}
-DEFAULT_MAX_PIXELS = 50_000_000
-SUPPORTED = "PNG, JPEG, TIFF or BMP"
+from sage import imageio
+
+IMAGE_FORMATS = {fmt: (imageio.SUFFIXES[fmt], imageio.MEDIA_TYPES[fmt]) for fmt in imageio.FORMATS}
+DEFAULT_MAX_PIXELS = imageio.DEFAULT_MAX_PIXELS
+SUPPORTED = imageio.SUPPORTED
+DecodedImage = imageio.DecodedArray
+sniff_format = imageio.sniff_format
 
 
 class ImageError(HTTPException):
@@ -41,67 +39,23 @@ class ImageError(HTTPException):
         return self.detail
 
 
-@dataclass
-class DecodedImage:
-    image: Image.Image
-    format: str  # png | jpeg | tiff | bmp
-    width: int
-    height: int
-
-    @property
-    def suffix(self) -> str:
-        return IMAGE_FORMATS[self.format][1]
-
-    @property
-    def media_type(self) -> str:
-        return IMAGE_FORMATS[self.format][2]
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The image format from the first bytes, or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data.startswith((b"II*\x00", b"MM\x00*")):
-        return "tiff"
-    if data.startswith(b"BM") and len(data) >= 26:
-        return "bmp"
-    return None
-
-
 def media_type(fmt: str) -> str:
-    return IMAGE_FORMATS.get(fmt, ("", "", "application/octet-stream"))[2]
+    return IMAGE_FORMATS.get(fmt, ("", "application/octet-stream"))[1]
 
 
 def suffix_for(fmt: str) -> str:
-    return IMAGE_FORMATS[fmt][1]
+    return IMAGE_FORMATS[fmt][0]
 
 
-def _open_checked(data: bytes, fmt: str, max_pixels: int, what: str) -> Image.Image:
-    """Open, check the header's pixel count, then decode fully. Raises ImageError.
-
-    Pillow's own bomb check (a warning above `Image.MAX_IMAGE_PIXELS`, an error at twice that) is
-    left alone: it is process-global. Ours runs on the header size before any pixel is decoded.
-    """
-    pil_format = IMAGE_FORMATS[fmt][0]
+def _open_checked(data: bytes, fmt: str, max_pixels: int, what: str) -> PILImage.Image:
+    """Open a PNG (saliency maps), check the header's pixel count, then decode fully."""
     try:
-        img = Image.open(io.BytesIO(data), formats=[pil_format])
-    except Image.DecompressionBombError as exc:
-        raise ImageError(422, f"{what} has too many pixels: {exc}") from None
-    except UnidentifiedImageError:
-        raise ImageError(422, f"{what} looks like {fmt.upper()} but cannot be read; is it corrupt?") from None
+        img = PILImage.open(io.BytesIO(data), formats=["PNG"])
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on corrupt headers
-        raise ImageError(422, f"{what} is a corrupt {fmt.upper()} file: {exc}") from None
+        raise ImageError(422, f"{what} is a corrupt PNG file: {exc}") from None
     width, height = img.size
-    if width <= 0 or height <= 0:
-        raise ImageError(422, f"{what} has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise ImageError(
-            422,
-            f"{what} is {width}x{height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,}; downscale it",
-        )
+    if width * height > max_pixels or width <= 0 or height <= 0:
+        raise ImageError(422, f"{what} is {width}x{height}, over the limit of {max_pixels:,} pixels")
     try:
         img.load()
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt data: OSError, SyntaxError, ...
@@ -111,21 +65,18 @@ def _open_checked(data: bytes, fmt: str, max_pixels: int, what: str) -> Image.Im
 
 def decode_image(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "the file"
-) -> DecodedImage:
-    """Decode and verify an uploaded image.
+) -> imageio.DecodedArray:
+    """Decode and verify an uploaded image with `sage.imageio.decode` (the project's one decoder).
 
-    The type comes from the content: anything that is not PNG, JPEG, TIFF or BMP is 415 (a text
-    file named `.png` included). A file of a known type that does not decode completely
-    (truncated, corrupt) is 422, and so is one with more than `max_pixels` pixels, which is
-    refused from its header before any pixel is decoded. The returned image is fully loaded.
+    The type comes from the content: anything that is not PNG, JPEG, TIFF, BMP or DICOM is 415
+    (a text file named `.png` included). A file of a known type that does not decode completely
+    (truncated, corrupt, multi-frame DICOM, a transfer syntax without a decoder) is 422, and so
+    is one with more than `max_pixels` pixels, refused from its header before decoding.
     """
-    if not data:
-        raise ImageError(422, f"{what} is empty")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise ImageError(415, f"{what} is not a {SUPPORTED} image (its content was checked, not its name)")
-    img = _open_checked(data, fmt, max_pixels, what)
-    return DecodedImage(image=img, format=fmt, width=img.width, height=img.height)
+    try:
+        return imageio.decode(data, max_pixels=max_pixels, what=what)
+    except imageio.DecodeError as exc:
+        raise ImageError(exc.status_code, exc.detail) from None
 
 
 def decode_mask(data: bytes, width: int, height: int, *, what: str = "the saliency map") -> np.ndarray:
@@ -158,7 +109,7 @@ def decode_mask(data: bytes, width: int, height: int, *, what: str = "the salien
 
 def _check_mask_size(data: bytes, width: int, height: int, what: str) -> None:
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as probe:
+        with PILImage.open(io.BytesIO(data), formats=["PNG"]) as probe:
             size = probe.size
     except Exception as exc:  # noqa: BLE001
         raise ImageError(422, f"{what} is not a readable PNG: {exc}") from None
@@ -180,5 +131,5 @@ def encode_mask(arr: np.ndarray) -> bytes:
     if arr.dtype != np.uint8:
         arr = np.clip(np.rint(np.asarray(arr, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", optimize=False, compress_level=6)
+    PILImage.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()

@@ -132,6 +132,8 @@ class Image(Base):
         # Deleting a file after its row is gone: is any other row still using the object?
         Index("ix_images_storage_key", "storage_key"),
         Index("ix_images_import_saliency_key", "import_saliency_key"),
+        Index("ix_images_project_group", "project_id", "group"),
+        Index("ix_images_array_key", "array_key"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -144,6 +146,8 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     split: Mapped[str | None] = mapped_column(String(10), default=None)  # train | val | test | None
+    # Patient, subject or device: images of one group always share a split (`draw_splits`).
+    group: Mapped[str | None] = mapped_column(String(100), default=None)
     import_label: Mapped[str | None] = mapped_column(String(100), default=None)
     # Saliency map that came with an import (dataset folder saliency/<stem>.png): the consensus
     # when no annotator has painted one, so import -> export round-trips.
@@ -158,6 +162,19 @@ class Image(Base):
     agreement_r: Mapped[float | None] = mapped_column(Float, default=None)
     uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The decoded pixels at full precision (sage.imageio), stored once at upload or import as .npy
+    # (content-addressed); display, training and prediction read them, never the original again.
+    # Rows from before migration 0004 get them on first use (app.services.images.pixel_array).
+    array_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    bit_depth: Mapped[int | None] = mapped_column(Integer, default=None)
+    photometric: Mapped[str | None] = mapped_column(String(20), default=None)  # MONOCHROME2 | RGB
+    channels: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The default display window (header window, else percentile range, else 8-bit full range).
+    window_center: Mapped[float | None] = mapped_column(Float, default=None)
+    window_width: Mapped[float | None] = mapped_column(Float, default=None)
+    # {"header_window": [c, w] | null, "auto_window": [c, w], "full_window": [c, w], "dtype": ...,
+    #  "source": {...}}: the window presets of the painter and where the pixels came from.
+    pixel_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Annotation(Base):

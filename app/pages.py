@@ -26,7 +26,7 @@ from app.api.models import model_out
 from app.api.training import run_out
 from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_role
 from app.models import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
-from app.schemas import API
+from app.schemas import API, pixel_info_out
 from app.services.images import next_image
 from app.services.login import login_with_password
 from app.services.lookups import active_model
@@ -189,6 +189,8 @@ def image_json(image: Image) -> dict[str, Any]:
         "import_label": image.import_label,
         "annotation_count": image.annotation_count,
         "file_url": f"{API}/images/{image.id}/file",
+        "display_url": f"{API}/images/{image.id}/display.png",
+        "pixels": pixel_info_out(image).model_dump(),
     }
 
 
@@ -341,8 +343,19 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
             "recent": recent,
             "mine": mine,
             "boot": boot,
+            "weights": _registered_weights(),
         },
     )
+
+
+def _registered_weights() -> list[dict[str, Any]]:
+    """The pretrained weights the train box offers (empty when the registry is unreadable)."""
+    from sage.weights import WeightsError, as_dicts, list_weights
+
+    try:
+        return as_dicts(list_weights())
+    except (WeightsError, OSError):
+        return []
 
 
 # --- annotate ----------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 
 def _no_control_chars(value: str) -> str:
@@ -104,7 +104,21 @@ class TrainingOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    method: Literal["ce", "blur", "cyborg", "rrr", "gradia", "sage", "sage-inverted"] | None = None
+    method: (
+        Literal[
+            "ce",
+            "blur",
+            "cyborg",
+            "rrr",
+            "gradia",
+            "ce-swap",
+            "ce-jsd",
+            "sage-paper",
+            "sage",
+            "sage-inverted",
+        ]
+        | None
+    ) = None
     backbone: (
         Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)]
         | None
@@ -114,6 +128,27 @@ class TrainingOptions(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=4096)
     lr: float | None = Field(default=None, gt=0, le=10)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    weights: str | None = Field(
+        default=None,
+        max_length=100,
+        description="pretrained weights by registered name (GET /api/v1/weights)",
+    )
+
+    @model_validator(mode="after")
+    def _registered_weights_only(self) -> TrainingOptions:
+        if "pretrained_path" in (self.model_extra or {}):
+            raise ValueError(
+                "pretrained_path cannot be set through SAGE Studio; register the file with "
+                "`sage-studio weights add FILE` and set weights to its name"
+            )
+        if self.weights is not None:
+            from sage.weights import WeightsError, resolve  # torch-free
+
+            try:
+                resolve(self.weights, self.backbone)
+            except WeightsError as exc:
+                raise ValueError(str(exc)) from exc
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, mode="json")
@@ -138,7 +173,9 @@ class ProjectCreate(Strict):
     backbone: Annotated[
         str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)
     ] = "tiny"
-    image_size: int = Field(default=64, ge=8, le=1024)
+    image_size: int | None = Field(
+        default=None, ge=8, le=1024, description="default by backbone: 224 (ImageNet CNNs, ViT), 64 (tiny)"
+    )
     training: TrainingOptions = Field(default_factory=TrainingOptions)
     retrain_enabled: bool = True
     retrain_min_new: int = Field(default=20, ge=1, le=1_000_000)
@@ -215,6 +252,24 @@ class MemberOut(BaseModel):
 # --- images --------------------------------------------------------------------------------------
 
 
+class Window(BaseModel):
+    center: float
+    width: float
+
+
+class PixelInfo(BaseModel):
+    """What the decoder found (null for an image uploaded before 0004 that was not displayed yet)."""
+
+    bit_depth: int | None = Field(description="bits per sample that carry information (32 for float)")
+    photometric: str | None = Field(description="MONOCHROME2 (MONOCHROME1 is inverted on decode) or RGB")
+    channels: int | None
+    dtype: str | None = Field(description="numpy dtype of the stored array")
+    default_window: Window = Field(description="display.png's window when none is given")
+    header_window: Window | None = Field(description="the file's own window (DICOM VOI), if any")
+    auto_window: Window | None = Field(description="the 0.5 to 99.5 percentile range")
+    full_window: Window | None = Field(description="the whole range of the values")
+
+
 class ImageOut(BaseModel):
     id: int
     project_id: int
@@ -225,6 +280,9 @@ class ImageOut(BaseModel):
     size_bytes: int
     original_name: str
     split: str | None
+    group: str | None = Field(
+        default=None, description="patient, subject or device; a group never spans splits"
+    )
     import_label: str | None
     label: str | None = Field(description="majority of the annotators' labels, else the import label")
     annotation_count: int
@@ -232,6 +290,8 @@ class ImageOut(BaseModel):
     agreement: Agreement
     created_at: datetime
     file_url: str
+    pixels: PixelInfo = Field(description="the decoded pixels: depth, photometric, windows")
+    display_url: str = Field(description="8-bit PNG rendering through the default window")
 
 
 class UploadedImage(ImageOut):
@@ -331,6 +391,7 @@ def image_out(image: Any) -> ImageOut:
         size_bytes=image.size_bytes,
         original_name=image.original_name,
         split=image.split,
+        group=image.group,
         import_label=image.import_label,
         label=image.label,
         annotation_count=image.annotation_count,
@@ -338,6 +399,27 @@ def image_out(image: Any) -> ImageOut:
         agreement=Agreement(iou=image.agreement_iou, pearson=image.agreement_r),
         created_at=image.created_at,
         file_url=f"{API}/images/{image.id}/file",
+        pixels=pixel_info_out(image),
+        display_url=f"{API}/images/{image.id}/display.png",
+    )
+
+
+def _window(pair: Any) -> Window | None:
+    return Window(center=float(pair[0]), width=float(pair[1])) if pair else None
+
+
+def pixel_info_out(image: Any) -> PixelInfo:
+    info = image.pixel_info or {}
+    default = (image.window_center, image.window_width) if image.window_center is not None else (128.0, 256.0)
+    return PixelInfo(
+        bit_depth=image.bit_depth,
+        photometric=image.photometric,
+        channels=image.channels,
+        dtype=info.get("dtype"),
+        default_window=Window(center=default[0], width=default[1]),
+        header_window=_window(info.get("header_window")),
+        auto_window=_window(info.get("auto_window")),
+        full_window=_window(info.get("full_window")),
     )
 
 

@@ -118,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     samples = index.split(args.split) if args.split != "all" else index.samples
     if not samples:
         raise ValueError(f"{args.data} has no images in split {args.split!r}")
-    tensors = load_split(index, samples, predictor.image_size)
+    tensors = load_split(index, samples, predictor.image_size, window=predictor.window)
     metrics = evaluate(predictor.model, tensors, predictor.labels, predictor.device)
     metrics["split"] = args.split
     metrics["labels"] = predictor.labels
@@ -137,18 +137,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = BenchSettings.preset(args.preset)
     overrides = {
-        "suites": args.suite, "methods": args.methods, "seeds": args.seeds, "epochs": args.epochs,
-        "n": args.n, "image_size": args.image_size, "backbone": args.backbone, "coverages": args.coverage,
+        "suites": args.suite, "methods": args.methods, "tuning_seeds": args.tuning_seeds,
+        "report_seeds": args.report_seeds, "configs_per_method": args.configs, "epochs": args.epochs,
+        "n": args.n, "image_size": args.image_size, "backbone": args.backbone,
     }  # fmt: skip
     settings = settings.with_overrides({k: v for k, v in overrides.items() if v is not None})
-    run_bench(
-        settings,
-        out_md=Path(args.out),
-        work_dir=Path(args.work),
-        ablation=not args.no_ablation,
-        fresh=args.fresh,
-        jobs=args.jobs,
-    )
+    run_bench(settings, out_md=Path(args.out), work_dir=Path(args.work), fresh=args.fresh, jobs=args.jobs)
     print(f"wrote {args.out}")
     return 0
 
@@ -201,19 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("bench", help="compare all methods on the synthetic suites; writes a markdown report")
+    p = sub.add_parser(
+        "bench", help="the fair comparison of every method (bench/README.md); writes a markdown report"
+    )
     p.add_argument("--preset", default="full", choices=("full", "smoke"))
-    p.add_argument("--suite", nargs="+", help="dataset kinds (default: all)")
+    p.add_argument("--suite", nargs="+", choices=list(KINDS), help="dataset kinds")
     p.add_argument("--methods", nargs="+", choices=METHODS)
-    p.add_argument("--seeds", type=int)
+    p.add_argument("--tuning-seeds", type=int, nargs="+", help="seeds that choose configurations")
+    p.add_argument("--report-seeds", type=int, nargs="+", help="seeds the tables report (disjoint)")
+    p.add_argument("--configs", type=int, help="configurations tried per method (the same for all)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--n", type=int)
     p.add_argument("--image-size", type=int)
     p.add_argument("--backbone")
-    p.add_argument("--coverage", type=float, nargs="*", help="partial saliency coverages (default 0.25 0.1)")
     p.add_argument("--out", default="bench/ml.md")
     p.add_argument("--work", default="bench/out", help="datasets and the resumable results.json")
-    p.add_argument("--no-ablation", action="store_true")
     p.add_argument("--fresh", action="store_true", help="ignore results already in WORK/results.json")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and thread each")
     p.set_defaults(func=cmd_bench)

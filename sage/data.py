@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from sage import imageio
 from sage.labels_csv import HEADER_HELP, LABELS_CSV, read_labels_csv
-from sage.transforms import image_to_tensor, saliency_to_tensor
+from sage.transforms import preprocess, saliency_to_tensor
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 
 class DatasetError(ValueError):
@@ -96,12 +97,13 @@ def read_dataset(root: str | Path, labels: list[str] | None = None, check_files:
 
 
 def _check_files(image_path: Path, saliency_path: Path | None) -> str | None:
+    """A problem with an image or its map found from their headers (the decoder's probe), or None."""
     try:
-        with Image.open(image_path) as im:
-            size = im.size
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return f"cannot decode image {image_path}: {exc}"
+        size = imageio.probe_size(image_path.read_bytes())
+    except OSError as exc:
+        return f"cannot read image {image_path}: {exc}"
+    if size is None:
+        return f"cannot decode image {image_path}: not a readable {imageio.SUPPORTED} file"
     if saliency_path is None:
         return None
     try:
@@ -114,11 +116,9 @@ def _check_files(image_path: Path, saliency_path: Path | None) -> str | None:
     return None
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """The one image decoder: any Pillow-readable file as an RGB image, fully loaded."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+def load_image(path: str | Path) -> imageio.DecodedArray:
+    """The one image decoder (sage.imageio): pixels at full precision with their metadata."""
+    return imageio.decode_file(path)
 
 
 def load_saliency(path: str | Path) -> Image.Image:
@@ -154,12 +154,13 @@ _CACHE_SIZE = 8
 
 
 def load_split(
-    index: DatasetIndex, samples: list[Sample], image_size: int, cache: bool = True
+    index: DatasetIndex, samples: list[Sample], image_size: int, cache: bool = True, window: str = "default"
 ) -> SplitTensors:
-    """Decode `samples` into uint8 tensors at image_size (memoised per file set and size)."""
+    """Decode `samples` into uint8 tensors at image_size through `preprocess` (window, channels,
+    letterbox; memoised per file set, size and window choice)."""
     root = index.root
     key = (
-        str(root.resolve()), image_size, tuple(index.labels),
+        str(root.resolve()), image_size, window, tuple(index.labels),
         tuple((s.image, s.saliency, _mtime(root / "images" / s.image)) for s in samples),
     )  # fmt: skip
     if cache and key in _CACHE:
@@ -174,8 +175,12 @@ def load_split(
     for i, s in enumerate(samples):
         where = f"{root / 'labels.csv'}:{s.line}"
         try:
-            images[i] = image_to_tensor(load_image(root / "images" / s.image), image_size)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            decoded = load_image(root / "images" / s.image)
+            pixel_window = imageio.window_for(
+                window, decoded.pixels, decoded.bit_depth, decoded.header_window
+            )
+            images[i] = preprocess(decoded.pixels, image_size, pixel_window)[0]
+        except (imageio.DecodeError, OSError, ValueError) as exc:
             errors.append(f"{where}: cannot decode image {s.image}: {exc}")
             continue
         if s.saliency:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from sage.cam import grad_cam, normalize_maps, upsample
 from sage.data import SplitTensors
-from sage.metrics import classification_metrics, mean_alignment
+from sage.metrics import apply_temperature, classification_metrics, expected_calibration_error, mean_alignment
 from sage.models import Classifier
 from sage.transforms import normalize
 
@@ -44,13 +44,26 @@ def gradcam_maps(
 
 
 def evaluate(
-    model: Classifier, split: SplitTensors, labels: list[str], device: torch.device, alignment: bool = True
+    model: Classifier,
+    split: SplitTensors,
+    labels: list[str],
+    device: torch.device,
+    alignment: bool = True,
+    temperature: float | None = None,
 ) -> dict:
     """`classification_metrics` for the split, plus `alignment` (soft IoU, Pearson r, pointing
     game between the Grad-CAM of the predicted class and the human map, averaged over the images
-    that have a map) and `n_with_saliency`."""
+    that have a map) and `n_with_saliency`. With `temperature` (fitted on the validation split):
+    `temperature` and `ece_calibrated`, the calibration error of softmax(logits / T)."""
     probs = predict_probabilities(model, split, device)
     metrics = classification_metrics(split.labels.numpy(), probs, labels)
+    if temperature is not None:
+        metrics["temperature"] = float(temperature)
+        metrics["ece_calibrated"] = (
+            expected_calibration_error(apply_temperature(probs, temperature), split.labels.numpy())
+            if len(split)
+            else None
+        )
     rows = np.flatnonzero(split.has_saliency.numpy())
     metrics["n_with_saliency"] = int(len(rows))
     if alignment and len(rows):

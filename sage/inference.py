@@ -1,4 +1,9 @@
-"""Load a trained model.pt and predict labels, probabilities and Grad-CAM heatmaps for PIL images."""
+"""Load a trained model.pt and predict labels, probabilities and Grad-CAM heatmaps.
+
+Inputs are decoded images (`sage.imageio.DecodedArray`, full precision, any format the decoder
+reads) or 8-bit PIL images; each goes through the same `sage.transforms.preprocess` as in training
+(the model's window choice, letterbox), and each heatmap comes back on the image's own pixel grid.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sage.cam import grad_cam, normalize_maps, upsample
+from sage import imageio
+from sage.cam import grad_cam, normalize_maps
 from sage.models import create_model
 from sage.training import MODEL_FORMAT, resolve_device
-from sage.transforms import image_to_tensor, normalize
+from sage.transforms import normalize, preprocess
+
+PredictInput = imageio.DecodedArray | Image.Image
 
 
 @dataclass
@@ -33,6 +41,9 @@ class Predictor:
         self.image_size = image_size
         self.device = device
         self.info = info  # backbone, config, metrics from the artifact
+        # probabilities are calibrated with the temperature fitted on the validation split at training
+        self.temperature = float((info.get("metrics") or {}).get("temperature") or 1.0)
+        self.window = str((info.get("config") or {}).get("window", "default"))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Predictor:
@@ -56,7 +67,7 @@ class Predictor:
         return cls(model.to(dev), ckpt["labels"], ckpt["image_size"], dev, info)
 
     def predict(
-        self, images: list[Image.Image], heatmaps: bool = True, batch_size: int = 32
+        self, images: list[PredictInput], heatmaps: bool = True, batch_size: int = 32
     ) -> list[Prediction]:
         """Predict each image; with heatmaps, the Grad-CAM of the predicted class at the image's
         original size. Each chunk of `batch_size` images takes one forward (and one backward)."""
@@ -65,10 +76,17 @@ class Predictor:
             results += self._predict_chunk(images[start : start + batch_size], heatmaps)
         return results
 
-    def _predict_chunk(self, images: list[Image.Image], heatmaps: bool) -> list[Prediction]:
+    def prepare(self, image: PredictInput):
+        """The model input (uint8 (3, P, P)) and letterbox of one image, as training prepared it."""
+        decoded = as_decoded(image)
+        window = imageio.window_for(self.window, decoded.pixels, decoded.bit_depth, decoded.header_window)
+        return preprocess(decoded.pixels, self.image_size, window)
+
+    def _predict_chunk(self, images: list[PredictInput], heatmaps: bool) -> list[Prediction]:
         if not images:
             return []
-        x = normalize(torch.stack([image_to_tensor(im, self.image_size) for im in images]).to(self.device))
+        prepared = [self.prepare(im) for im in images]
+        x = normalize(torch.stack([t for t, _ in prepared]).to(self.device))
         if heatmaps:
             with torch.enable_grad():
                 out = self.model.forward_all(x)
@@ -79,18 +97,13 @@ class Predictor:
             with torch.inference_mode():
                 logits = self.model(x)
             predicted = logits.argmax(1)
-        probs = F.softmax(logits.float(), dim=1).cpu().numpy()
+        probs = F.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
         results = []
-        for i, im in enumerate(images):
+        for i, (_, box) in enumerate(prepared):
             idx = int(predicted[i])
             heat = None
-            if heatmaps:
-                heat = (
-                    normalize_maps(upsample(cams[i : i + 1], (im.height, im.width)))[0]
-                    .cpu()
-                    .numpy()
-                    .astype(np.float32)
-                )
+            if heatmaps:  # on the original pixel grid: the letterbox's padding cropped away
+                heat = normalize_maps(box.to_original(cams[i : i + 1].cpu()))[0].numpy().astype(np.float32)
             results.append(
                 Prediction(
                     label=self.labels[idx],
@@ -100,3 +113,14 @@ class Predictor:
                 )  # fmt: skip
             )
         return results
+
+
+def as_decoded(image: PredictInput) -> imageio.DecodedArray:
+    """A decoded image as is; an 8-bit PIL image as its RGB pixels (full-range window)."""
+    if isinstance(image, imageio.DecodedArray):
+        return image
+    if isinstance(image, Image.Image):
+        return imageio.DecodedArray(np.asarray(image.convert("RGB"), dtype=np.uint8), "png", 8, "RGB")
+    raise TypeError(
+        f"cannot predict a {type(image).__name__}; pass a sage.imageio.DecodedArray or a PIL image"
+    )

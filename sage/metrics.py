@@ -51,7 +51,8 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
 def classification_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
     """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support, confusion
     matrix (rows = true, columns = predicted), ROC AUC (binary, or macro one-vs-rest; None when a
-    class is absent from y), expected calibration error and mean negative log-likelihood."""
+    class is absent from y), sensitivity at 95% specificity (two classes, the second positive),
+    expected calibration error and mean negative log-likelihood."""
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     k = len(labels)
@@ -94,8 +95,52 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str]) 
         "balanced_accuracy": float(np.mean(recalls)) if recalls else math.nan,
         "macro_f1": float(np.mean(f1s)),
         "roc_auc": auc,
+        "sens_at_95_spec": sensitivity_at_specificity(y, probs[:, 1]) if k == 2 and len(y) else None,
         "ece": expected_calibration_error(probs, y) if len(y) else math.nan,
         "loss": nll,
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def sensitivity_at_specificity(
+    y: np.ndarray, positive_scores: np.ndarray, specificity: float = 0.95
+) -> float | None:
+    """Two-class: the share of positives (y == 1) caught at the best threshold that still keeps at
+    least `specificity` of the negatives below it (ties broken against the threshold). None when a
+    class is missing."""
+    y = np.asarray(y)
+    scores = np.asarray(positive_scores, dtype=np.float64)
+    pos, neg = scores[y == 1], scores[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    allowed = int(np.floor((1 - specificity) * len(neg) + 1e-9))  # negatives that may score above
+    ranked = np.sort(neg)[::-1]
+    # a positive counts when it scores strictly above every negative but the `allowed` highest
+    threshold = ranked[allowed] if allowed < len(ranked) else -np.inf
+    return float(np.mean(pos > threshold))
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): temperature scaling of probabilities (the same as of their logits)."""
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1)) / temperature
+    logits -= logits.max(1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T in [0.05, 20] that minimises the negative log-likelihood of
+    softmax(log p / T) on (probs, y) (Guo et al. 2017); 1 when there is nothing to fit."""
+    from scipy.optimize import minimize_scalar
+
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) < 2:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        p = apply_temperature(probs, math.exp(log_t))
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1))))
+
+    result = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20)), method="bounded")
+    return float(math.exp(result.x)) if result.success else 1.0

@@ -21,6 +21,8 @@ decoy datasets have identical objects and an identical test split.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import math
 import shutil
 from collections.abc import Callable
@@ -43,12 +45,20 @@ class Drawn:
 
 
 def make_dataset(
-    kind: str, out_dir: str | Path, n: int = 600, seed: int = 0, clean: bool = False, image_size: int = 64
+    kind: str,
+    out_dir: str | Path,
+    n: int = 600,
+    seed: int = 0,
+    clean: bool = False,
+    image_size: int = 64,
+    val_shortcut: bool = True,
 ) -> Path:
     """Write a synthetic dataset folder (labels.csv, images/, saliency/) and return its path.
 
     kind: one of `KINDS`. n: number of images (60% train, 20% val, 20% test, classes balanced).
-    clean: the decoy carries no class information in any split (the ceiling). The folder is
+    clean: the decoy carries no class information in any split (the ceiling). val_shortcut=False
+    makes the decoy random in the val split too (a validation split that rewards the object, not
+    the shortcut, for choosing hyperparameters); the images are otherwise identical. The folder is
     replaced if it exists and holds a previous synthetic dataset (a labels.csv); a non-empty folder
     without one is refused rather than overwritten.
     """
@@ -76,7 +86,8 @@ def make_dataset(
         y = int(ys[i])
         split = splits[i]
         random_class = int(rng.integers(len(classes)))  # the decoy's class when it is uninformative
-        decoy = y if split != "test" and not clean else random_class
+        coded = split == "train" or (split == "val" and val_shortcut)
+        decoy = y if coded and not clean else random_class
         drawn = draw(rng, image_size, y, decoy, digits)
         name = f"{kind}-{i:05d}"
         Image.fromarray(drawn.image).save(out / "images" / f"{name}.png")
@@ -226,3 +237,50 @@ KINDS: dict[str, tuple[Callable[..., Drawn], tuple[str, ...]]] = {
     "decoy-digits": (_draw_decoy_digits, tuple(str(d) for d in range(10))),
     "decoy-texture": (_draw_decoy_texture, SHAPES),
 }
+
+
+def dicom_bytes(
+    pixels: np.ndarray,
+    *,
+    bits_stored: int = 12,
+    window: tuple[float, float] | None = None,
+    photometric: str = "MONOCHROME2",
+    modality: str = "DX",
+) -> bytes:
+    """A single-frame DICOM Part 10 file (explicit VR little endian) holding `pixels` (H, W) uint16.
+
+    For synthetic radiograph-like data, demos and tests: BitsAllocated 16, `bits_stored` bits
+    stored (values must fit), unsigned, no rescale, and the VOI window `window` (center, width)
+    when given. Uses pydicom's writer; nothing here decodes.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2 or pixels.min() < 0 or pixels.max() >= 2**bits_stored:
+        raise ValueError(f"pixels must be 2-D and fit in {bits_stored} unsigned bits")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(
+        entropy_srcs=[hashlib.sha256(pixels.tobytes()).hexdigest()]
+    )
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.PatientName = "SYNTHETIC^PHANTOM"
+    ds.PatientID = "SAGE-SYNTH"
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = float(window[0]), float(window[1])
+    ds.PixelData = np.ascontiguousarray(pixels.astype("<u2")).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -10,6 +10,7 @@ continues bit-for-bit as the uninterrupted run would (on the same device and sof
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import random
@@ -27,9 +28,11 @@ import torch.nn.functional as F
 from sage import __version__
 from sage.config import TrainConfig
 from sage.data import SplitTensors, limit_saliency, load_split, read_dataset, stratified_holdout
-from sage.evaluation import evaluate
+from sage.evaluation import evaluate, predict_probabilities
 from sage.methods import Batch, Task, create_task
+from sage.metrics import fit_temperature
 from sage.models import Classifier, create_model
+from sage.recipes import plan_training
 from sage.transforms import IMAGENET_MEAN, IMAGENET_STD, augment_batch, normalize
 
 MODEL_FORMAT = "sage-model/1"
@@ -71,13 +74,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
     """Read and decode the dataset; hold out a stratified val split when labels.csv has none."""
+    assert config.image_size is not None  # TrainConfig.__post_init__ sets it by backbone
     index = read_dataset(data_dir, config.labels or None)
     train_samples, val_samples, test_samples = (index.split(s) for s in ("train", "val", "test"))
     if not train_samples:
         raise ValueError(f"{data_dir}: no training images (rows with split train or no split)")
-    train = load_split(index, train_samples, config.image_size)
+    train = load_split(index, train_samples, config.image_size, window=config.window)
     if val_samples:
-        val = load_split(index, val_samples, config.image_size)
+        val = load_split(index, val_samples, config.image_size, window=config.window)
     else:
         keep, held = stratified_holdout(train.labels.numpy(), config.val_fraction, config.seed)
         if len(held) == 0 or len(keep) == 0:
@@ -86,19 +90,37 @@ def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
             )
         train, val = train.subset(keep), train.subset(held)
     train = limit_saliency(train, config.saliency_fraction, config.seed)
-    test = load_split(index, test_samples, config.image_size) if test_samples else None
+    test = load_split(index, test_samples, config.image_size, window=config.window) if test_samples else None
     return TrainingData(index.labels, train, val, test)
 
 
-def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
+def pretrained_file(config: TrainConfig) -> Path | str | None:
+    """The verified local file of `config.weights` (by registered name), else `pretrained_path`."""
+    if config.weights:
+        from sage.weights import weights_path
+
+        return weights_path(config.weights, config.backbone)
+    return config.pretrained_path
+
+
+def build_optimizer(
+    config: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, backbone_lr_scale: float = 1.0
+):
+    """The optimizer and per-step schedule; the classifier head trains at `config.lr`, the rest of
+    the model (the backbone) at `config.lr * backbone_lr_scale`; no weight decay on biases/norms."""
+    head = getattr(model, "head", None)
+    head_ids = {id(p) for p in head.parameters()} if isinstance(head, torch.nn.Module) else set()
+    buckets: dict[tuple[bool, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+            buckets.setdefault((id(p) in head_ids, p.ndim > 1), []).append(p)
+    groups: list[dict[str, Any]] = [
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decays else 0.0,
+            "lr": config.lr if is_head else config.lr * backbone_lr_scale,
+        }
+        for (is_head, decays), params in sorted(buckets.items(), key=lambda kv: kv[0])
     ]
     if config.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -110,7 +132,7 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
     if config.schedule == "onecycle":
         scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=max(total, 1)
+            optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(total, 1)
         )
     else:
         cosine = config.schedule == "cosine"
@@ -181,7 +203,7 @@ def epoch_batches(data: SplitTensors, config: TrainConfig, seed: int) -> list[to
 def to_batch(split: SplitTensors, rows: torch.Tensor, device: torch.device, augment: str) -> Batch:
     images = split.images[rows].to(device, non_blocking=True).float().div_(255)
     saliency = split.saliency[rows].to(device, non_blocking=True).float().div_(255)
-    images, saliency = augment_batch(images, saliency, augment)
+    images, saliency = augment_batch(images, saliency, "crop" if augment == "auto" else augment)
     has = split.has_saliency[rows].to(device)
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
@@ -271,14 +293,20 @@ def fit(
     device = resolve_device(config.device)
     seed_everything(config.seed, config.deterministic)
     data = prepare_data(config, data_dir)
-    model = create_model(config.backbone, len(data.labels), config.pretrained_path, config.image_size).to(
-        device
-    )
+    pretrained = pretrained_file(config)
+    assert config.image_size is not None  # TrainConfig.__post_init__ sets it by backbone
+    model = create_model(config.backbone, len(data.labels), pretrained, config.image_size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    counts = np.bincount(data.train.labels.numpy(), minlength=len(data.labels))
+    plan = plan_training(config, pretrained is not None, counts)
+    run_config = plan.config_for_training(config)  # the recipe's optimisation values
     task = create_task(model, config)
-    steps = len(epoch_batches(data.train, config, 0))
-    optimizer, scheduler = build_optimizer(config, model, steps)
+    task.freeze_batchnorm = plan.freeze_batchnorm
+    if plan.class_weights is not None:
+        task.class_weights = torch.tensor(plan.class_weights, dtype=torch.float32)
+    steps = len(epoch_batches(data.train, run_config, 0))
+    optimizer, scheduler = build_optimizer(run_config, model, steps, plan.backbone_lr_scale)
 
     state: dict[str, Any] = {
         "epoch": 0,
@@ -333,7 +361,7 @@ def fit(
             )
 
         losses = train_one_epoch(
-            task, optimizer, scheduler, data.train, config, device, epoch, report, should_cancel
+            task, optimizer, scheduler, data.train, run_config, device, epoch, report, should_cancel
         )
         epoch_seconds = time.perf_counter() - epoch_start
         state["train_seconds"] += epoch_seconds
@@ -367,6 +395,7 @@ def fit(
         model.load_state_dict(best_weights)
 
     metrics = _final_metrics(model, data, device, state)
+    metrics["recipe"] = dataclasses.asdict(plan)
     metrics["total_seconds"] = time.perf_counter() - started
     save_model(out_dir / "model.pt", model, config, data.labels, metrics)
     return metrics
@@ -381,7 +410,11 @@ def _event(epoch, epochs, step, steps, losses, val, eta, ips) -> dict[str, Any]:
 
 
 def _final_metrics(model, data: TrainingData, device, state) -> dict[str, Any]:
-    val = evaluate(model, data.val, data.labels, device)
+    """Validation (and test) reports, the temperature fitted on validation, and the headline numbers
+    at the top level: {val,test}_{accuracy, auroc, balanced_accuracy, sens_at_95_spec,
+    ece_calibrated}."""
+    temperature = fit_temperature(predict_probabilities(model, data.val, device), data.val.labels.numpy())
+    val = evaluate(model, data.val, data.labels, device, temperature=temperature)
     epochs_run = len(state["history"]) and state["history"][-1]["epoch"]
     metrics: dict[str, Any] = {
         "val_accuracy": val["accuracy"],
@@ -398,12 +431,21 @@ def _final_metrics(model, data: TrainingData, device, state) -> dict[str, Any]:
         "labels": data.labels,
         "val": val,
         "history": state["history"],
+        "temperature": temperature,
+        **_headline("val", val),
     }
     if data.test is not None:
-        test = evaluate(model, data.test, data.labels, device)
+        test = evaluate(model, data.test, data.labels, device, temperature=temperature)
         metrics["test_accuracy"] = test["accuracy"]
         metrics["test"] = test
+        metrics.update(_headline("test", test))
     return metrics
+
+
+def _headline(prefix: str, report: dict[str, Any]) -> dict[str, Any]:
+    keys = {"auroc": "roc_auc", "balanced_accuracy": "balanced_accuracy", "sens_at_95_spec": "sens_at_95_spec",
+            "ece_calibrated": "ece_calibrated"}  # fmt: skip
+    return {f"{prefix}_{name}": report.get(key) for name, key in keys.items()}
 
 
 def save_model(path: Path, model: Classifier, config: TrainConfig, labels: list[str], metrics: dict) -> None:

@@ -1,6 +1,9 @@
 """Image preprocessing: the one place that resizes images and their saliency maps together.
 
-Decoding and resizing happen once per image (`image_to_tensor`, `saliency_to_tensor`); random
+`preprocess` is shared by training and serving: stored pixels -> window -> channels -> letterbox
+(aspect kept, zero padding, never squashed); `letterbox_saliency` places a saliency map exactly as
+its image, and `Letterbox.to_original` maps heatmaps back onto the original pixel grid.
+Decoding and resizing happen once per image; random
 augmentation happens per batch on the device (`augment_batch`), with the image and its saliency map
 stacked so both get exactly the same flip and crop; `normalize` turns uint8 pixels into the float
 input every backbone expects.
@@ -8,25 +11,119 @@ input every backbone expects.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sage.imageio import window_to_unit
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image of width x height sits inside the square model input of side `size`.
+
+    The image is scaled by size / max(width, height) (aspect kept) and centred; the rest is padding
+    (zeros: black in the image, "irrelevant" in a saliency map). The same geometry maps an input-
+    grid heatmap back onto the original pixel grid (`to_original`).
+    """
+
+    width: int
+    height: int
+    size: int
+
+    @property
+    def scale(self) -> float:
+        return self.size / max(self.width, self.height)
+
+    @property
+    def inner(self) -> tuple[int, int]:
+        """(width, height) of the image inside the input."""
+        return (
+            min(self.size, max(1, round(self.width * self.scale))),
+            min(self.size, max(1, round(self.height * self.scale))),
+        )
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """(left, top) padding."""
+        w, h = self.inner
+        return (self.size - w) // 2, (self.size - h) // 2
+
+    def to_input(self, planes: torch.Tensor) -> torch.Tensor:
+        """(C, height, width) float -> (C, size, size): bilinear (antialiased) resize and zero padding."""
+        w, h = self.inner
+        left, top = self.offset
+        resized = F.interpolate(
+            planes[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+        out = torch.zeros(planes.shape[0], self.size, self.size, dtype=resized.dtype)
+        out[:, top : top + h, left : left + w] = resized
+        return out
+
+    def to_original(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) maps over the whole square input (any resolution, e.g. a CAM grid) ->
+        (B, height, width) over the original image: the padding is cropped away, nothing squashed."""
+        maps = maps.float()
+        if maps.shape[-2:] != (self.size, self.size):
+            maps = F.interpolate(
+                maps[:, None], size=(self.size, self.size), mode="bilinear", align_corners=False
+            )[:, 0]
+        w, h = self.inner
+        left, top = self.offset
+        inner = maps[:, top : top + h, left : left + w]
+        return F.interpolate(
+            inner[:, None], size=(self.height, self.width), mode="bilinear", align_corners=False
+        )[:, 0]
+
+
+def preprocess(
+    pixels: np.ndarray,
+    size: int,
+    window: tuple[float, float],
+    channels: int = 3,
+) -> tuple[torch.Tensor, Letterbox]:
+    """The one preprocessing of training and serving: stored pixels -> model input.
+
+    `pixels` (H, W) or (H, W, 3) at full precision (sage.imageio) -> through the display `window`
+    (center, width) to [0, 1] -> `channels` (grayscale repeated to 3 for the ImageNet backbones) ->
+    letterboxed to (channels, size, size). Returned as uint8 (the [0, 1] values times 255,
+    rounded), which keeps decoded splits compact; `normalize` turns it into the model's input.
+    """
+    unit = torch.from_numpy(window_to_unit(pixels, *window))
+    planes = unit[None] if unit.ndim == 2 else unit.permute(2, 0, 1)
+    if planes.shape[0] != channels:
+        if planes.shape[0] == 1:
+            planes = planes.expand(channels, -1, -1)
+        elif channels == 1:
+            planes = planes.mean(dim=0, keepdim=True)
+        else:
+            raise ValueError(f"cannot make {channels} channels from {planes.shape[0]}")
+    box = Letterbox(width=int(pixels.shape[1]), height=int(pixels.shape[0]), size=size)
+    x = box.to_input(planes)
+    return (x * 255.0 + 0.5).clamp(0, 255).to(torch.uint8), box
+
+
+def letterbox_saliency(saliency: np.ndarray, size: int) -> torch.Tensor:
+    """A (H, W) uint8 saliency map letterboxed exactly as its image is: uint8 (1, size, size)."""
+    box = Letterbox(width=int(saliency.shape[1]), height=int(saliency.shape[0]), size=size)
+    x = box.to_input(torch.from_numpy(np.asarray(saliency, dtype=np.float32))[None])
+    return (x + 0.5).clamp(0, 255).to(torch.uint8)
+
+
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """RGB uint8 tensor (3, size, size): the image resized (bilinear, antialiased) to a square."""
-    image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    """RGB uint8 tensor (3, size, size) of an 8-bit PIL image, letterboxed by `preprocess`."""
+    return preprocess(np.asarray(image.convert("RGB"), dtype=np.uint8), size, (128.0, 256.0))[0]
 
 
 def saliency_to_tensor(saliency: Image.Image, size: int) -> torch.Tensor:
-    """uint8 tensor (1, size, size) of a grayscale saliency map resized exactly as its image is."""
-    saliency = saliency.convert("L").resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(saliency, dtype=np.uint8).copy())[None].contiguous()
+    """uint8 tensor (1, size, size) of a grayscale saliency map, letterboxed as its image is."""
+    return letterbox_saliency(np.asarray(saliency.convert("L"), dtype=np.uint8), size)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

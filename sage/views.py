@@ -125,3 +125,18 @@ def salient_preserving_view(x: torch.Tensor, saliency: torch.Tensor, degraded: t
 def saliency_degrading_view(x: torch.Tensor, saliency: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
     """x- = (1-S)*x + S*D(x): what the expert marked is degraded, the rest survives."""
     return (1 - saliency) * x + saliency * degraded
+
+
+def preprocess_saliency(saliency: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
+    """The map a method trains with, from the painted S in [0, 1]: "continuous" keeps S, "threshold"
+    gives S >= threshold, "ramp" gives clamp((S - threshold) / (1 - threshold), 0, 1) (graded, but
+    a brush stroke's faint rim counts as non-salient). Every saliency method offers the three."""
+    if mode == "continuous":
+        return saliency
+    if mode == "threshold":
+        return (saliency >= threshold).to(saliency.dtype)
+    if mode == "ramp":
+        if threshold >= 1:
+            return (saliency >= 1).to(saliency.dtype)
+        return ((saliency - threshold) / (1 - threshold)).clamp(0, 1)
+    raise ValueError(f"unknown saliency mode {mode!r}; choose continuous, threshold or ramp")

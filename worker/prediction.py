@@ -9,12 +9,15 @@ import time
 from typing import Any
 
 import numpy as np
+from PIL import Image as PILImage
 from sqlalchemy import select
 
 from app.imaging import decode_image
 from app.models import Image, ModelVersion, TrainingRun
+from app.services import images as image_service
 from app.services import models as model_service
 from app.services import predictions as prediction_service
+from sage.imageio import render_8bit
 from worker import registry
 from worker.context import WorkerContext
 
@@ -47,9 +50,9 @@ def predict_image(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]
 
     started = time.perf_counter()
     data = base64.b64decode(request["image_b64"])
-    image = decode_image(data, max_pixels=ctx.settings.max_image_pixels).image.convert("RGB")
+    decoded = decode_image(data, max_pixels=ctx.settings.max_image_pixels)
     batcher = predictor_cache(ctx).get(request["model_id"], request["artifact_key"], request["checksum"])
-    result = batcher.predict(image, timeout=ctx.settings.predict_timeout_s)
+    result = batcher.predict(decoded, timeout=ctx.settings.predict_timeout_s)
     answer: dict[str, Any] = {
         "project_id": request["project_id"],
         "model_id": request["model_id"],
@@ -60,7 +63,8 @@ def predict_image(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]
         "uncertainty": prediction_service.uncertainty(result.probabilities),
     }
     if request.get("heatmap", True) and result.heatmap is not None:
-        answer["heatmap_png"] = base64.b64encode(overlay_png(image, result.heatmap)).decode()
+        shown = PILImage.fromarray(render_8bit(decoded.pixels, *decoded.default_window()))
+        answer["heatmap_png"] = base64.b64encode(overlay_png(shown, result.heatmap)).decode()
         if request.get("raw_heatmap"):
             answer["raw_heatmap_png"] = base64.b64encode(heatmap_png(result.heatmap)).decode()
     answer["worker_ms"] = round((time.perf_counter() - started) * 1000, 2)
@@ -102,8 +106,8 @@ def predict_project(
         chunk = image_ids[start : start + PROJECT_BATCH]
         with ctx.session() as session:
             rows = list(session.scalars(select(Image).where(Image.id.in_(chunk)).order_by(Image.id)))
-            pils = [decode_image(storage.read_bytes(row.storage_key)).image.convert("RGB") for row in rows]
-            results = predictor.predict(pils, heatmaps=True)
+            decoded = [image_service.decoded_of(session, storage, row) for row in rows]
+            results = predictor.predict(decoded, heatmaps=True)
             for row, result in zip(rows, results, strict=True):
                 heatmap_key = storage.put_bytes(heatmap_png(result.heatmap), ".png")
                 alignment = None

@@ -152,6 +152,42 @@ def train_run(ctx: WorkerContext, run_id: int, celery: runs.TaskSender) -> dict[
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def _incumbent_on_same_val(ctx: WorkerContext, project_id: int, data_dir: Path) -> dict[str, Any] | None:
+    """The active model's validation accuracy and loss on this run's validation images, so that
+    activation compares the two models on the same images; None when there is no active model or
+    it cannot be evaluated on them (other labels, missing artifact)."""
+    from sage.data import load_split, read_dataset
+    from sage.evaluation import evaluate
+    from sage.inference import Predictor
+
+    with ctx.session() as session:
+        active = model_service.active_model(session, project_id)
+        if active is None:
+            return None
+        model_id, key, checksum = active.id, active.artifact_key, active.checksum
+    try:
+        predictor = Predictor.load(
+            registry.verified_model_file(ctx.settings.resolved_data_dir, key, checksum)
+        )
+        index = read_dataset(data_dir, predictor.labels)
+        samples = index.split("val")
+        if not samples:
+            return None
+        val = load_split(index, samples, predictor.image_size)
+        report = evaluate(predictor.model, val, predictor.labels, predictor.device, alignment=False)
+    except Exception as exc:  # noqa: BLE001 - fall back to comparing the stored metrics
+        log.warning(
+            "active model %s could not be evaluated on this run's validation images: %s", model_id, exc
+        )
+        return None
+    return {
+        "model_id": model_id,
+        "val_accuracy": report["accuracy"],
+        "val_loss": report["loss"],
+        "n": report["n"],
+    }
+
+
 def _finish(ctx: WorkerContext, run_id: int, worker_id: str, status: str, **kwargs: Any) -> dict[str, Any]:
     with ctx.session() as session:
         owned = runs.finish_run(session, run_id, worker_id, status, **kwargs)
@@ -175,13 +211,16 @@ def _train_claimed(
     work_dir: Path,
     celery: runs.TaskSender,
 ) -> dict[str, Any]:
-    from app.services.datasets import write_dataset_folder
+    from app.services.datasets import draw_splits, write_dataset_folder
     from sage.training import Cancelled, fit
 
     data_dir = work_dir / "data"
     out_dir = work_dir / "out"
     try:
         recorder.record({"phase": "snapshot"})
+        with ctx.session() as session:  # splits are drawn once per image and kept for every later run
+            draw_splits(session, session.get(Project, session.get(TrainingRun, run_id).project_id))
+            session.commit()
         with ctx.session() as session:
             run = session.get(TrainingRun, run_id)
             project = session.get(Project, run.project_id)
@@ -214,6 +253,9 @@ def _train_claimed(
         return _finish(ctx, run_id, worker_id, "cancelled")
 
     metrics = _jsonable(metrics)
+    incumbent = _incumbent_on_same_val(ctx, project_id, data_dir)
+    if incumbent is not None:
+        metrics["compared_with"] = incumbent
     config_dict = config.to_dict()
     try:
         artifact = registry.publish_artifact(
@@ -237,6 +279,7 @@ def _train_claimed(
                 checksum=artifact.checksum,
                 config=config_dict,
                 metrics=metrics,
+                incumbent_on_val=incumbent,
             )
     except Exception as exc:
         registry.remove_artifact(ctx.settings.resolved_data_dir, artifact.key)

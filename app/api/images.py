@@ -20,7 +20,7 @@ from app.deps import (
 from app.imaging import media_type
 from app.schemas import ImageOut, ImagePage, ImageUpdate, UploadedImage, UploadResult, image_out
 from app.services import images as image_service
-from app.services.errors import TooLarge
+from app.services.errors import Invalid, TooLarge
 
 router = APIRouter(tags=["images"])
 
@@ -62,9 +62,13 @@ def upload_images(
     file: Annotated[UploadFile | None, File(description="a single image (alternative to files)")] = None,
     label: Annotated[str | None, Form(max_length=100, pattern=NoControl)] = None,
     split: Annotated[Literal["train", "val", "test", ""] | None, Form()] = None,
+    group: Annotated[
+        str | None,
+        Form(max_length=100, pattern=NoControl, description="patient, subject or device of every file"),
+    ] = None,
 ) -> UploadResult:
     """Upload images (annotators and managers), all or nothing: every file is checked first
-    (413 too large, 415 not PNG/JPEG/TIFF/BMP by content, 422 corrupt/truncated/too many pixels,
+    (413 too large, 415 not PNG/JPEG/TIFF/BMP/DICOM by content, 422 corrupt/truncated/too many pixels,
     422 unknown label). Bytes already in the project answer their existing row (`created: false`)."""
     check_content_length(request, settings.max_import_bytes)
     uploads = list(files or []) + ([file] if file is not None else [])
@@ -82,6 +86,7 @@ def upload_images(
         payload,
         label=label or None,
         split=split or None,
+        group=(group or "").strip() or None,
         max_pixels=settings.max_image_pixels,
     )
     created = sum(1 for _, c in results if c)
@@ -133,7 +138,17 @@ def get_image(image: ImageViewer) -> ImageOut:
 @router.get(
     "/images/{iid}/file",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}, "image/bmp": {}}}},
+    responses={
+        200: {
+            "content": {
+                "image/png": {},
+                "image/jpeg": {},
+                "image/tiff": {},
+                "image/bmp": {},
+                "application/dicom": {},
+            }
+        }
+    },
 )
 def image_file(image: ImageViewer, storage: StorageDep) -> FileResponse:
     """The image's bytes exactly as uploaded, with their content type."""
@@ -149,6 +164,44 @@ def image_file(image: ImageViewer, storage: StorageDep) -> FileResponse:
             "X-Content-Type-Options": "nosniff",
         },
     )
+
+
+@router.get(
+    "/images/{iid}/display.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "8-bit PNG at the image's full size"},
+        304: {"description": "the rendering named in If-None-Match has not changed"},
+        422: {"description": "center without width (or the reverse), or a bad value"},
+    },
+)
+def display_png(
+    request: Request,
+    image: ImageViewer,
+    session: SessionDep,
+    storage: StorageDep,
+    center: Annotated[float | None, Query(allow_inf_nan=False, ge=-1e12, le=1e12)] = None,
+    width: Annotated[float | None, Query(allow_inf_nan=False, gt=0, le=1e12)] = None,
+    invert: Annotated[int, Query(ge=0, le=1, description="1 shows the image inverted")] = 0,
+) -> Response:
+    """The image through a display window (`center`, `width` in the stored pixel values, DICOM's
+    linear function) as an 8-bit PNG of the image's size; without them, the image's default
+    window (the file's own window, else the 0.5 to 99.5 percentile range, else 8-bit full range).
+    Cached by the browser per (image content, window): the ETag names both."""
+    if (center is None) != (width is None):
+        raise Invalid("give both center and width, or neither for the image's default window")
+    data, (c, w) = image_service.display_png(session, storage, image, center, width, bool(invert))
+    etag = f'"{image.sha256}-{c:.6g}-{w:.6g}-{invert}"'
+    explicit = center is not None
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "private, max-age=31536000, immutable" if explicit else "private, max-age=300",
+        "X-Window-Center": f"{c:.6g}",
+        "X-Window-Width": f"{w:.6g}",
+    }
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(data, media_type="image/png", headers=headers)
 
 
 @router.patch("/images/{iid}", response_model=ImageOut)

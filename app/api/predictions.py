@@ -95,7 +95,7 @@ def stored_out(p: Prediction, model: ModelVersion, image: Image) -> StoredPredic
         alignment_detail=p.alignment_detail or {},
         heatmap_url=f"{base}/heatmap.png" if p.heatmap_key else None,
         overlay_url=f"{base}/overlay.png" if p.heatmap_key else None,
-        image_url=f"{API}/images/{p.image_id}/file",
+        image_url=f"{API}/images/{p.image_id}/display.png",  # the default window: DICOM shows too
         image_label=image.label,
         created_at=p.created_at,
     )
@@ -120,7 +120,7 @@ def predict(
     settings: SettingsDep,
     request: Request,
     response: Response,
-    file: Annotated[UploadFile, File(description="the image (PNG, JPEG, TIFF or BMP)")],
+    file: Annotated[UploadFile, File(description="the image (PNG, JPEG, TIFF, BMP or DICOM)")],
     run_async: Annotated[bool, Query(alias="async", description="answer 202 with a job to poll")] = False,
 ) -> PredictAnswer | PredictJob:
     """Label, probabilities, model version and id, and the heatmap overlay (base64 PNG) for one image."""
@@ -231,7 +231,11 @@ def image_prediction_overlay(image: ImageViewer, session: SessionDep, storage: S
     row, _ = _stored_for_image(session, image)
     if not row.heatmap_key:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this prediction has no heatmap")
-    picture = decode_image(storage.read_bytes(image.storage_key)).image
+    from app.services.images import display_window, pixel_array
+    from sage.imageio import render_8bit
+
+    pixels = pixel_array(session, storage, image)
+    picture = PILImage.fromarray(render_8bit(pixels, *display_window(image)))
     heat = (
         np.asarray(PILImage.open(io.BytesIO(storage.read_bytes(row.heatmap_key))), dtype=np.float32) / 255.0
     )

@@ -207,3 +207,24 @@ def training_run_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class WeightsOut(BaseModel):
+    name: str
+    backbone: str
+    file: str
+    source: str  # "torchvision" or "custom"
+    present: bool  # false: a torchvision file a worker downloads on first use (SAGE_ALLOW_DOWNLOAD=1)
+
+
+@router.get(
+    "/weights",
+    response_model=list[WeightsOut],
+    responses={401: {"description": "not signed in"}},
+)
+def list_weights(user: CurrentUser) -> list[WeightsOut]:
+    """Pretrained weights a training run may name in `weights` (the registry folder SAGE_WEIGHTS_DIR)."""
+    from sage.weights import as_dicts
+    from sage.weights import list_weights as registered
+
+    return [WeightsOut(**e) for e in as_dicts(registered())]

@@ -40,7 +40,7 @@ from app.imaging import ImageError, decode_image, decode_mask, encode_mask, suff
 from app.models import Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
-from app.services.images import safe_name
+from app.services.images import pixel_fields, safe_name
 from app.settings import Settings
 from app.storage import Storage
 from sage.labels_csv import LABELS_CSV, LabelRow, format_labels_csv, parse_labels_csv
@@ -281,7 +281,6 @@ def import_dataset(
                 problems.add(f"images/{row.image}", str(exc), row.line)
                 continue
             width, height, fmt = decoded.width, decoded.height, decoded.format
-            decoded.image.close()
             sha = hashlib.sha256(data).hexdigest()
             if sha in existing or sha in seen_sha:
                 n_existing += 1
@@ -307,6 +306,7 @@ def import_dataset(
             key = staging.put_bytes(data, suffix_for(fmt))
             new_rows.append(
                 Image(
+                    **pixel_fields(decoded, staging),
                     project_id=project.id,
                     sha256=sha,
                     storage_key=key,
@@ -437,6 +437,64 @@ def entry_saliency_png(storage: Storage, entry: DatasetEntry) -> bytes | None:
         return storage.read_bytes(entry.saliency_keys[0])  # stored canonical: encode_mask of the map
     arrays = [decode_mask(storage.read_bytes(k), entry.width, entry.height) for k in entry.saliency_keys]
     return encode_mask(consensus_of(arrays))
+
+
+# Shares of a project's labelled images `draw_splits` puts in each split (images without a split).
+SPLIT_SHARES = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+def draw_splits(session: Session, project: Project, shares: dict[str, float] | None = None) -> dict[str, int]:
+    """Give every labelled image of `project` that has no split one, once (flushes; the caller
+    commits). Returns how many images each split received.
+
+    Splits are fixed once drawn: an image that has a split keeps it, so a project's test and
+    validation images stay the same from run to run and models are compared on the same images.
+    A group (patient, subject, device) never spans splits: an image whose group already has a
+    split joins it; a new group (or an ungrouped image) is one unit, assigned in a deterministic
+    order (a hash of the project and the unit) to the split furthest below its share among the
+    images of the unit's majority label, which keeps the splits stratified as the project grows.
+    """
+    shares = shares or SPLIT_SHARES
+    images = list(
+        session.scalars(
+            select(Image).where(Image.project_id == project.id, Image.label.is_not(None)).order_by(Image.id)
+        )
+    )
+    units: dict[str, list[Image]] = {}
+    for img in images:
+        units.setdefault(f"g:{img.group}" if img.group else f"i:{img.id}", []).append(img)
+    counts: dict[str | None, Counter] = {}
+    for img in images:
+        if img.split:
+            counts.setdefault(img.label, Counter())[img.split] += 1
+    drawn: Counter = Counter()
+
+    def assign(members: list[Image], split: str) -> None:
+        for img in members:
+            if not img.split:
+                img.split = split
+                counts.setdefault(img.label, Counter())[split] += 1
+                drawn[split] += 1
+
+    fresh = []
+    for key, members in units.items():
+        if all(img.split for img in members):
+            continue
+        given = Counter(img.split for img in members if img.split)
+        if given:  # the group already has a split: the rest of it joins that split
+            assign(members, given.most_common(1)[0][0])
+        else:
+            fresh.append(key)
+    fresh.sort(key=lambda key: hashlib.sha256(f"{project.id}:{key}".encode()).hexdigest())
+    for key in fresh:
+        members = units[key]
+        label = Counter(img.label for img in members).most_common(1)[0][0]
+        have = counts.get(label, Counter())
+        total = sum(have.values()) + len(members)
+        split = max(shares, key=lambda s: (shares[s] * total - have[s], -list(shares).index(s)))
+        assign(members, split)
+    session.flush()
+    return dict(drawn)
 
 
 def write_dataset_folder(

@@ -12,15 +12,18 @@ import binascii
 import hashlib
 import random
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import and_, exists, func, not_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.imaging import decode_image
+from app.imaging import DecodedImage, decode_image
 from app.models import (
     Annotation,
     AnnotationRevision,
@@ -32,10 +35,13 @@ from app.models import (
 )
 from app.services.errors import BadRequest, Invalid
 from app.services.lookups import active_model
-from app.storage import Storage
+from app.storage import Staging, Storage
+from sage import imageio
 
 SPLITS = ("train", "val", "test")
-DEFAULT_SPLIT = "train"
+# An image uploaded without a split has none until the project's first training run after it draws
+# one (`app.services.datasets.draw_splits`), which is then kept.
+DEFAULT_SPLIT = None
 NEXT_POLICIES = ("sequential", "random", "uncertainty", "misalignment")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
@@ -58,7 +64,7 @@ def check_label(project: Project, label: str | None) -> str | None:
     return label
 
 
-def check_split(split: str | None) -> str:
+def check_split(split: str | None) -> str | None:
     if split is None or split == "":
         return DEFAULT_SPLIT
     if split not in SPLITS:
@@ -81,6 +87,7 @@ def upload_images(
     *,
     label: str | None = None,
     split: str | None = None,
+    group: str | None = None,
     max_pixels: int,
 ) -> list[tuple[Image, bool]]:
     """Add images to a project, all or nothing (commits). Returns (image, created) per file, in order.
@@ -97,10 +104,9 @@ def upload_images(
     for f in files:
         image = decode_image(f.data, max_pixels=max_pixels, what=f"file {safe_name(f.name) or '(unnamed)'!r}")
         decoded.append((f, image, hashlib.sha256(f.data).hexdigest()))
-        image.image.close()
     for attempt in range(2):
         try:
-            return _insert_images(session, storage, project, uploader, decoded, label, split)
+            return _insert_images(session, storage, project, uploader, decoded, label, split, group)
         except IntegrityError:
             # The same bytes were uploaded concurrently: the second pass answers their row.
             session.rollback()
@@ -109,7 +115,9 @@ def upload_images(
     raise AssertionError("unreachable")
 
 
-def _insert_images(session, storage, project, uploader, decoded, label, split) -> list[tuple[Image, bool]]:
+def _insert_images(
+    session, storage, project, uploader, decoded, label, split, group=None
+) -> list[tuple[Image, bool]]:
     shas = {sha for _, _, sha in decoded}
     existing = {
         img.sha256: img
@@ -129,6 +137,7 @@ def _insert_images(session, storage, project, uploader, decoded, label, split) -
                 continue
             key = staging.put_bytes(f.data, image.suffix)
             row = Image(
+                **pixel_fields(image, staging),
                 project_id=project.id,
                 sha256=sha,
                 storage_key=key,
@@ -138,6 +147,7 @@ def _insert_images(session, storage, project, uploader, decoded, label, split) -
                 height=image.height,
                 size_bytes=len(f.data),
                 split=split,
+                group=group,
                 import_label=label,
                 label=label,
                 uploaded_by_id=uploader.id if uploader else None,
@@ -148,6 +158,124 @@ def _insert_images(session, storage, project, uploader, decoded, label, split) -
         session.flush()
         session.commit()
     return results
+
+
+# --- decoded pixels -------------------------------------------------------------------------------
+
+
+def pixel_fields(decoded: DecodedImage, staging: Staging | Storage) -> dict:
+    """The Image columns that describe decoded pixels, the array stored (.npy) through `staging`."""
+    header = decoded.header_window
+    center, width = decoded.default_window()
+    return {
+        "array_key": staging.put_bytes(imageio.array_to_npy(decoded.pixels), ".npy"),
+        "bit_depth": decoded.bit_depth,
+        "photometric": decoded.photometric,
+        "channels": decoded.channels,
+        "window_center": float(center),
+        "window_width": float(width),
+        "pixel_info": {
+            "header_window": [float(header[0]), float(header[1])] if header else None,
+            "auto_window": [float(v) for v in decoded.auto_window()],
+            "full_window": [float(v) for v in decoded.full_window()],
+            "dtype": str(decoded.pixels.dtype),
+            "source": {k: v for k, v in decoded.info.items() if isinstance(v, str | int | float)},
+        },
+    }
+
+
+def pixel_array(session: Session, storage: Storage, image: Image) -> np.ndarray:
+    """The image's decoded pixels at full precision (the stored .npy).
+
+    Rows from before migration 0004 (or whose array object is missing) are decoded from their
+    original once here, and the array and its columns are stored and committed: a lazy backfill.
+    """
+    if image.array_key:
+        try:
+            return imageio.npy_to_array(storage.path(image.array_key))
+        except FileNotFoundError:
+            pass
+    decoded = decode_image(storage.read_bytes(image.storage_key), max_pixels=2**62, what=f"image {image.id}")
+    for column, value in pixel_fields(decoded, storage).items():
+        setattr(image, column, value)
+    session.commit()
+    return decoded.pixels
+
+
+def decoded_of(session: Session, storage: Storage, image: Image) -> imageio.DecodedArray:
+    """The stored pixels with their metadata, as the decoder gave them at upload (for prediction)."""
+    pixels = pixel_array(session, storage, image)
+    header = (image.pixel_info or {}).get("header_window")
+    return imageio.DecodedArray(
+        pixels,
+        image.format,
+        int(image.bit_depth or 8),
+        image.photometric or ("RGB" if pixels.ndim == 3 else "MONOCHROME2"),
+        (float(header[0]), float(header[1])) if header else None,
+    )
+
+
+def display_window(image: Image) -> tuple[float, float]:
+    """The image's default window (center, width); rows not yet backfilled: the 8-bit full range."""
+    if image.window_center is None or image.window_width is None:
+        return 128.0, 256.0
+    return float(image.window_center), float(image.window_width)
+
+
+class _RenderCache:
+    """Recent display renderings by (content hash, window, invert), up to `budget` bytes in total."""
+
+    def __init__(self, budget: int = 128 * 1024 * 1024) -> None:
+        self.budget = budget
+        self.items: OrderedDict[tuple, bytes] = OrderedDict()
+        self.size = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple) -> bytes | None:
+        with self.lock:
+            data = self.items.get(key)
+            if data is not None:
+                self.items.move_to_end(key)
+            return data
+
+    def put(self, key: tuple, data: bytes) -> None:
+        with self.lock:
+            if key in self.items or len(data) > self.budget // 4:
+                return
+            self.items[key] = data
+            self.size += len(data)
+            while self.size > self.budget:
+                _, old = self.items.popitem(last=False)
+                self.size -= len(old)
+
+
+RENDERS = _RenderCache()
+
+
+def display_png(
+    session: Session,
+    storage: Storage,
+    image: Image,
+    center: float | None = None,
+    width: float | None = None,
+    invert: bool = False,
+) -> tuple[bytes, tuple[float, float]]:
+    """The image rendered through a window as an 8-bit PNG at full size, and the window used.
+
+    No window given: the image's default window. Renderings are cached per content hash and window.
+    """
+    if center is None or width is None:
+        if image.array_key is None:
+            pixel_array(session, storage, image)  # backfill first, so the default window is known
+        center, width = display_window(image)
+    key = (image.sha256, float(center), float(width), bool(invert))
+    cached = RENDERS.get(key)
+    if cached is not None:
+        return cached, (center, width)
+    pixels = pixel_array(session, storage, image)
+    data = imageio.encode_png(imageio.render_8bit(pixels, center, width, invert))
+    RENDERS.put(key, data)
+    return data, (center, width)
 
 
 # --- listing ---------------------------------------------------------------------------------------
@@ -292,12 +420,14 @@ def object_keys_of_images(session: Session, image_ids: Iterable[int]) -> set[str
     ids = list(image_ids)
     keys: set[str] = set()
     for chunk in _chunks(ids, 500):
-        for key, imp in session.execute(
-            select(Image.storage_key, Image.import_saliency_key).where(Image.id.in_(chunk))
+        for key, imp, arr in session.execute(
+            select(Image.storage_key, Image.import_saliency_key, Image.array_key).where(Image.id.in_(chunk))
         ):
             keys.add(key)
             if imp:
                 keys.add(imp)
+            if arr:
+                keys.add(arr)
         keys.update(
             session.scalars(
                 select(AnnotationRevision.saliency_key)
@@ -321,6 +451,7 @@ def referenced_keys(session: Session, keys: Sequence[str]) -> set[str]:
     used: set[str] = set()
     for chunk in _chunks(list(keys), 500):
         used.update(session.scalars(select(Image.storage_key).where(Image.storage_key.in_(chunk))))
+        used.update(session.scalars(select(Image.array_key).where(Image.array_key.in_(chunk))))
         used.update(
             session.scalars(select(Image.import_saliency_key).where(Image.import_saliency_key.in_(chunk)))
         )

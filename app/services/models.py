@@ -31,9 +31,9 @@ def list_models(session: Session, project_id: int) -> list[ModelVersion]:
 def beats(candidate: dict[str, Any], incumbent: dict[str, Any] | None) -> bool:
     """Whether a new model's validation metrics beat the active model's.
 
-    Higher validation accuracy wins; on a tie, lower validation loss. Each run validates on its own
-    split of the data it snapshotted, so this compares like with like only as far as the data
-    overlaps: a manager can always activate or roll back by hand.
+    Higher validation accuracy wins; on a tie, lower validation loss. The worker passes the active
+    model's metrics measured on the new run's own (fixed) validation images, so both numbers come
+    from the same images; a manager can always activate or roll back by hand.
     """
     if incumbent is None:
         return True
@@ -70,10 +70,15 @@ def register_model(
     checksum: str,
     config: dict[str, Any],
     metrics: dict[str, Any],
+    incumbent_on_val: dict[str, Any] | None = None,
 ) -> tuple[ModelVersion, bool] | None:
     """Record a run's published artifact as the project's next model version, activate it when the
     project's policy says so, and mark the run succeeded: one transaction, so a crash leaves either
-    all of it or none. None when the run is no longer owned by `worker_id` (nothing is written)."""
+    all of it or none. None when the run is no longer owned by `worker_id` (nothing is written).
+
+    incumbent_on_val: the active model's {"model_id", "val_accuracy", "val_loss"} measured on this
+    run's validation images; used for the comparison while that model is still the active one,
+    else the active model's stored metrics are."""
     run = session.get(TrainingRun, run_id)
     if run is None:
         return None
@@ -97,9 +102,10 @@ def register_model(
     session.add(model)
     session.flush()
     incumbent = active_model(session, project.id)
-    activate = project.activation_policy == "auto" and beats(
-        metrics, incumbent.metrics if incumbent else None
-    )
+    reference = incumbent.metrics if incumbent else None
+    if incumbent is not None and incumbent_on_val and incumbent_on_val.get("model_id") == incumbent.id:
+        reference = incumbent_on_val
+    activate = project.activation_policy == "auto" and beats(metrics, reference)
     if activate:
         _activate_locked(session, project.id, model)
     if not finish_run(

@@ -41,6 +41,10 @@ def create_project(session: Session, owner: User | None, **fields: Any) -> Proje
     unknown = set(fields) - set(PROJECT_FIELDS)
     if unknown:
         raise Invalid(f"unknown project fields: {sorted(unknown)}")
+    if fields.get("image_size") is None:  # by backbone (sage.config is torch-free)
+        from sage.config import default_image_size
+
+        fields["image_size"] = default_image_size(fields.get("backbone") or "tiny")
     name = fields["name"]
     if _name_taken(session, name):
         raise Conflict(f"a project named {name!r} already exists; choose another name")

@@ -85,6 +85,7 @@ def resolve_options(project: Project, options: dict[str, Any] | None) -> dict[st
     if options is not None and not isinstance(options, dict):
         raise InvalidTrainingOptions(f"training options must be a JSON object, got {type(options).__name__}")
     merged = {**project_defaults(project), **(options or {})}
+    check_web_options(merged)
     # Late import keeps `sage` out of processes that never train (sage.config itself is torch-free).
     from sage.config import TrainConfig
 
@@ -92,12 +93,28 @@ def resolve_options(project: Project, options: dict[str, Any] | None) -> dict[st
         config = TrainConfig.from_dict(merged)
     except (ValueError, TypeError) as exc:
         raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
+    if config.weights:
+        from sage.weights import WeightsError, resolve
+
+        try:
+            resolve(config.weights, config.backbone)
+        except WeightsError as exc:
+            raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
     if len(config.labels) < 2:
         raise InvalidTrainingOptions(
             f"project {project.id} has {len(config.labels)} label(s); a classifier needs at least two: "
             "set the project's labels first"
         )
     return merged
+
+
+def check_web_options(options: dict[str, Any]) -> None:
+    """Refuse what only the sage CLI may set: `pretrained_path` (a server file path)."""
+    if "pretrained_path" in options:
+        raise InvalidTrainingOptions(
+            "pretrained_path cannot be set through SAGE Studio; register the file with "
+            "`sage-studio weights add FILE` and set weights to its name (`sage-studio weights list`)"
+        )
 
 
 # --- create, join, cancel ------------------------------------------------------------------------

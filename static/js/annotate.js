@@ -5,6 +5,7 @@ import { deleteDraft, draftKey, loadDraft, saveDraft } from "./drafts.js";
 import { Painter } from "./painter.js";
 import { decodeGray, encodeGrayPNG } from "./png.js";
 import { base64ToBlob, bootData, colorizeMap, fmtTime, isTyping, toast, toastError } from "./ui.js";
+import { initWindowing } from "./windowing.js";
 
 const boot = bootData();
 const { image, project, user } = boot;
@@ -188,7 +189,7 @@ async function resolveConflict(myPng, err) {
   const slots = { mine: dialog.querySelector('[data-slot="mine"]'), theirs: dialog.querySelector('[data-slot="theirs"]') };
   for (const [name, slot] of Object.entries(slots)) {
     const img = document.createElement("img");
-    img.src = image.file_url;
+    img.src = image.display_url;
     img.alt = "";
     slot.replaceChildren(img);
     const source = name === "mine" ? myPng : theirs && saliencyUrl(theirs);
@@ -244,6 +245,7 @@ async function saveAndNext() {
 // --- toolbar -------------------------------------------------------------------------------------
 
 let painter;
+let windowing = null; // the display window controls (windowing.js)
 const $ = (id) => document.getElementById(id);
 const sizeMax = Math.max(image.width, image.height);
 // logarithmic size slider: fine control for small brushes, reach for large ones
@@ -333,6 +335,10 @@ function onKeyDown(e) {
     return;
   }
   if (mod || e.altKey) return;
+  if (windowing?.handleKey(e)) {
+    e.preventDefault();
+    return;
+  }
   if (k === "Enter") {
     if (onControl) return; // Enter activates the focused control
     e.preventDefault();
@@ -417,7 +423,7 @@ function onKeyUp(e) {
 async function loadImage() {
   const img = new Image();
   img.decoding = "async";
-  img.src = image.file_url;
+  img.src = image.display_url; // the default window's rendering: DICOM and 16-bit images included
   await img.decode();
   return img;
 }
@@ -434,6 +440,7 @@ async function main() {
   }
   painter = new Painter(stage, img, image.width, image.height);
   window.sagePainter = painter; // for the browser benchmark and debugging
+  windowing = initWindowing({ painter, image, stage });
   bindToolbar();
   painter.addEventListener("settings", syncControls);
   painter.addEventListener("change", () => {

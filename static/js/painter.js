@@ -574,6 +574,16 @@ export class Painter extends EventTarget {
     });
   }
 
+  // --- display window (the image shown under the mask) --------------------------------------
+
+  /** Show another rendering of the same image (e.g. a new display window); the mask is untouched. */
+  setImage(image) {
+    this.image = image;
+    this._small = null;
+    this.fullRedraw = true;
+    this._requestFrame();
+  }
+
   /** Bring the overlay and the screen up to date now (normally called once per frame). */
   flush() {
     const t0 = performance.now();

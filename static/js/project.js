@@ -34,7 +34,9 @@ async function watch(run) {
 
 $("train-now")?.addEventListener("click", async () => {
   try {
-    const run = await api(`projects/${pid}/training-runs`, { method: "POST", body: {} });
+    const choice = $("train-weights")?.selectedOptions[0];
+    const training = choice?.value ? { weights: choice.value, backbone: choice.dataset.backbone } : undefined;
+    const run = await api(`projects/${pid}/training-runs`, { method: "POST", body: training ? { training } : {} });
     if (run.joined) toast(`A run was already under way: following run #${run.id}.`);
     watch(run);
   } catch (err) {

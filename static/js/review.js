@@ -12,7 +12,7 @@ function card(title, meta, mapUrl) {
   return el(
     "article",
     { class: "map-card" },
-    mapPicture(image.file_url, mapUrl, `${title}: saliency over the image`),
+    mapPicture(image.display_url, mapUrl, `${title}: saliency over the image`),
     el("div", { class: "meta" }, el("strong", { text: title }), el("span", { class: "small muted" }, meta)),
   );
 }

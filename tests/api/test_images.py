@@ -37,7 +37,8 @@ def test_multi_upload_with_label_and_split(client, setup, settings):
     a, b = body["images"]
     assert (a["format"], a["width"], a["height"], a["label"], a["split"]) == ("png", 16, 12, "cat", "val")
     assert b["format"] == "jpeg" and b["original_name"] == "b.jpg" and a["created"] is True
-    assert len(stored_objects(settings)) == 2
+    # each image: its original bytes and its decoded array
+    assert sorted(p.suffix for p in stored_objects(settings)) == [".jpg", ".npy", ".npy", ".png"]
 
 
 def test_reupload_is_idempotent(client, setup, db):
@@ -249,11 +250,11 @@ def test_delete_removes_rows_and_files_after_commit_but_keeps_shared_ones(
     b = upload(client, h, project.id, [("b.png", noise_png(seed=13))]).json()["images"][0]["id"]
     upload(client, h, other_project.id, [("same.png", shared)])
     put_annotation(client, h, b, label="cat", saliency=mask_png(value=9))
-    assert len(stored_objects(settings)) == 3  # shared image, b, b's map
+    assert len(stored_objects(settings)) == 5  # shared image, b, their arrays, b's map
     assert client.delete(f"/api/v1/images/{b}", headers=h).status_code == 204
-    assert len(stored_objects(settings)) == 1  # b and its map are gone
+    assert len(stored_objects(settings)) == 2  # b, its array and its map are gone
     assert client.delete(f"/api/v1/images/{a}", headers=h).status_code == 204
-    assert len(stored_objects(settings)) == 1  # still used by the other project
+    assert len(stored_objects(settings)) == 2  # still used by the other project
     assert client.get(f"/api/v1/images/{a}", headers=h).status_code == 404
     assert db.scalar(select(func.count()).select_from(Image)) == 1
 

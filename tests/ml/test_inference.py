@@ -57,3 +57,14 @@ def test_pngs_decode_with_the_right_mode_and_size():
     assert np.asarray(Image.open(io.BytesIO(overlay_png(image, heat, alpha=0.0)))).max() == 0
     with pytest.raises(ValueError):
         overlay_png(image, heat, alpha=2)
+
+
+def test_dicom_and_wide_images_get_heatmaps_on_their_own_grid(trained_model):
+    from sage import imageio
+    from sage.synthetic import dicom_bytes
+
+    predictor = Predictor.load(trained_model, device="cpu")
+    pixels = np.random.default_rng(0).integers(0, 4096, (30, 70)).astype(np.uint16)
+    decoded = imageio.decode(dicom_bytes(pixels, bits_stored=12, window=(2048, 4096)))
+    (p,) = predictor.predict([decoded])
+    assert p.heatmap.shape == (30, 70) and p.heatmap.min() >= 0.0 and p.heatmap.max() <= 1.0

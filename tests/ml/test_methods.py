@@ -2,13 +2,14 @@ import pytest
 import torch
 
 from sage.config import METHODS, TrainConfig
-from sage.methods import Batch, SageTask, create_task
+from sage.methods import Batch, SageTask, batch_statistics, create_task, input_gradient_penalty
 from sage.models import ReferenceBatchNorm2d, create_model
 
 TERMS = {
     "ce": {"ce"}, "blur": {"ce"}, "cyborg": {"ce", "cam_mse"}, "rrr": {"ce", "input_gradient"},
     "gradia": {"ce", "gradcam_l1"}, "sage": {"ce", "triplet", "jsd", "hinge"},
-    "sage-inverted": {"ce", "triplet", "jsd", "hinge"},
+    "sage-inverted": {"ce", "triplet", "jsd", "hinge"}, "sage-paper": {"ce", "triplet", "jsd"},
+    "ce-jsd": {"ce", "jsd"}, "ce-swap": {"ce"},
 }  # fmt: skip
 
 
@@ -27,7 +28,7 @@ def toy_batch(n=16, annotated=True, seed=0):
 
 def make_task(method, **options):
     torch.manual_seed(0)
-    config = TrainConfig.from_dict({"method": method, "image_size": 16, **options})
+    config = TrainConfig.from_dict({"method": method, "image_size": 16, "allow_coarse_cam": True, **options})
     return create_task(create_model("tiny", 2, image_size=16), config)
 
 
@@ -139,3 +140,109 @@ def test_saliency_terms_vanish_when_their_constraint_holds():
                 p.zero_()
         task.eval()
         assert float(task(batch)[term]) == pytest.approx(0.0, abs=1e-7)
+
+
+class LinearNet(torch.nn.Module):
+    def __init__(self, k=3, d=3 * 4 * 4):
+        super().__init__()
+        torch.manual_seed(1)
+        self.linear = torch.nn.Linear(d, k)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+def test_rrr_penalty_per_image_is_the_analytic_input_gradient_of_a_linear_model():
+    """For logits W x + b, d/dx sum_k log p_k = sum_k W_k - K * p(x)^T W."""
+    net = LinearNet()
+    x = torch.randn(5, 3, 4, 4)
+    mask = (torch.rand(5, 1, 4, 4) > 0.5).float()
+    penalty = input_gradient_penalty(net, x, mask)
+    w = net.linear.weight.detach()
+    p = torch.softmax(net(x).detach(), dim=1)
+    grads = (w.sum(0)[None] - w.shape[0] * p @ w).view(5, 3, 4, 4)
+    expected = (mask * grads).pow(2).flatten(1).sum(1)
+    assert penalty.shape == (5,)
+    assert torch.allclose(penalty, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_rrr_penalty_of_an_image_does_not_depend_on_the_rest_of_the_batch():
+    task = make_task("rrr")
+    task.train()  # the training forward uses batch statistics; the gradient pass must not mix images
+    a, b = toy_batch(n=8, seed=0), toy_batch(n=8, seed=1)
+    record, handles = batch_statistics(task.model)
+    task.model(a.images)
+    for handle in handles:
+        handle.remove()
+    before = [m.running_mean.clone() for m in task.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    mask = 1 - a.saliency
+    for stats in (record, None):  # the training batch's statistics held constant, or the running ones
+        alone = input_gradient_penalty(task.model, a.images[:3], mask[:3], stats)
+        mixed = input_gradient_penalty(
+            task.model, torch.cat([b.images, a.images[:3]]), torch.cat([1 - b.saliency, mask[:3]]), stats
+        )[8:]
+        assert torch.allclose(alone, mixed, rtol=1e-5)
+    assert task.model.training  # the train/eval switch is restored, and so are the running statistics
+    after = [m.running_mean for m in task.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+
+
+def test_rrr_weight_makes_the_penalty_equal_to_ce_on_the_first_batch_unless_given():
+    batch = toy_batch()
+    task = make_task("rrr")
+    task.train()
+    out = task(batch)
+    assert float(task.rrr_lambda) * float(out["input_gradient"]) == pytest.approx(float(out["ce"]), rel=1e-4)
+    assert float(out["loss"].detach()) == pytest.approx(2 * float(out["ce"]), rel=1e-4)
+    first = float(task.rrr_lambda)
+    task(toy_batch(seed=3))
+    assert float(task.rrr_lambda) == first  # set once, then kept
+    given = make_task("rrr", baselines={"rrr_lambda": 0.5})
+    given.train()
+    out = given(batch)
+    assert float(out["loss"].detach()) == pytest.approx(
+        float(out["ce"]) + 0.5 * float(out["input_gradient"]), rel=1e-5
+    )
+
+
+def test_sage_paper_is_ce_plus_triplet_plus_jsd_and_nothing_else():
+    batch = toy_batch()
+    task = make_task("sage-paper", sage={"lambda_hinge": 50.0, "lambda_trip": 0.7, "lambda_js": 2.0})
+    assert task.options.degradation == "blur+noise" and task.options.saliency_mode == "continuous"
+    task.train()
+    torch.manual_seed(0)
+    out = task(batch)
+    assert set(out) == {"loss", "output", "ce", "triplet", "jsd"}
+    expected = out["ce"] + 0.7 * out["triplet"] + 2.0 * out["jsd"]
+    assert torch.allclose(out["loss"].detach(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="sage-paper degrades with blur or noise"):
+        TrainConfig.from_dict({"method": "sage-paper", "sage": {"degradation": "swap"}})
+
+
+def test_controls_drop_the_terms_they_control_for():
+    batch = toy_batch()
+    swap, jsd = make_task("ce-swap"), make_task("ce-jsd")
+    assert swap.options.degradation == "swap" and jsd.options.degradation == "swap"
+    swap.train()
+    jsd.train()
+    out = jsd(batch)
+    assert torch.allclose(out["loss"].detach(), out["ce"] + 3.0 * out["jsd"], atol=1e-6)
+    seen = []
+    swap.model.net.features.register_forward_hook(lambda module, args, o: seen.append(args[0].shape[0]))
+    out = swap(batch)
+    assert seen == [32]  # the clean rows and one x+ view each, no x-
+    assert torch.allclose(out["loss"].detach(), out["ce"])
+
+
+@pytest.mark.parametrize("method", ["blur", "cyborg", "rrr", "gradia", "ce-swap", "ce-jsd", "sage-paper"])
+@pytest.mark.parametrize("mode", ["continuous", "threshold", "ramp"])
+def test_every_saliency_method_takes_every_map_preprocessing(method, mode):
+    group = "sage" if method in SageTask.TERMS else "baselines"
+    task = make_task(method, **{group: {"saliency_mode": mode, "threshold": 0.6}})
+    batch = toy_batch()
+    batch.saliency[:, :, 0, :3] = torch.tensor([0.3, 0.8, 1.0])
+    s = task.saliency(batch) if group == "sage" else task.map_for_loss(batch)
+    expected = {"continuous": [0.3, 0.8, 1.0], "threshold": [0.0, 1.0, 1.0], "ramp": [0.0, 0.5, 1.0]}[mode]
+    assert s[0, 0, 0, :3].tolist() == pytest.approx(expected)
+    task.train()
+    assert torch.isfinite(task(batch)["loss"])

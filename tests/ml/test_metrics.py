@@ -44,3 +44,30 @@ def test_binary_auc_missing_class_and_calibration():
     perfect = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert expected_calibration_error(perfect, np.array([0, 1])) == pytest.approx(0.0)
     assert expected_calibration_error(perfect, np.array([1, 0])) == pytest.approx(1.0)
+
+
+def test_sensitivity_at_95_specificity():
+    from sage.metrics import sensitivity_at_specificity
+
+    y = np.array([0] * 20 + [1] * 4)
+    scores = np.r_[np.linspace(0, 0.5, 19), 0.9, [0.95, 0.92, 0.6, 0.3]]
+    # one negative (0.9) may score above the threshold: positives above 0.5 count
+    assert sensitivity_at_specificity(y, scores) == pytest.approx(0.75)
+    assert sensitivity_at_specificity(y, scores, specificity=1.0) == pytest.approx(0.5)
+    assert sensitivity_at_specificity(np.zeros(5), np.zeros(5)) is None
+
+
+def test_temperature_scaling_fixes_overconfidence():
+    from sage.metrics import apply_temperature, expected_calibration_error, fit_temperature
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    logits = rng.normal(size=(600, 3))
+    logits[np.arange(600), y] += 1.0  # right about 60% of the time ...
+    over = np.exp(5 * logits) / np.exp(5 * logits).sum(1, keepdims=True)  # ... but sure of it
+    t = fit_temperature(over, y)
+    assert 3.5 < t < 7
+    assert expected_calibration_error(apply_temperature(over, t), y) < 0.5 * expected_calibration_error(
+        over, y
+    )
+    assert np.allclose(apply_temperature(over, 1.0), over)

@@ -248,3 +248,78 @@ def test_predict_without_an_active_model_is_409(world):
     response = world.post(f"/api/v1/projects/{world.project_id}/predict", files={"file": ("a.png", b"x")})
     assert response.status_code == 409 and "no active model" in response.json()["detail"]
     assert world.get(f"/api/v1/images/{world.image_ids[0]}/prediction").status_code == 409
+
+
+def test_weights_are_chosen_by_registered_name_never_by_server_path(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAGE_WEIGHTS_DIR", str(tmp_path / "weights"))
+    url = f"/api/v1/projects/{world.project_id}/training-runs"
+    unknown = world.post(url, json={"training": {"weights": "ResNet18_Weights.IMAGENET1K_V1"}})
+    assert unknown.status_code == 422 and "unknown weights" in unknown.json()["detail"]
+    path = world.post(url, json={"training": {"pretrained_path": "/etc/passwd"}})
+    assert path.status_code == 422 and "sage-studio weights add" in path.json()["detail"]
+    assert world.client.app.state.celery.sent == []
+    created = world.post(
+        "/api/v1/projects", json={"name": "w", "labels": ["a", "b"], "training": {"weights": "nope"}}
+    )
+    assert created.status_code == 422 and "unknown weights" in str(created.json()["detail"])
+    created = world.post(
+        "/api/v1/projects", json={"name": "w", "labels": ["a", "b"], "training": {"pretrained_path": "/x"}}
+    )
+    assert created.status_code == 422
+
+    from sage.weights import add_weights
+
+    (tmp_path / "w.pth").write_bytes(b"not really weights")
+    add_weights(tmp_path / "w.pth", name="mine", backbone="tiny")
+    listed = world.client.get("/api/v1/weights", headers=world.headers).json()
+    assert [(w["name"], w["backbone"], w["present"]) for w in listed] == [("mine", "tiny", True)]
+    wrong_backbone = world.post(url, json={"training": {"weights": "mine", "backbone": "resnet18"}})
+    assert wrong_backbone.status_code == 422 and "not 'resnet18'" in wrong_backbone.json()["detail"]
+    ok = world.post(url, json={"training": {"weights": "mine", "backbone": "tiny"}})
+    assert ok.status_code == 202 and ok.json()["options"]["weights"] == "mine"
+
+
+def test_project_page_offers_the_registered_weights(world, tmp_path, monkeypatch):
+    from sage.weights import add_weights
+
+    monkeypatch.setenv("SAGE_WEIGHTS_DIR", str(tmp_path / "weights"))
+    (tmp_path / "w.pth").write_bytes(b"weights")
+    add_weights(tmp_path / "w.pth", name="mine", backbone="tiny")
+    page = world.client.get(f"/projects/{world.project_id}", headers=world.headers)
+    assert page.status_code == 200
+    assert 'id="train-weights"' in page.text and '<option value="mine" data-backbone="tiny">' in page.text
+
+
+def test_retraining_keeps_the_splits_and_compares_models_on_the_same_val_images(world):
+    from app.models import Image
+    from worker.context import WorkerContext
+    from worker.training import train_run
+
+    ctx = WorkerContext(world.stack.settings)
+    celery = world.client.app.state.celery
+    url = f"/api/v1/projects/{world.project_id}/training-runs"
+
+    def splits():
+        with world.session() as s:
+            return {
+                i.id: i.split for i in s.scalars(select(Image).where(Image.project_id == world.project_id))
+            }
+
+    first = world.post(url, json={}).json()
+    assert train_run(ctx, first["id"], celery)["status"] == "succeeded"
+    drawn = splits()
+    assert {"train", "val"} <= set(drawn.values()) and None not in drawn.values()  # 6 images: no test yet
+    body = world.get(f"/api/v1/training-runs/{first['id']}").json()
+    metrics = body["metrics"]
+    for key in ("val_auroc", "val_balanced_accuracy", "val_sens_at_95_spec", "val_ece_calibrated",
+                "temperature"):  # fmt: skip
+        assert key in metrics, key
+    assert metrics["num_val"] == sum(s == "val" for s in drawn.values())
+    assert metrics["num_test"] == sum(s == "test" for s in drawn.values())
+
+    second = world.post(url, json={"training": {"seed": 1}}).json()
+    result = train_run(ctx, second["id"], celery)
+    assert result["status"] == "succeeded"
+    assert splits() == drawn  # the same test and validation images, not a redraw
+    compared = world.get(f"/api/v1/training-runs/{second['id']}").json()["metrics"]["compared_with"]
+    assert compared["model_id"] == body["model_id"] and compared["n"] == metrics["num_val"]
