@@ -230,6 +230,21 @@ def _parse_labels(data: bytes, project: Project, problems: _Problems) -> list[La
     return parsed.rows
 
 
+def _group_splits(session: Session, project: Project, groups: set[str]) -> dict[str, str]:
+    """The split each of `groups` already has among the project's images (groups without one left out)."""
+    found: dict[str, str] = {}
+    names = sorted(groups)
+    for i in range(0, len(names), 500):
+        for group, split in session.execute(
+            select(Image.group, Image.split).where(
+                Image.project_id == project.id, Image.group.in_(names[i : i + 500]), Image.split.is_not(None)
+            )
+        ):
+            if group is not None and split is not None:
+                found.setdefault(group, split)
+    return found
+
+
 def read_labels(source: DatasetSource) -> bytes:
     """The bytes of the source's labels.csv (Invalid when there is none or several)."""
     return source.read(dataset_root(source.names()) + LABELS_CSV, MAX_LABELS_CSV_BYTES)
@@ -261,6 +276,7 @@ def import_dataset(
 
     stems = Counter(posixpath.splitext(r.image)[0] for r in rows)
     existing = set(session.scalars(select(Image.sha256).where(Image.project_id == project.id)))
+    group_splits = _group_splits(session, project, {r.group for r in rows if r.group})
     seen_sha: set[str] = set()
     new_rows: list[Image] = []
     listed = {root + "images/" + r.image for r in rows}
@@ -270,6 +286,15 @@ def import_dataset(
         for row in rows:
             if problems.full:
                 break
+            held = group_splits.get(row.group) if row.group else None
+            if held is not None and held != row.split:
+                problems.add(
+                    LABELS_CSV,
+                    f"group {row.group!r} of {row.image} is in split {held} in the project, not {row.split}; "
+                    "splits never cut a group",
+                    row.line,
+                )
+                continue
             member = root + "images/" + row.image
             if member not in name_set:
                 problems.add(LABELS_CSV, f"images/{row.image} is not in the dataset", row.line)
@@ -317,6 +342,7 @@ def import_dataset(
                     size_bytes=len(data),
                     split=row.split,
                     import_label=row.label,
+                    group=row.group,
                     label=row.label,
                     import_saliency_key=mask_key,
                     uploaded_by_id=user.id if user else None,
@@ -356,8 +382,8 @@ class DatasetEntry:
     width: int
     height: int
     saliency_keys: list[str]  # the annotators' current maps; else the imported map, if any
-    group: str | None = None  # written to labels.csv when set (no column stores it yet)
-    subtype: str | None = None  # likewise
+    group: str | None = None  # patient, subject or device (`Image.group`)
+    subtype: str | None = None  # written to labels.csv when set (no column stores it yet)
 
     @property
     def stem(self) -> str:
@@ -394,7 +420,15 @@ def dataset_entries(
         keys = maps.get(img.id) or ([img.import_saliency_key] if img.import_saliency_key else [])
         entries.append(
             DatasetEntry(
-                img.id, name, img.storage_key, img.label, img.split or "train", img.width, img.height, keys
+                img.id,
+                name,
+                img.storage_key,
+                img.label,
+                img.split or "train",
+                img.width,
+                img.height,
+                keys,
+                group=img.group,
             )
         )
     lineage = {
