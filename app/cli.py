@@ -19,7 +19,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from app.db import upgrade_to_head
 
     settings = get_settings()
-    upgrade_to_head(settings.resolved_database_url)
+    upgrade_to_head(settings.resolved_database_url, settings)
     print(f"database at head: {settings.resolved_database_url.split('@')[-1]}")
     return 0
 
@@ -173,6 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         except ServiceError as exc:
             return _fail(str(exc))
     lineage.pop("annotations", None)
+    lineage.pop("adjudications", None)
     print(json.dumps({"out": str(out), **lineage}, indent=2))
     return 0
 

@@ -53,21 +53,25 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def alembic_config(url: str):
+def alembic_config(url: str, settings=None):
+    """Alembic's configuration for `url`; data migrations that read stored files (0005) use the
+    storage of `settings` (default: the environment's)."""
     from alembic.config import Config
 
     cfg = Config()
+    if settings is not None:
+        cfg.attributes["settings"] = settings
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
-def upgrade_to_head(url: str) -> None:
+def upgrade_to_head(url: str, settings=None) -> None:
     from alembic import command
 
     if url.startswith("sqlite"):
         make_engine(url).dispose()  # creates the parent folder
-    command.upgrade(alembic_config(url), "head")
+    command.upgrade(alembic_config(url, settings), "head")
 
 
 def head_revision() -> str:

@@ -104,6 +104,19 @@ class Project(Base):
     retrain_min_new: Mapped[int] = mapped_column(Integer, default=20)
     activation_policy: Mapped[str] = mapped_column(String(20), default="auto")  # auto | manual
     next_policy: Mapped[str] = mapped_column(String(20), default="sequential")
+    # Reading studies (issue 12): readers wanted per image, and blind reading (None: on when k > 1).
+    readers_per_image: Mapped[int] = mapped_column(Integer, default=1)
+    blind_mode: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    # Labels no longer offered for new readings; existing readings keep them.
+    retired_labels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+    @property
+    def blind(self) -> bool:
+        """Whether blind reading is in force: the setting, else on exactly when k > 1."""
+        if self.blind_mode is not None:
+            return bool(self.blind_mode)
+        return (self.readers_per_image or 1) > 1
+
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -117,6 +130,8 @@ class ProjectMember(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(20))  # manager | annotator | viewer
+    # May adjudicate disagreements and see every reader's work, whatever the role.
+    adjudicator: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     user: Mapped[User] = relationship()
@@ -160,6 +175,8 @@ class Image(Base):
     # Agreement of the annotators' current maps (None below two maps); project agreement averages these.
     agreement_iou: Mapped[float | None] = mapped_column(Float, default=None)
     agreement_r: Mapped[float | None] = mapped_column(Float, default=None)
+    # Readers this image wants when re-queued for reading (None: the project's readers_per_image).
+    readers_wanted: Mapped[int | None] = mapped_column(Integer, default=None)
     uploaded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The decoded pixels at full precision (sage.imageio), stored once at upload or import as .npy
@@ -185,6 +202,7 @@ class Annotation(Base):
         UniqueConstraint("image_id", "author_id"),
         Index("ix_annotations_author_image", "author_id", "image_id"),
         Index("ix_annotations_project_updated", "project_id", "updated_at"),
+        Index("ix_annotations_project_status", "project_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -192,8 +210,11 @@ class Annotation(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     label: Mapped[str | None] = mapped_column(String(100), default=None)
-    saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)  # None: no map
     revision: Mapped[int] = mapped_column(Integer, default=1)
+    # done | skipped | unsure | flagged (app.services.annotations.STATUSES); comment for the last two.
+    status: Mapped[str] = mapped_column(String(20), default="done")
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -212,7 +233,42 @@ class AnnotationRevision(Base):
     revision: Mapped[int] = mapped_column(Integer)
     label: Mapped[str | None] = mapped_column(String(100), default=None)
     saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    status: Mapped[str] = mapped_column(String(20), default="done")
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Adjudication(Base):
+    """The adjudicated label and map of one image: what training uses instead of the readers' mean.
+    History in AdjudicationRevision, written with If-Match like an annotation."""
+
+    __tablename__ = "adjudications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), unique=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    label: Mapped[str | None] = mapped_column(String(100), default=None)
+    saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdjudicationRevision(Base):
+    __tablename__ = "adjudication_revisions"
+    __table_args__ = (
+        UniqueConstraint("adjudication_id", "revision"),
+        Index("ix_adjudication_revisions_saliency_key", "saliency_key"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adjudication_id: Mapped[int] = mapped_column(ForeignKey("adjudications.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(100), default=None)
+    saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

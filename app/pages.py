@@ -27,6 +27,9 @@ from app.api.training import run_out
 from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_role
 from app.models import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
 from app.schemas import API, pixel_info_out
+from app.services import adjudication as adjudication_service
+from app.services import projects as project_service
+from app.services import reading
 from app.services.images import next_image
 from app.services.login import login_with_password
 from app.services.lookups import active_model
@@ -320,6 +323,9 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
             )
         )
     )
+    hidden = reading.hidden_image_ids(session, project, user, [i.id for i in recent])
+    privileged = reading.is_privileged(session, pid, user)
+    study = reading_study_context(session, project, privileged)
     boot = {
         "project": {
             "id": project.id,
@@ -342,20 +348,37 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
             "run": run,
             "recent": recent,
             "mine": mine,
+            "hidden": hidden,
+            "study": study,
+            "can_export": not project.blind or privileged,
             "boot": boot,
             "weights": _registered_weights(),
         },
     )
 
 
+def reading_study_context(session: Session, project: Project, privileged: bool) -> dict[str, Any]:
+    """The project page's reading-study facts: coverage for everyone; the unsure and flagged
+    readings for managers and adjudicators."""
+    return {
+        "coverage": reading.coverage(session, project),
+        "blind": project.blind,
+        "privileged": privileged,
+        "attention": reading.attention(session, project) if privileged else [],
+    }
+
+
 def _registered_weights() -> list[dict[str, Any]]:
-    """The pretrained weights the train box offers (empty when the registry is unreadable)."""
+    """The pretrained weights the train box offers, each with the input size its backbone trains at
+    (empty when the registry is unreadable)."""
+    from sage.config import default_image_size
     from sage.weights import WeightsError, as_dicts, list_weights
 
     try:
-        return as_dicts(list_weights())
+        entries = as_dicts(list_weights())
     except (WeightsError, OSError):
         return []
+    return [e | {"image_size": default_image_size(e["backbone"])} for e in entries]
 
 
 # --- annotate ----------------------------------------------------------------------------------------
@@ -409,16 +432,21 @@ def annotate_page(request: Request, pid: int, iid: int, user: OptionalUser, sess
         )
     )
     counts = project_counts(session, pid, user)
+    image_facts = image_json(image)
+    if reading.hidden_image_ids(session, access.project, user, [iid]):
+        image_facts["label"] = image.import_label  # blind reading: not the other readers' majority
     boot = {
         "user": {"id": user.id, "username": user.username},
-        "project": {"id": pid, "name": access.project.name, "labels": access.project.labels},
-        "image": image_json(image),
+        "project": {"id": pid, "name": access.project.name, "labels": active_labels(access.project)},
+        "image": image_facts,
         "annotation": (
             {
                 "id": mine.id,
                 "label": mine.label,
                 "revision": mine.revision,
                 "has_saliency": mine.saliency_key is not None,
+                "status": mine.status,
+                "comment": mine.comment,
                 "updated_at": mine.updated_at,
             }
             if mine
@@ -432,8 +460,20 @@ def annotate_page(request: Request, pid: int, iid: int, user: OptionalUser, sess
     return render(
         request,
         "annotate.html",
-        {**_page_context(user, access, "annotate"), "image": image, "boot": boot, "body_class": "annotate"},
+        {
+            **_page_context(user, access, "annotate"),
+            "image": image,
+            "boot": boot,
+            "body_class": "annotate",
+            "labels": boot["project"]["labels"],
+        },
     )
+
+
+def active_labels(project: Project) -> list[str]:
+    """The labels offered for new readings: all but the retired ones, in the project's order."""
+    retired = set(project.retired_labels or [])
+    return [label for label in project.labels if label not in retired]
 
 
 # --- review, models, predictions ---------------------------------------------------------------------
@@ -447,6 +487,14 @@ def review_page(request: Request, pid: int, iid: int, user: OptionalUser, sessio
     image = session.get(Image, iid)
     if image is None or image.project_id != pid:
         return _not_found(request, user, "image")
+    if reading.hidden_image_ids(session, access.project, user, [iid]):
+        return error_page(
+            request,
+            user,
+            403,
+            "Blind reading",
+            "Other readers' labels and maps of this image stay hidden until you have saved your own reading.",
+        )
     model = active_model(session, pid)
     boot = {
         "project": {"id": pid, "labels": access.project.labels},
@@ -456,6 +504,131 @@ def review_page(request: Request, pid: int, iid: int, user: OptionalUser, sessio
     }
     return render(
         request, "review.html", {**_page_context(user, access, "review"), "image": image, "boot": boot}
+    )
+
+
+# --- adjudication (issue 12) -------------------------------------------------------------------------
+
+
+def _adjudicators_only(request: Request, user) -> HTMLResponse:
+    return error_page(
+        request,
+        user,
+        403,
+        "Adjudicators only",
+        "Only the project's managers and members with the adjudicator flag settle disagreements.",
+    )
+
+
+@router.get("/projects/{pid}/adjudicate", response_class=HTMLResponse)
+def adjudicate_list_page(
+    request: Request, pid: int, user: OptionalUser, session: SessionDep, offset: int = 0
+):
+    access, response = _with_project(request, user, session, pid)
+    if response:
+        return response
+    if not reading.is_privileged(session, pid, user):
+        return _adjudicators_only(request, user)
+    offset = max(0, min(offset, 10_000_000))
+    rows = adjudication_service.disagreements(session, access.project, limit=100, offset=offset)
+    return render(
+        request,
+        "adjudicate_list.html",
+        {**_page_context(user, access, "adjudicate"), "rows": rows, "offset": offset},
+    )
+
+
+@router.get("/projects/{pid}/adjudicate/{iid}", response_class=HTMLResponse)
+def adjudicate_page(request: Request, pid: int, iid: int, user: OptionalUser, session: SessionDep):
+    access, response = _with_project(request, user, session, pid)
+    if response:
+        return response
+    if not reading.is_privileged(session, pid, user):
+        return _adjudicators_only(request, user)
+    image = session.get(Image, iid)
+    if image is None or image.project_id != pid:
+        return _not_found(request, user, "image")
+    adj = adjudication_service.get_adjudication(session, iid)
+    boot = {
+        "project": {"id": pid, "labels": access.project.labels},
+        "image": image_json(image),
+        "adjudication": {
+            "label": adj.label,
+            "revision": adj.revision,
+            "has_saliency": adj.saliency_key is not None,
+        }
+        if adj
+        else None,
+    }
+    return render(
+        request,
+        "adjudicate.html",
+        {
+            **_page_context(user, access, "adjudicate"),
+            "image": image,
+            "boot": boot,
+            "body_class": "adjudicate",
+        },
+    )
+
+
+# --- settings and the image browser (issue 12) ----------------------------------------------------
+
+
+def _managers_only(request: Request, user) -> HTMLResponse:
+    return error_page(request, user, 403, "Managers only", "Only the project's managers change its settings.")
+
+
+@router.get("/projects/{pid}/settings", response_class=HTMLResponse)
+def settings_page(request: Request, pid: int, user: OptionalUser, session: SessionDep):
+    access, response = _with_project(request, user, session, pid)
+    if response:
+        return response
+    if not access.at_least("manager"):
+        return _managers_only(request, user)
+    from sage.config import METHODS  # torch-free: the option names the API validates
+
+    project = access.project
+    members = [
+        {"username": u.username, "role": m.role, "adjudicator": m.adjudicator}
+        for m, u in project_service.list_members(session, project)
+    ]
+    boot = {
+        "project": {
+            "id": project.id,
+            "name": project.name,
+            "description": project.description,
+            "labels": project.labels,
+            "retired_labels": project.retired_labels or [],
+            "training": project.training or {},
+        },
+        "members": members,
+        "me": user.username,
+    }
+    return render(
+        request,
+        "settings.html",
+        {**_page_context(user, access, "settings"), "boot": boot, "methods": METHODS, "members": members},
+    )
+
+
+@router.get("/projects/{pid}/images", response_class=HTMLResponse)
+def images_page(request: Request, pid: int, user: OptionalUser, session: SessionDep):
+    access, response = _with_project(request, user, session, pid)
+    if response:
+        return response
+    project = access.project
+    privileged = reading.is_privileged(session, pid, user)
+    readers = [u.username for _, u in project_service.list_members(session, project)]
+    boot = {
+        "project": {"id": pid, "labels": project.labels},
+        "can_manage": access.at_least("manager"),
+        "can_filter_others": privileged or not project.blind,
+        "me": user.username,
+        "readers": readers,
+    }
+    return render(
+        request, "images.html", {**_page_context(user, access, "images"), "boot": boot, "readers": readers}
     )
 
 

@@ -166,6 +166,20 @@ def _unique_labels(labels: list[str]) -> list[str]:
 Labels = Annotated[list[LabelName], Field(min_length=1, max_length=1000), AfterValidator(_unique_labels)]
 
 
+BlindMode = Annotated[
+    Literal["auto", "on", "off"],
+    Field(
+        description="blind reading: a reader sees no other reader's label or map of an image before "
+        "saving their own (managers and adjudicators excepted); auto: on when readers_per_image > 1"
+    ),
+]
+BLIND_MODE_VALUES = {"auto": None, "on": True, "off": False}
+
+
+def blind_mode_name(value: bool | None) -> str:
+    return "auto" if value is None else ("on" if value else "off")
+
+
 class ProjectCreate(Strict):
     name: Name
     description: Description = ""
@@ -181,6 +195,8 @@ class ProjectCreate(Strict):
     retrain_min_new: int = Field(default=20, ge=1, le=1_000_000)
     activation_policy: Literal["auto", "manual"] = "auto"
     next_policy: NextPolicy = "sequential"
+    readers_per_image: int = Field(default=1, ge=1, le=50, description="readers wanted per image (k)")
+    blind_mode: BlindMode = "auto"
 
 
 class ProjectUpdate(Strict):
@@ -197,6 +213,15 @@ class ProjectUpdate(Strict):
     retrain_min_new: int | None = Field(default=None, ge=1, le=1_000_000)
     activation_policy: Literal["auto", "manual"] | None = None
     next_policy: NextPolicy | None = None
+    readers_per_image: int | None = Field(
+        default=None, ge=1, le=50, description="readers wanted per image (k)"
+    )
+    blind_mode: BlindMode | None = None
+    retired_labels: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = Field(
+        default=None,
+        max_length=1000,
+        description="labels no longer offered for new readings (existing ones keep them)",
+    )
 
 
 class Agreement(BaseModel):
@@ -229,6 +254,12 @@ class ProjectOut(BaseModel):
     retrain_min_new: int
     activation_policy: str
     next_policy: str
+    readers_per_image: int = 1
+    retired_labels: list[str] = Field(
+        default_factory=list, description="labels no longer offered for new readings"
+    )
+    blind_mode: str = Field(default="auto", description="auto | on | off (the setting)")
+    blind: bool = Field(default=False, description="whether blind reading is in force (the effect)")
     created_at: datetime
     updated_at: datetime
     role: RoleName = Field(description="the caller's role (site admins: manager)")
@@ -240,12 +271,17 @@ class MemberIn(Strict):
         str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_control_chars)
     ]
     role: RoleName
+    adjudicator: bool | None = Field(
+        default=None,
+        description="may adjudicate disagreements and see every reader's work (default: unchanged)",
+    )
 
 
 class MemberOut(BaseModel):
     user_id: int
     username: str
     role: RoleName
+    adjudicator: bool = False
     created_at: datetime
 
 
@@ -294,6 +330,32 @@ class ImageOut(BaseModel):
     display_url: str = Field(description="8-bit PNG rendering through the default window")
 
 
+class BulkAction(Strict):
+    image_ids: list[int] = Field(min_length=1, max_length=1000)
+    action: Literal["set_split", "set_label", "delete", "requeue"]
+    split: Literal["train", "val", "test"] | None = None
+    label: Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_control_chars)] | None = (
+        Field(default=None, description="set_label: the new import label ('' or null clears it)")
+    )
+
+
+class BulkResult(BaseModel):
+    action: str
+    changed: int
+    missing: int = Field(description="ids that are not images of this project")
+    image_ids: list[int]
+
+
+class LabelRename(Strict):
+    old: LabelName = Field(alias="from", description="the label's current name")
+    new: LabelName = Field(alias="to", description="its new name")
+
+
+class LabelRenameResult(BaseModel):
+    labels: list[str]
+    changed: dict[str, int] = Field(description="rows renamed per table")
+
+
 class UploadedImage(ImageOut):
     created: bool = Field(description="false when the same bytes were already in the project")
 
@@ -332,8 +394,10 @@ class AnnotationOut(BaseModel):
     author: str
     label: str | None
     revision: int
-    has_saliency: bool
+    has_saliency: bool = Field(description="false: label only, no map (nothing was painted)")
     saliency_url: str | None
+    status: str = Field(description="done | skipped | unsure | flagged")
+    comment: str | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -343,6 +407,8 @@ class RevisionOut(BaseModel):
     label: str | None
     has_saliency: bool
     saliency_url: str | None
+    status: str = "done"
+    comment: str | None = None
     author_id: int
     created_at: datetime
 
@@ -373,6 +439,11 @@ class ImportReport(BaseModel):
     splits: dict[str, int]
     ignored_files: list[str] = Field(description="files in the zip that labels.csv does not name")
     image_ids: list[int]
+    readings: int = Field(default=0, description="readers' readings imported from readings.csv")
+    readings_of_unknown_readers: int = Field(
+        default=0, description="readings left out: their reader has no account here"
+    )
+    adjudications: int = Field(default=0, description="adjudications imported from adjudications.csv")
 
 
 # --- answers built from rows -------------------------------------------------------------------------
@@ -436,6 +507,8 @@ def annotation_out(annotation: Any, author: str) -> AnnotationOut:
         saliency_url=f"{API}/annotations/{annotation.id}/saliency.png?revision={annotation.revision}"
         if annotation.saliency_key
         else None,
+        status=annotation.status or "done",
+        comment=annotation.comment,
         created_at=annotation.created_at,
         updated_at=annotation.updated_at,
     )
@@ -454,6 +527,10 @@ def project_out(project: Any, role: str, summary: dict[str, Any]) -> ProjectOut:
         retrain_min_new=project.retrain_min_new,
         activation_policy=project.activation_policy,
         next_policy=project.next_policy,
+        readers_per_image=project.readers_per_image or 1,
+        retired_labels=list(project.retired_labels or []),
+        blind_mode=blind_mode_name(project.blind_mode),
+        blind=project.blind,
         created_at=project.created_at,
         updated_at=project.updated_at,
         role=role,

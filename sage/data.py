@@ -85,7 +85,9 @@ def read_dataset(root: str | Path, labels: list[str] | None = None, check_files:
                 problems.append((row.line, problem))
                 continue
         assert row.label is not None  # parsed without allow_unlabelled
-        samples.append(Sample(row.image, row.label, row.split, row.line, saliency, row.group, row.subtype))
+        samples.append(
+            Sample(row.image, row.label, row.split or "train", row.line, saliency, row.group, row.subtype)
+        )
     if problems:
         raise DatasetError([f"{csv_path}:{line}: {message}" for line, message in sorted(problems)])
     if not samples:
@@ -206,9 +208,15 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(
+    labels: np.ndarray, fraction: float, seed: int, groups: list[str | None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (keep, held_out): `fraction` of each class held out, at least one per class
-    that has two or more rows. Seeded and independent of row order within a class."""
+    that has two or more rows. Seeded and independent of row order within a class. With `groups`
+    (one per row; None: a group of its own) whole groups are held out, never part of one: each
+    group counts for the class most of its rows have."""
+    if groups is not None and any(g is not None for g in groups):
+        return _group_holdout(np.asarray(labels), fraction, seed, groups)
     rng = np.random.default_rng(seed)
     keep, held = [], []
     for c in np.unique(labels):
@@ -219,6 +227,34 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[
             k = min(max(k, 1), len(rows) - 1)
         held.extend(rows[:k].tolist())
         keep.extend(rows[k:].tolist())
+    return np.sort(np.array(keep, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
+
+
+def _group_holdout(labels: np.ndarray, fraction: float, seed: int, groups: list[str | None]):
+    rng = np.random.default_rng(seed)
+    units: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        units.setdefault(f"g:{g}" if g is not None else f"r:{i}", []).append(i)
+    by_class: dict[int, list[list[int]]] = {}
+    for rows in sorted(units.values()):
+        values, counts = np.unique(labels[rows], return_counts=True)
+        by_class.setdefault(int(values[counts.argmax()]), []).append(rows)
+    keep, held = [], []
+    for c in sorted(by_class):
+        members = [by_class[c][j] for j in rng.permutation(len(by_class[c]))]
+        target = fraction * sum(len(r) for r in members)
+        taken = 0
+        for j, rows in enumerate(members):
+            if (
+                fraction > 0
+                and taken < target
+                and j < len(members) - 1
+                and (taken == 0 or taken + len(rows) <= target + 0.5)
+            ):
+                held.extend(rows)
+                taken += len(rows)
+            else:
+                keep.extend(rows)
     return np.sort(np.array(keep, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
 
 

@@ -49,12 +49,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One good row of labels.csv; label is None only for an unlabelled row the caller allowed."""
+    """One good row of labels.csv; label is None only for an unlabelled row the caller allowed.
+    The parser always gives a split (`train` when empty); import sets None when the file has no
+    split column, so the project draws one at training time."""
 
     line: int
     image: str
     label: str | None
-    split: str = "train"
+    split: str | None = "train"
     group: str | None = None
     subtype: str | None = None
 

@@ -12,6 +12,8 @@ shifted by a pixel or two, never pixel-exact.
   (class mod 4), since at 32 px a grey level alone is too faint a shortcut to dominate.
 - decoy-texture: the shapes again, with a background whose stripe orientation and colour cast code
   the class (a global shortcut, like a scanner's texture or a site's colour cast).
+- dicom-radiographs: 12-bit chest-radiograph-like DICOM files (non-square, with a header window),
+  a faint round or linear opacity as the class and a burned-in laterality marker as the shortcut.
 
 `clean=True` writes the same images with the decoy present but random in every split, so the
 shortcut carries no information: training on it gives the ceiling. For a given seed the clean and
@@ -40,8 +42,9 @@ SPLIT_SHARES = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 
 @dataclass
 class Drawn:
-    image: np.ndarray  # (P, P, 3) uint8
-    mask: np.ndarray  # (P, P) float in [0, 1]: where the true feature is
+    image: np.ndarray | None  # (P, P, 3) uint8, written as PNG
+    mask: np.ndarray  # (H, W) float in [0, 1]: where the true feature is
+    dicom: bytes | None = None  # written as .dcm instead of `image` (dicom-radiographs)
 
 
 def make_dataset(
@@ -90,9 +93,15 @@ def make_dataset(
         decoy = y if coded and not clean else random_class
         drawn = draw(rng, image_size, y, decoy, digits)
         name = f"{kind}-{i:05d}"
-        Image.fromarray(drawn.image).save(out / "images" / f"{name}.png")
+        if drawn.dicom is not None:
+            file_name = f"{name}.dcm"
+            (out / "images" / file_name).write_bytes(drawn.dicom)
+        else:
+            assert drawn.image is not None  # a Drawn carries an image or DICOM bytes
+            file_name = f"{name}.png"
+            Image.fromarray(drawn.image).save(out / "images" / file_name)
         Image.fromarray(_human_saliency(drawn.mask, rng)).save(out / "saliency" / f"{name}.png")
-        rows.append((f"{name}.png", classes[y], split))
+        rows.append((file_name, classes[y], split))
     with (out / "labels.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["image", "label", "split"])
@@ -212,6 +221,47 @@ def _draw_decoy_digits(rng, p, y, decoy, digits) -> Drawn:
     return Drawn(np.clip(image, 0, 255).astype(np.uint8), (mask > 0.25).astype(np.float32))
 
 
+RADIOGRAPH_CLASSES = ("nodule", "streak")
+RADIOGRAPH_WINDOW = (1400.0, 1600.0)  # the "lung window" written into each file's VOI
+
+
+def _draw_radiograph(rng, p, y, decoy, digits) -> Drawn:
+    """A 12-bit chest-radiograph-like DICOM, P high and 5P/4 wide (not square): soft tissue, two
+    darker lung fields and ribs; the class is a faint opacity (+300 of 4096, a round nodule or a
+    linear streak) somewhere in a lung; the shortcut is a burned-in laterality marker (saturated
+    white block) whose corner (top or bottom left) codes the class in train/val and is random in test."""
+    h, w = p, (5 * p) // 4
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    body = 1700 + 250 * np.cos((xx / w - 0.5) * math.pi)
+    lungs = np.zeros((h, w), np.float32)
+    for cx in (0.3 * w, 0.7 * w):
+        lungs += np.exp(-((((xx - cx) / (0.17 * w)) ** 2 + ((yy - 0.55 * h) / (0.33 * h)) ** 2) ** 2))
+    ribs = 60 * np.sin(yy / h * 7 * math.pi + rng.uniform(0, 6.3)) * np.clip(lungs, 0, 1)
+    pixels = body - 650 * np.clip(lungs, 0, 1) + ribs + rng.normal(0, 40, (h, w))
+    # the finding: supersampled shape mask inside one lung
+    s = 4
+    canvas = Image.new("L", (w * s, h * s), 0)
+    d = ImageDraw.Draw(canvas)
+    cx = rng.uniform(0.22, 0.38) * w + (0.4 * w if rng.random() < 0.5 else 0.0)
+    cy = rng.uniform(0.4, 0.7) * h
+    if RADIOGRAPH_CLASSES[y] == "nodule":
+        r = rng.uniform(0.09, 0.12) * h
+        d.ellipse([(cx - r) * s, (cy - r) * s, (cx + r) * s, (cy + r) * s], fill=255)
+    else:
+        length, half = rng.uniform(0.22, 0.3) * h, 0.035 * h
+        a = rng.uniform(-0.6, 0.6) + math.pi / 2 * (rng.random() < 0.5)
+        c, sn = math.cos(a), math.sin(a)
+        corners = [(-length, -half), (length, -half), (length, half), (-length, half)]
+        d.polygon([((cx + u * c - v * sn) * s, (cy + u * sn + v * c) * s) for u, v in corners], fill=255)
+    mask = np.asarray(canvas.resize((w, h), Image.Resampling.BOX), dtype=np.float32) / 255.0
+    pixels += 300 * mask
+    size = max(3, p // 6)
+    y0 = 2 if decoy == 0 else h - size - 2  # top or bottom: a horizontal flip keeps the code
+    pixels[y0 : y0 + size, 2 : 2 + size] = 4095  # the burned-in marker
+    pixels = np.clip(np.rint(pixels), 0, 4095).astype(np.uint16)
+    return Drawn(None, mask, dicom=dicom_bytes(pixels, bits_stored=12, window=RADIOGRAPH_WINDOW))
+
+
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
@@ -236,6 +286,7 @@ KINDS: dict[str, tuple[Callable[..., Drawn], tuple[str, ...]]] = {
     "decoy-shapes": (_draw_decoy_shapes, SHAPES),
     "decoy-digits": (_draw_decoy_digits, tuple(str(d) for d in range(10))),
     "decoy-texture": (_draw_decoy_texture, SHAPES),
+    "dicom-radiographs": (_draw_radiograph, RADIOGRAPH_CLASSES),
 }
 
 

@@ -83,7 +83,8 @@ def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
     if val_samples:
         val = load_split(index, val_samples, config.image_size, window=config.window)
     else:
-        keep, held = stratified_holdout(train.labels.numpy(), config.val_fraction, config.seed)
+        groups = [s.group for s in train_samples]  # rows of `train` are in this order
+        keep, held = stratified_holdout(train.labels.numpy(), config.val_fraction, config.seed, groups)
         if len(held) == 0 or len(keep) == 0:
             raise ValueError(
                 f"{data_dir}: too few training images to hold out a validation split; add a val split"

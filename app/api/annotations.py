@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Response, UploadFile, status
 from sqlalchemy import select
@@ -17,7 +17,7 @@ from app.deps import (
     SettingsDep,
     StorageDep,
 )
-from app.models import Project, User
+from app.models import Image, Project, User
 from app.schemas import (
     API,
     Agreement,
@@ -28,10 +28,19 @@ from app.schemas import (
     annotation_out,
 )
 from app.services import annotations as annotation_service
+from app.services import reading
 
 router = APIRouter(tags=["annotations"])
 
 PNG = {"content": {"image/png": {}}, "description": "an 8-bit grayscale PNG"}
+BLIND = {403: {"description": "blind reading: save your own reading of the image first"}}
+
+
+def _check_blind_for(session, annotation, user) -> None:
+    """Another reader's annotation is hidden from a blind reader who has not read the image yet."""
+    if annotation.author_id != user.id:
+        image = session.get(Image, annotation.image_id)
+        reading.check_can_see_others(session, image, user)
 
 
 @router.put(
@@ -54,13 +63,22 @@ def put_annotation(
         UploadFile | None, File(description="8-bit grayscale PNG of the image's size")
     ] = None,
     if_match: Annotated[str | None, Header(max_length=64)] = None,
+    status_: Annotated[
+        Literal["done", "skipped", "unsure", "flagged"],
+        Form(alias="status", description="skipped: no label or map, the image comes back later"),
+    ] = "done",
+    comment: Annotated[
+        str | None, Form(max_length=2000, description="why unsure or flagged (required for those)")
+    ] = None,
 ) -> AnnotationOut:
-    """Store your label and saliency map for this image as a new revision (annotators, managers).
+    """Store your label, saliency map and status for this image as a new revision (annotators, managers).
 
     Send `If-Match: <revision>` with the revision you last saw; omit it only for your first
     annotation of the image. A stale revision answers 409 and changes nothing; every revision
-    is kept. The whole annotation is replaced: send both label and map. 422 for an unknown label
-    or a map that is not an 8-bit grayscale PNG of the image's size."""
+    is kept. The whole annotation is replaced: send both label and map. No map (omitted, or a map
+    that is zero everywhere) means "label only": nothing is stored for it, and training and the
+    consensus ignore it. 422 for an unknown label, a map that is not an 8-bit grayscale PNG of the
+    image's size, `unsure`/`flagged` without a comment, or a skip that carries a label or map."""
     project = session.get(Project, image.project_id)
     png = (
         read_upload(saliency, settings.max_upload_bytes, "the saliency map") if saliency is not None else None
@@ -74,6 +92,8 @@ def put_annotation(
         label=label or None,
         saliency_png=png,
         if_match=annotation_service.parse_if_match(if_match),
+        status=status_,
+        comment=comment,
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["ETag"] = f'"{annotation.revision}"'
@@ -92,9 +112,11 @@ def get_my_annotation(
     raise HTTPException(status.HTTP_404_NOT_FOUND, detail="you have not annotated this image yet")
 
 
-@router.get("/images/{iid}/annotations", response_model=ImageAnnotations)
-def list_annotations(image: ImageViewer, session: SessionDep) -> ImageAnnotations:
-    """Every annotator's current annotation, the consensus map's availability and their agreement."""
+@router.get("/images/{iid}/annotations", response_model=ImageAnnotations, responses=BLIND)
+def list_annotations(image: ImageViewer, user: CurrentUser, session: SessionDep) -> ImageAnnotations:
+    """Every annotator's current annotation, the consensus map's availability and their agreement.
+    `has_saliency: false` is a label-only reading (no map); it is not part of the consensus."""
+    reading.check_can_see_others(session, image, user)
     annotations = annotation_service.list_annotations(session, image)
     ids = {a.author_id for a in annotations}
     names = {
@@ -117,18 +139,22 @@ def list_annotations(image: ImageViewer, session: SessionDep) -> ImageAnnotation
     )
 
 
-@router.get("/images/{iid}/saliency.png", response_class=Response, responses={200: PNG})
-def consensus_png(image: ImageViewer, session: SessionDep, storage: StorageDep) -> Response:
+@router.get("/images/{iid}/saliency.png", response_class=Response, responses={200: PNG, **BLIND})
+def consensus_png(
+    image: ImageViewer, user: CurrentUser, session: SessionDep, storage: StorageDep
+) -> Response:
     """The consensus saliency map (mean of the annotators' maps, else the imported map); 404 if none."""
+    reading.check_can_see_others(session, image, user)
     png = annotation_service.consensus_png(session, storage, image)
     if png is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no saliency map for this image yet")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-cache"})
 
 
-@router.get("/annotations/{aid}/revisions", response_model=list[RevisionOut])
-def list_revisions(annotation: AnnotationViewer, session: SessionDep) -> list[RevisionOut]:
+@router.get("/annotations/{aid}/revisions", response_model=list[RevisionOut], responses=BLIND)
+def list_revisions(annotation: AnnotationViewer, user: CurrentUser, session: SessionDep) -> list[RevisionOut]:
     """Every revision of an annotation, oldest first."""
+    _check_blind_for(session, annotation, user)
     return [
         RevisionOut(
             revision=r.revision,
@@ -137,6 +163,8 @@ def list_revisions(annotation: AnnotationViewer, session: SessionDep) -> list[Re
             saliency_url=f"{API}/annotations/{annotation.id}/saliency.png?revision={r.revision}"
             if r.saliency_key
             else None,
+            status=r.status or "done",
+            comment=r.comment,
             author_id=r.author_id,
             created_at=r.created_at,
         )
@@ -144,14 +172,16 @@ def list_revisions(annotation: AnnotationViewer, session: SessionDep) -> list[Re
     ]
 
 
-@router.get("/annotations/{aid}/saliency.png", response_class=Response, responses={200: PNG})
+@router.get("/annotations/{aid}/saliency.png", response_class=Response, responses={200: PNG, **BLIND})
 def annotation_png(
     annotation: AnnotationViewer,
+    user: CurrentUser,
     session: SessionDep,
     storage: StorageDep,
     revision: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="default: the current one")] = None,
 ) -> Response:
     """One annotator's saliency map, of the current or an earlier revision."""
+    _check_blind_for(session, annotation, user)
     key = annotation.saliency_key
     if revision is not None:
         rev = annotation_service.get_revision(session, annotation, revision)

@@ -6,21 +6,34 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile, status
 from fastapi.responses import FileResponse
+from sqlalchemy import select
 
 from app.deps import (
     CurrentUser,
     ImageManager,
     ImageViewer,
     ProjectAnnotator,
+    ProjectManager,
     ProjectViewer,
     SessionDep,
     SettingsDep,
     StorageDep,
 )
 from app.imaging import media_type
-from app.schemas import ImageOut, ImagePage, ImageUpdate, UploadedImage, UploadResult, image_out
+from app.models import Project, User
+from app.schemas import (
+    BulkAction,
+    BulkResult,
+    ImageOut,
+    ImagePage,
+    ImageUpdate,
+    UploadedImage,
+    UploadResult,
+    image_out,
+)
+from app.services import browse, reading
 from app.services import images as image_service
-from app.services.errors import Invalid, TooLarge
+from app.services.errors import Forbidden, Invalid, TooLarge
 
 router = APIRouter(tags=["images"])
 
@@ -99,7 +112,11 @@ def upload_images(
     )
 
 
-@router.get("/projects/{pid}/images", response_model=ImagePage)
+@router.get(
+    "/projects/{pid}/images",
+    response_model=ImagePage,
+    responses={403: {"description": "blind reading: filters on others' work are for managers"}},
+)
 def list_images(
     project: ProjectViewer,
     user: CurrentUser,
@@ -113,8 +130,38 @@ def list_images(
     split: Literal["train", "val", "test"] | None = None,
     annotated_by_me: bool | None = None,
     label: Annotated[str | None, Query(max_length=100, pattern=NoControl)] = None,
+    reader: Annotated[
+        str | None, Query(max_length=64, pattern=NoControl, description="read by this username")
+    ] = None,
+    reading_status: Annotated[
+        Literal["done", "skipped", "unsure", "flagged"] | None,
+        Query(alias="status", description="has a reading with this status"),
+    ] = None,
+    label_disagreement: Annotated[bool | None, Query(description="its readers' labels differ")] = None,
+    max_agreement: Annotated[
+        float | None, Query(ge=0, le=1, description="map agreement (soft IoU) at most")
+    ] = None,
+    prediction: Annotated[
+        Literal["correct", "wrong"] | None, Query(description="the active model's prediction vs the label")
+    ] = None,
+    min_uncertainty: Annotated[
+        float | None, Query(ge=0, le=1, description="prediction uncertainty at least")
+    ] = None,
 ) -> ImagePage:
-    """The project's images in upload order, one page at a time (keyset pagination)."""
+    """The project's images in upload order, one page at a time (keyset pagination), with the
+    image browser's filters. In a blind project, filters on other readers' work (reader, status,
+    disagreement, agreement) are for managers and adjudicators (403)."""
+    privileged = reading.is_privileged(session, project.id, user)
+    by_others = (reader is not None and reader != user.username) or any(
+        v is not None for v in (reading_status, label_disagreement, max_agreement)
+    )
+    if project.blind and by_others and not privileged:
+        raise Forbidden("blind reading: filters on other readers' work are for managers and adjudicators")
+    reader_id = None
+    if reader is not None:
+        reader_id = session.scalar(select(User.id).where(User.username == reader))
+        if reader_id is None:
+            return ImagePage(items=[], next_cursor=None)
     rows, next_cursor = image_service.list_images(
         session,
         project,
@@ -126,13 +173,25 @@ def list_images(
         split=split,
         annotated_by_me=annotated_by_me,
         label=label,
+        blind=project.blind and not privileged,
+        reader_id=reader_id,
+        status=reading_status,
+        label_disagreement=label_disagreement,
+        max_agreement=max_agreement,
+        prediction=prediction,
+        min_uncertainty=min_uncertainty,
     )
-    return ImagePage(items=[image_out(r) for r in rows], next_cursor=next_cursor)
+    hidden = reading.hidden_image_ids(session, project, user, [r.id for r in rows])
+    items = [reading.redact_image(image_out(r)) if r.id in hidden else image_out(r) for r in rows]
+    return ImagePage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/images/{iid}", response_model=ImageOut)
-def get_image(image: ImageViewer) -> ImageOut:
-    return image_out(image)
+def get_image(image: ImageViewer, user: CurrentUser, session: SessionDep) -> ImageOut:
+    """The image's facts; a blind reader who has not read it sees its import label and no agreement."""
+    project = session.get(Project, image.project_id)
+    out = image_out(image)
+    return reading.redact_image(out) if reading.hidden_image_ids(session, project, user, [image.id]) else out
 
 
 @router.get(
@@ -222,3 +281,23 @@ def delete_image(image: ImageManager, session: SessionDep, storage: StorageDep) 
     """Delete an image with its annotations (managers); its file goes once nothing uses it."""
     image_service.delete_image(session, storage, image)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- bulk actions of the image browser (issue 12) ---------------------------------------------------
+
+
+@router.post(
+    "/projects/{pid}/images/bulk",
+    response_model=BulkResult,
+    responses={422: {"description": "unknown action, split or label; no ids; more than 1000 ids"}},
+)
+def bulk_images(
+    body: BulkAction, project: ProjectManager, session: SessionDep, storage: StorageDep
+) -> BulkResult:
+    """One action on many images (managers): set_split, set_label (the import label; empty clears
+    it), delete, or requeue (the image wants one reader more, so `next` offers it again)."""
+    return BulkResult(
+        **browse.bulk_action(
+            session, storage, project, body.image_ids, body.action, split=body.split, label=body.label
+        )
+    )

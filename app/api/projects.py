@@ -18,7 +18,10 @@ from app.deps import (
     member_role,
 )
 from app.schemas import (
+    BLIND_MODE_VALUES,
     ImportReport,
+    LabelRename,
+    LabelRenameResult,
     MemberIn,
     MemberOut,
     NextImage,
@@ -29,7 +32,7 @@ from app.schemas import (
     image_out,
     project_out,
 )
-from app.services import datasets
+from app.services import datasets, reading
 from app.services import images as image_service
 from app.services import projects as project_service
 from app.services.errors import TooLarge
@@ -54,6 +57,7 @@ def create_project(body: ProjectCreate, user: CurrentUser, session: SessionDep) 
     """Create a project; you become its manager. 409 when the name is taken."""
     fields = body.model_dump()
     fields["training"] = body.training.as_dict()
+    fields["blind_mode"] = BLIND_MODE_VALUES[body.blind_mode]
     project = project_service.create_project(session, user, **fields)
     return _out(session, project, "manager")
 
@@ -65,15 +69,39 @@ def get_project(project: ProjectViewer, user: CurrentUser, session: SessionDep) 
     return _out(session, project, member_role(session, user, project.id))
 
 
+def _check_training(project, fields: dict) -> None:
+    """The project's training options after this change, validated by TrainConfig as a training
+    run's are (422 naming the bad option), so a settings change cannot store options no run accepts."""
+    from types import SimpleNamespace
+
+    from app.services.training import resolve_options
+
+    labels = list(fields.get("labels", project.labels) or [])
+    after = SimpleNamespace(
+        id=project.id,
+        backbone=fields.get("backbone", project.backbone),
+        image_size=fields.get("image_size", project.image_size),
+        # the number of labels is checked when a run starts: a project may be set up label by label
+        labels=labels + [f"(label {i})" for i in range(len(labels), 2)],
+        training=fields.get("training", project.training),
+    )
+    resolve_options(after, None)
+
+
 @router.patch("/projects/{pid}", response_model=ProjectOut)
 def update_project(
     body: ProjectUpdate, project: ProjectManager, user: CurrentUser, session: SessionDep
 ) -> ProjectOut:
-    """Change settings (managers). Removing a label that is still used answers 409."""
+    """Change settings (managers). Removing a label that is still used answers 409; training
+    options that a training run would refuse answer 422."""
     fields = body.model_dump(exclude_unset=True)
     if body.training is not None:
         fields["training"] = body.training.as_dict()
     fields = {k: v for k, v in fields.items() if v is not None}
+    if "blind_mode" in fields:
+        fields["blind_mode"] = BLIND_MODE_VALUES[fields["blind_mode"]]
+    if {"training", "backbone", "image_size"} & set(fields):
+        _check_training(project, fields)
     project_service.update_project(session, project, **fields)
     return _out(session, project, member_role(session, user, project.id))
 
@@ -85,13 +113,27 @@ def delete_project(project: ProjectManager, session: SessionDep, storage: Storag
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.post(
+    "/projects/{pid}/labels/rename",
+    response_model=LabelRenameResult,
+    responses={404: {"description": "no such label"}, 409: {"description": "the new name is taken"}},
+)
+def rename_label(body: LabelRename, project: ProjectManager, session: SessionDep) -> LabelRenameResult:
+    """Rename a label (managers) and every use of it: readings and their history, import labels,
+    image labels and adjudications."""
+    changed = project_service.rename_label(session, project, body.old, body.new)
+    return LabelRenameResult(labels=list(project.labels), changed=changed)
+
+
 # --- members ----------------------------------------------------------------------------------------
 
 
 @router.get("/projects/{pid}/members", response_model=list[MemberOut])
 def list_members(project: ProjectViewer, session: SessionDep) -> list[MemberOut]:
     return [
-        MemberOut(user_id=u.id, username=u.username, role=m.role, created_at=m.created_at)
+        MemberOut(
+            user_id=u.id, username=u.username, role=m.role, adjudicator=m.adjudicator, created_at=m.created_at
+        )
         for m, u in project_service.list_members(session, project)
     ]
 
@@ -100,9 +142,17 @@ def list_members(project: ProjectViewer, session: SessionDep) -> list[MemberOut]
 def set_member(body: MemberIn, project: ProjectManager, session: SessionDep, response: Response) -> MemberOut:
     """Add a member (201) or change a member's role (200) (managers). 404 for an unknown username;
     409 when it would leave the project without a manager."""
-    member, user, created = project_service.set_member(session, project, body.username, body.role)
+    member, user, created = project_service.set_member(
+        session, project, body.username, body.role, adjudicator=body.adjudicator
+    )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    return MemberOut(user_id=user.id, username=user.username, role=member.role, created_at=member.created_at)
+    return MemberOut(
+        user_id=user.id,
+        username=user.username,
+        role=member.role,
+        adjudicator=member.adjudicator,
+        created_at=member.created_at,
+    )
 
 
 @router.delete("/projects/{pid}/members/{username}", status_code=status.HTTP_204_NO_CONTENT)
@@ -132,7 +182,10 @@ def next_image(
     Policies: sequential (id order, after `after`, wrapping), random, uncertainty and
     misalignment (ordered by the active model's stored predictions; sequential when there are none)."""
     image, used = image_service.next_image(session, project, user, policy=policy, after=after)
-    return NextImage(image=image_out(image) if image else None, policy=used, done=image is None)
+    out = image_out(image) if image else None
+    if out is not None and reading.hidden_image_ids(session, project, user, [image.id]):
+        reading.redact_image(out)
+    return NextImage(image=out, policy=used, done=image is None)
 
 
 # --- dataset import and export ------------------------------------------------------------------------
@@ -171,17 +224,22 @@ def import_dataset(
 @router.get(
     "/projects/{pid}/export",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/zip": {}}, "description": "the dataset folder as a zip"}},
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "the dataset folder as a zip"},
+        403: {"description": "blind reading: managers and adjudicators only"},
+    },
 )
 def export_dataset(
     project: ProjectViewer,
+    user: CurrentUser,
     session: SessionDep,
     storage: StorageDep,
     only_labelled: bool = False,
 ) -> StreamingResponse:
     """Stream the project as a zip in the dataset folder format: labels.csv (image labels: majority
     of the annotators, else the import label), images/ byte-identical to the uploads, and
-    saliency/<stem>.png consensus maps."""
+    saliency/<stem>.png consensus maps. In a blind project only managers and adjudicators (403)."""
+    reading.check_can_export(session, project, user)
     entries, _ = datasets.dataset_entries(session, project, only_labelled=only_labelled)
     session.close()  # the stream reads storage only
     folder = f"project-{project.id}"

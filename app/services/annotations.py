@@ -24,12 +24,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.imaging import decode_mask, encode_mask
-from app.models import Annotation, AnnotationRevision, Image, Project, User
+from app.models import Adjudication, Annotation, AnnotationRevision, Image, Project, User
 from app.services.errors import Conflict, Invalid
 from app.storage import Storage
 from sage.agreement import pearson, soft_iou, unit_map
 
 ANY_REVISION = -1  # If-Match: *
+
+# An annotation's status. `skipped` is a pass (no label, no map; the image comes back at the end of
+# the reader's queue) and is not a read; the others are reads. `unsure` and `flagged` carry a comment
+# and are listed for the project's managers.
+STATUSES = ("done", "skipped", "unsure", "flagged")
+READ_STATUSES = ("done", "unsure", "flagged")
+COMMENT_STATUSES = ("unsure", "flagged")
+MAX_COMMENT = 2000
 
 
 @dataclass
@@ -135,7 +143,7 @@ def refresh_image(
     pending = pending or {}
     rows = session.execute(
         select(Annotation.label, Annotation.saliency_key)
-        .where(Annotation.image_id == image.id)
+        .where(Annotation.image_id == image.id, Annotation.status != "skipped")
         .order_by(Annotation.id)
     ).all()
     maps = []
@@ -145,7 +153,10 @@ def refresh_image(
         maps.append(pending[key] if key in pending else read_mask(storage, key, image.width, image.height))
     scores = agreement(maps)
     image.annotation_count = len(rows)
-    image.label = resolve_label([label for label, _ in rows], image.import_label, project.labels)
+    adjudicated = session.scalar(select(Adjudication.label).where(Adjudication.image_id == image.id))
+    image.label = adjudicated or resolve_label(
+        [label for label, _ in rows], image.import_label, project.labels
+    )
     image.agreement_iou = scores.iou
     image.agreement_r = scores.pearson
     session.flush()
@@ -166,6 +177,46 @@ def parse_if_match(value: str | None) -> int | None:
     return int(text)
 
 
+def check_annotation(
+    project: Project,
+    image: Image,
+    label: str | None,
+    saliency_png: bytes | None,
+    status: str,
+    comment: str | None,
+) -> tuple[np.ndarray | None, str | None]:
+    """Validate an annotation before anything is written: (the map, or None for no map; the comment).
+
+    Raises Invalid (422) for an unknown label or status, a bad map, a skip that carries a label or
+    map, an unsure or flagged status without a comment, or a done annotation with neither a label
+    nor a painted map."""
+    if status not in STATUSES:
+        raise Invalid(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+    if label is not None and label not in project.labels:
+        raise Invalid(f"unknown label {label!r}; the project's labels are {project.labels}")
+    if label is not None and label in (project.retired_labels or []):
+        raise Invalid(f"the label {label!r} is retired: new readings use one of the other labels")
+    comment = (comment or "").strip() or None
+    if comment is not None and len(comment) > MAX_COMMENT:
+        raise Invalid(f"the comment is {len(comment)} characters; at most {MAX_COMMENT}")
+    arr = None
+    if saliency_png is not None:
+        arr = decode_mask(saliency_png, image.width, image.height, what="the saliency map")
+        if not arr.any():
+            arr = None  # nothing painted: label only, no map
+    if status == "skipped":
+        if label is not None or arr is not None:
+            raise Invalid("a skipped image carries no label and no map; send status=skipped alone")
+    elif status in COMMENT_STATUSES:
+        if comment is None:
+            raise Invalid(f"status {status!r} needs a comment saying why")
+    elif label is None and arr is None:
+        if saliency_png is not None:
+            raise Invalid("the map is empty (zero everywhere) and there is no label: pick a label or paint")
+        raise Invalid("send a label, a saliency map, or both")
+    return arr, comment
+
+
 def put_annotation(
     session: Session,
     storage: Storage,
@@ -176,21 +227,19 @@ def put_annotation(
     label: str | None,
     saliency_png: bytes | None,
     if_match: int | None,
+    status: str = "done",
+    comment: str | None = None,
 ) -> tuple[Annotation, bool]:
-    """Store the author's label and saliency map for the image as a new revision (commits).
+    """Store the author's label, saliency map and status for the image as a new revision (commits).
 
-    The whole annotation is replaced: an omitted map or label becomes none. `if_match` is the
-    revision the client last saw: None only for the first annotation of this author on this image,
-    `ANY_REVISION` to overwrite whatever is there. A stale or missing revision raises Conflict and
-    writes nothing. Returns (annotation, created).
+    The whole annotation is replaced: an omitted map or label becomes none. A map that is zero
+    everywhere is "no map" too (label only): it is not stored, so it can neither teach training
+    that nothing matters nor dilute the consensus. `if_match` is the revision the client last saw:
+    None only for the first annotation of this author on this image, `ANY_REVISION` to overwrite
+    whatever is there. A stale or missing revision raises Conflict and writes nothing.
+    Returns (annotation, created).
     """
-    if label is not None and label not in project.labels:
-        raise Invalid(f"unknown label {label!r}; the project's labels are {project.labels}")
-    if label is None and saliency_png is None:
-        raise Invalid("send a label, a saliency map, or both")
-    arr = None
-    if saliency_png is not None:
-        arr = decode_mask(saliency_png, image.width, image.height, what="the saliency map")
+    arr, comment = check_annotation(project, image, label, saliency_png, status, comment)
     now = datetime.now(UTC)
     with storage.staging() as staging:
         key = staging.put_bytes(encode_mask(arr), ".png") if arr is not None else None
@@ -215,6 +264,8 @@ def put_annotation(
                 author_id=author.id,
                 label=label,
                 saliency_key=key,
+                status=status,
+                comment=comment,
                 revision=1,
                 created_at=now,
                 updated_at=now,
@@ -240,7 +291,14 @@ def put_annotation(
             result = session.execute(
                 update(Annotation)
                 .where(Annotation.id == existing.id, Annotation.revision == expected)
-                .values(revision=expected + 1, label=label, saliency_key=key, updated_at=now)
+                .values(
+                    revision=expected + 1,
+                    label=label,
+                    saliency_key=key,
+                    status=status,
+                    comment=comment,
+                    updated_at=now,
+                )
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult; typed as Result
@@ -258,6 +316,8 @@ def put_annotation(
                 revision=annotation.revision,
                 label=label,
                 saliency_key=key,
+                status=status,
+                comment=comment,
                 author_id=author.id,
                 created_at=now,
             )

@@ -20,6 +20,7 @@ snapshots, `export_zip_stream` streams it as a zip.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -37,10 +38,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.imaging import ImageError, decode_image, decode_mask, encode_mask, suffix_for
-from app.models import Annotation, Image, Project, User
+from app.models import Adjudication, Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
 from app.services.images import pixel_fields, safe_name
+from app.services.study_io import import_study, study_facts, study_files
 from app.settings import Settings
 from app.storage import Storage
 from sage.labels_csv import LABELS_CSV, LabelRow, format_labels_csv, parse_labels_csv
@@ -227,6 +229,8 @@ def _parse_labels(data: bytes, project: Project, problems: _Problems) -> list[La
     parsed = parse_labels_csv(data, labels=project.labels, allow_unlabelled=True)
     for p in parsed.problems:
         problems.add(LABELS_CSV, p.message, p.line)
+    if "split" not in parsed.columns:  # no split given: the project draws one at training (`draw_splits`)
+        return [dataclasses.replace(r, split=None) for r in parsed.rows]
     return parsed.rows
 
 
@@ -287,7 +291,7 @@ def import_dataset(
             if problems.full:
                 break
             held = group_splits.get(row.group) if row.group else None
-            if held is not None and held != row.split:
+            if held is not None and row.split is not None and held != row.split:
                 problems.add(
                     LABELS_CSV,
                     f"group {row.group!r} of {row.image} is in split {held} in the project, not {row.split}; "
@@ -327,7 +331,8 @@ def import_dataset(
                 except (ImageError, TooLarge, Invalid) as exc:
                     problems.add(f"saliency/{stem}.png", str(exc), row.line)
                     continue
-                mask_key = staging.put_bytes(encode_mask(mask), ".png")
+                if mask.any():  # a map that is zero everywhere is no map (label only)
+                    mask_key = staging.put_bytes(encode_mask(mask), ".png")
             key = staging.put_bytes(data, suffix_for(fmt))
             new_rows.append(
                 Image(
@@ -341,8 +346,8 @@ def import_dataset(
                     height=height,
                     size_bytes=len(data),
                     split=row.split,
-                    import_label=row.label,
                     group=row.group,
+                    import_label=row.label,
                     label=row.label,
                     import_saliency_key=mask_key,
                     uploaded_by_id=user.id if user else None,
@@ -352,16 +357,32 @@ def import_dataset(
             raise ImportRejected(problems.items, problems.truncated)
         session.add_all(new_rows)
         session.flush()
+        study = import_study(
+            session,
+            storage,
+            staging,
+            source,
+            root,
+            name_set,
+            project,
+            {r.original_name: r for r in new_rows},
+            problems,
+            settings.max_upload_bytes,
+        )
+        if problems.items:
+            session.rollback()
+            raise ImportRejected(problems.items, problems.truncated)
         report = {
             "imported": len(new_rows),
             "existing": n_existing,
             "with_saliency": sum(1 for r in new_rows if r.import_saliency_key),
             "labels": dict(Counter(r.label for r in new_rows if r.label)),
-            "splits": dict(Counter(r.split for r in new_rows)),
+            "splits": dict(Counter(r.split or "unassigned" for r in new_rows)),
             "ignored_files": sorted(
                 n[len(root) :] for n in names if n.startswith(root + "images/") and n not in listed
             )[:1000],
             "image_ids": [r.id for r in new_rows],
+            **study,
         }
         session.commit()
     return report
@@ -382,8 +403,10 @@ class DatasetEntry:
     width: int
     height: int
     saliency_keys: list[str]  # the annotators' current maps; else the imported map, if any
-    group: str | None = None  # patient, subject or device (`Image.group`)
+    group: str | None = None  # patient, subject or device (`Image.group`), written to labels.csv when set
     subtype: str | None = None  # written to labels.csv when set (no column stores it yet)
+    readings: list[Any] = field(default_factory=list)  # app.services.study_io.Reading, per reader
+    adjudication: Any = None  # app.services.study_io.AdjudicatedEntry, when adjudicated
 
     @property
     def stem(self) -> str:
@@ -401,6 +424,8 @@ def dataset_entries(
     images = list(session.scalars(q.order_by(Image.id)))
     maps: dict[int, list[str]] = {}
     revisions: dict[str, int] = {}
+    adjudications: dict[str, int] = {}
+    adjudicated: dict[int, str] = {}
     ids = [img.id for img in images]
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
@@ -412,12 +437,25 @@ def dataset_entries(
             revisions[str(aid)] = rev
             if key:
                 maps.setdefault(image_id, []).append(key)
+        # An adjudicated map replaces the readers' mean (issue 12); a label-only adjudication does not.
+        for adj_id, image_id, rev, key in session.execute(
+            select(
+                Adjudication.id, Adjudication.image_id, Adjudication.revision, Adjudication.saliency_key
+            ).where(Adjudication.image_id.in_(chunk))
+        ):
+            adjudications[str(adj_id)] = rev
+            if key:
+                adjudicated[image_id] = key
     used_names: set[str] = set()
     used_stems: set[str] = set()
     entries = []
     for img in images:
         name = _export_name(img, used_names, used_stems)
-        keys = maps.get(img.id) or ([img.import_saliency_key] if img.import_saliency_key else [])
+        keys = (
+            [adjudicated[img.id]]
+            if img.id in adjudicated
+            else maps.get(img.id) or ([img.import_saliency_key] if img.import_saliency_key else [])
+        )
         entries.append(
             DatasetEntry(
                 img.id,
@@ -431,8 +469,13 @@ def dataset_entries(
                 group=img.group,
             )
         )
+    readings, adjudicated_entries = study_facts(session, ids)
+    for e in entries:
+        e.readings = readings.get(e.image_id, [])
+        e.adjudication = adjudicated_entries.get(e.image_id)
     lineage = {
         "annotations": revisions,
+        "adjudications": adjudications,
         "images": len(entries),
         "with_saliency": sum(1 for e in entries if e.saliency_keys),
         "labels": dict(Counter(e.label for e in entries if e.label)),
@@ -551,6 +594,9 @@ def write_dataset_folder(
         png = entry_saliency_png(storage, e)
         if png is not None:
             (out_dir / "saliency" / f"{e.stem}.png").write_bytes(png)
+    for path, data in study_files(storage, entries):
+        (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / path).write_bytes(data)
     (out_dir / LABELS_CSV).write_bytes(labels_csv(entries))
     return lineage
 
@@ -597,5 +643,9 @@ def export_zip_stream(
             png = entry_saliency_png(storage, e)
             if png is not None:
                 zf.writestr(_zip_info(f"{folder}/saliency/{e.stem}.png"), png, zipfile.ZIP_STORED)
+            yield sink.drain()
+        for path, data in study_files(storage, entries):
+            method = zipfile.ZIP_DEFLATED if path.endswith(".csv") else zipfile.ZIP_STORED
+            zf.writestr(_zip_info(f"{folder}/{path}"), data, method)
             yield sink.drain()
     yield sink.drain()

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, exists, func, not_, select
+from sqlalchemy import and_, exists, func, not_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.imaging import DecodedImage, decode_image
 from app.models import (
+    Adjudication,
     Annotation,
     AnnotationRevision,
     Image,
@@ -313,8 +314,18 @@ def list_images(
     split: str | None = None,
     annotated_by_me: bool | None = None,
     label: str | None = None,
+    blind: bool = False,
+    reader_id: int | None = None,
+    status: str | None = None,
+    label_disagreement: bool | None = None,
+    max_agreement: float | None = None,
+    prediction: str | None = None,
+    min_uncertainty: float | None = None,
 ) -> tuple[list[Image], str | None]:
-    """One page of the project's images in id order (keyset pagination) and the next cursor."""
+    """One page of the project's images in id order (keyset pagination) and the next cursor.
+
+    `blind`: the caller reads blind, so `label` matches the readers' label only on images they
+    have read themselves and the import label elsewhere (the filter must not reveal others' labels)."""
     q = select(Image).where(Image.project_id == project.id)
     if cursor:
         q = q.where(Image.id > decode_cursor(cursor))
@@ -324,25 +335,98 @@ def list_images(
         q = q.where(Image.annotation_count > 0 if annotated else Image.annotation_count == 0)
     if split is not None:
         q = q.where(Image.split == check_split(split))
-    if label is not None:
+    if label is not None and blind:
+        read = exists().where(
+            Annotation.author_id == user.id, Annotation.image_id == Image.id, Annotation.status != "skipped"
+        )
+        q = q.where(or_(and_(read, Image.label == label), and_(not_(read), Image.import_label == label)))
+    elif label is not None:
         q = q.where(Image.label == label)
     if annotated_by_me is not None:
         q = q.where(_done_by(user.id) if annotated_by_me else not_(_done_by(user.id)))
+    q = _study_filters(
+        session, project, q, reader_id, status, label_disagreement, max_agreement, prediction, min_uncertainty
+    )
     rows = list(session.scalars(q.order_by(Image.id).limit(limit + 1)))
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 
+def _study_filters(
+    session, project, q, reader_id, status, label_disagreement, max_agreement, prediction, min_uncertainty
+):
+    """The image browser's filters (issue 12): read by whom, a reading status, label disagreement,
+    map agreement at most, the active model's prediction right or wrong, uncertainty at least."""
+    if reader_id is not None or status is not None:
+        cond = [Annotation.image_id == Image.id]
+        if reader_id is not None:
+            cond.append(Annotation.author_id == reader_id)
+        if status is not None:
+            cond.append(Annotation.status == status)
+        q = q.where(exists().where(*cond))
+    if label_disagreement is not None:
+        n_labels = (
+            select(func.count(func.distinct(Annotation.label)))
+            .where(Annotation.image_id == Image.id, Annotation.status != "skipped")
+            .scalar_subquery()
+        )
+        q = q.where(n_labels > 1 if label_disagreement else n_labels <= 1)
+    if max_agreement is not None:
+        q = q.where(Image.agreement_iou <= max_agreement)
+    if prediction is not None or min_uncertainty is not None:
+        model_id = session.scalar(
+            select(ModelVersion.id).where(ModelVersion.project_id == project.id, ModelVersion.active).limit(1)
+        )
+        q = q.join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == (model_id or -1)))
+        if prediction == "correct":
+            q = q.where(Image.label.is_not(None), Prediction.label == Image.label)
+        elif prediction == "wrong":
+            q = q.where(Image.label.is_not(None), Prediction.label != Image.label)
+        if min_uncertainty is not None:
+            q = q.where(Prediction.uncertainty >= min_uncertainty)
+    return q
+
+
 # --- next --------------------------------------------------------------------------------------------
+
+
+def _open_for(project: Project, user: User) -> list:
+    """Conditions of an image `next` may give the reader: they neither read nor skipped it, and it
+    still has fewer readers than the project wants (`readers_per_image`; skips are not reads)."""
+    return [not_(_done_by(user.id)), Image.annotation_count < _wanted(project)]
+
+
+def _wanted(project: Project):
+    """Readers an image wants: its own `readers_wanted` (set by re-queueing), else the project's k."""
+    return func.coalesce(Image.readers_wanted, max(1, project.readers_per_image or 1))
 
 
 def _first_unfinished(session: Session, project: Project, user: User, *conditions) -> Image | None:
     return session.scalar(
         select(Image)
-        .where(Image.project_id == project.id, not_(_done_by(user.id)), *conditions)
+        .where(Image.project_id == project.id, *_open_for(project, user), *conditions)
         .order_by(Image.id)
         .limit(1)
     )
+
+
+def _first_skipped(session: Session, project: Project, user: User, after: int | None) -> Image | None:
+    """The reader's skipped images come back at the end of their queue, the oldest skip first
+    (the image just skipped, `after`, last of all), while they still need readers."""
+    q = (
+        select(Image)
+        .join(Annotation, and_(Annotation.image_id == Image.id, Annotation.author_id == user.id))
+        .where(
+            Image.project_id == project.id,
+            Annotation.status == "skipped",
+            Image.annotation_count < _wanted(project),
+        )
+    )
+    if after is not None:
+        first = session.scalar(q.where(Image.id != after).order_by(Annotation.updated_at, Image.id).limit(1))
+        if first is not None:
+            return first
+    return session.scalar(q.order_by(Annotation.updated_at, Image.id).limit(1))
 
 
 def _by_prediction(
@@ -364,7 +448,7 @@ def _by_prediction(
     q = (
         select(Image)
         .join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == model_id))
-        .where(Image.project_id == project.id, not_(_done_by(user.id)), *cond)
+        .where(Image.project_id == project.id, *_open_for(project, user), *cond)
     )
     if after is not None:
         q = q.where(Image.id != after)
@@ -374,13 +458,24 @@ def _by_prediction(
 def next_image(
     session: Session, project: Project, user: User, *, policy: str | None = None, after: int | None = None
 ) -> tuple[Image | None, str]:
-    """The caller's next image to annotate, never one they already annotated; (image, policy used).
+    """The caller's next image to read; (image, policy used). Never one they already read, nor one
+    that already has the project's `readers_per_image` readers; the images they skipped come back
+    once nothing else is left (`_first_skipped`).
 
     sequential: the first unfinished image after `after` (the image being skipped), wrapping
     around; random: a uniformly random pivot id, then the first unfinished image from there;
     uncertainty / misalignment: ordered by the active model's stored predictions, falling back
     to sequential when there is no active model or no prediction left.
     """
+    image, used = _next_unread(session, project, user, policy=policy, after=after)
+    if image is None:
+        image = _first_skipped(session, project, user, after)
+    return image, used
+
+
+def _next_unread(
+    session: Session, project: Project, user: User, *, policy: str | None, after: int | None
+) -> tuple[Image | None, str]:
     policy = policy or project.next_policy or "sequential"
     if policy not in NEXT_POLICIES:
         raise Invalid(f"unknown policy {policy!r}; use one of {', '.join(NEXT_POLICIES)}")
@@ -506,7 +601,10 @@ def set_image_fields(
         image.import_label = None
     elif import_label is not None:
         image.import_label = check_label(project, import_label)
-    votes = session.scalars(select(Annotation.label).where(Annotation.image_id == image.id)).all()
-    image.label = resolve_label(votes, image.import_label, project.labels)
+    votes = session.scalars(
+        select(Annotation.label).where(Annotation.image_id == image.id, Annotation.status != "skipped")
+    ).all()
+    adjudicated = session.scalar(select(Adjudication.label).where(Adjudication.image_id == image.id))
+    image.label = adjudicated or resolve_label(votes, image.import_label, project.labels)
     session.commit()
     return image

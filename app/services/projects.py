@@ -26,6 +26,9 @@ PROJECT_FIELDS = (
     "retrain_min_new",
     "activation_policy",
     "next_policy",
+    "readers_per_image",
+    "blind_mode",
+    "retired_labels",
 )
 
 
@@ -93,6 +96,13 @@ def update_project(session: Session, project: Project, **fields: Any) -> Project
                 f"labels still in use cannot be removed: {used} (annotations and import labels); "
                 "relabel those images first"
             )
+    if "retired_labels" in fields or "labels" in fields:
+        labels = fields.get("labels", project.labels)
+        retired = fields.get("retired_labels", project.retired_labels or [])
+        unknown = [label for label in retired if label not in labels]
+        if "retired_labels" in fields and unknown:
+            raise Invalid(f"cannot retire labels the project does not have: {unknown}")
+        fields["retired_labels"] = [label for label in labels if label in retired]
     for key, value in fields.items():
         if key not in PROJECT_FIELDS:
             raise Invalid(f"unknown project field {key!r}")
@@ -209,9 +219,10 @@ def _managers(session: Session, project: Project) -> int:
 
 
 def set_member(
-    session: Session, project: Project, username: str, role: str
+    session: Session, project: Project, username: str, role: str, adjudicator: bool | None = None
 ) -> tuple[ProjectMember, User, bool]:
     """Add a member or change a member's role (commits). Returns (member, user, created).
+    `adjudicator` (None: unchanged, new members: no) lets a reader adjudicate disagreements.
 
     The last manager cannot be demoted (Conflict): someone must be able to manage the project.
     """
@@ -225,12 +236,16 @@ def set_member(
     )
     created = member is None
     if member is None:
-        member = ProjectMember(project_id=project.id, user_id=user.id, role=role)
+        member = ProjectMember(
+            project_id=project.id, user_id=user.id, role=role, adjudicator=bool(adjudicator)
+        )
         session.add(member)
     else:
         if member.role == "manager" and role != "manager" and _managers(session, project) <= 1:
             raise Conflict(f"{user.username} is the project's last manager; make someone else manager first")
         member.role = role
+        if adjudicator is not None:
+            member.adjudicator = adjudicator
     try:
         session.commit()
     except IntegrityError:
@@ -269,3 +284,56 @@ def find_project(session: Session, name_or_id: str) -> Project:
     if project is None:
         raise NotFound(f"no project {name_or_id!r}")
     return project
+
+
+def rename_label(session: Session, project: Project, old: str, new: str) -> dict[str, int]:
+    """Rename a label everywhere in the project (commits): its place in the label list, the
+    readers' current and past readings, import labels, image labels and adjudications. Returns how
+    many rows changed per table. 404 for an unknown label, 409 when the new name is taken."""
+    from sqlalchemy import update
+
+    from app.models import Adjudication, AdjudicationRevision
+
+    if old not in project.labels:
+        raise NotFound(f"the project has no label {old!r}; its labels are {project.labels}")
+    if new in project.labels:
+        raise Conflict(f"the project already has a label {new!r}; pick another name")
+    counts: dict[str, int] = {}
+    annotation_ids = select(Annotation.id).where(Annotation.project_id == project.id).scalar_subquery()
+    adjudication_ids = select(Adjudication.id).where(Adjudication.project_id == project.id).scalar_subquery()
+    for name, stmt in (
+        (
+            "annotations",
+            update(Annotation).where(Annotation.project_id == project.id, Annotation.label == old),
+        ),
+        (
+            "annotation_revisions",
+            update(AnnotationRevision).where(
+                AnnotationRevision.annotation_id.in_(annotation_ids), AnnotationRevision.label == old
+            ),
+        ),
+        (
+            "adjudications",
+            update(Adjudication).where(Adjudication.project_id == project.id, Adjudication.label == old),
+        ),
+        (
+            "adjudication_revisions",
+            update(AdjudicationRevision).where(
+                AdjudicationRevision.adjudication_id.in_(adjudication_ids), AdjudicationRevision.label == old
+            ),
+        ),
+        ("images", update(Image).where(Image.project_id == project.id, Image.label == old)),
+    ):
+        counts[name] = session.execute(
+            stmt.values(label=new).execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]  # a CursorResult
+    counts["import_labels"] = session.execute(
+        update(Image)
+        .where(Image.project_id == project.id, Image.import_label == old)
+        .values(import_label=new)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]  # a CursorResult
+    project.labels = [new if label == old else label for label in project.labels]
+    project.retired_labels = [new if label == old else label for label in (project.retired_labels or [])]
+    session.commit()
+    return counts

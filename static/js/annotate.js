@@ -18,6 +18,7 @@ const state = {
   label: boot.annotation ? boot.annotation.label : (image.label ?? image.import_label ?? null),
   revision: boot.annotation?.revision ?? null, // the server revision our map is based on
   dirty: false, // changes not yet saved to the server
+  comment: boot.annotation?.comment ?? null,
   saving: null,
   draftWrite: null,
   draftPending: false,
@@ -126,10 +127,26 @@ for (const b of labelButtons) {
 
 // --- saving -------------------------------------------------------------------------------------
 
-async function putAnnotation(png, label, ifMatch) {
+// --- reader workflow: no map, statuses (issue 12) -------------------------------------------------
+
+/** The painted map as PNG bytes, or null when nothing was painted: a label-only save sends no map. */
+async function paintedPng() {
+  if (!painter.hasPaint()) return null;
+  return encodeGrayPNG(painter.mask, image.width, image.height);
+}
+
+function savedText(saved) {
+  const parts = [`Saved · revision ${saved.revision ?? state.revision}`];
+  if (saved.status && saved.status !== "done") parts.push(saved.status);
+  else if (saved.has_saliency === false) parts.push("label only, no map");
+  return parts.join(" · ");
+}
+
+async function putAnnotation(png, label, ifMatch, extra = {}) {
   const form = new FormData();
   if (label !== null && label !== undefined) form.append("label", label);
-  form.append("saliency", new File([png], "saliency.png", { type: "image/png" }));
+  if (png) form.append("saliency", new File([png], "saliency.png", { type: "image/png" }));
+  for (const [name, value] of Object.entries(extra)) if (value !== null && value !== undefined) form.append(name, value);
   const headers = ifMatch !== null && ifMatch !== undefined ? { "If-Match": String(ifMatch) } : {};
   return api(`images/${image.id}/annotation`, { method: "PUT", body: form, headers });
 }
@@ -143,7 +160,7 @@ async function save() {
   }
   state.saving = (async () => {
     setSaveState("saving", "Saving…");
-    const png = await encodeGrayPNG(painter.mask, image.width, image.height);
+    const png = await paintedPng();
     try {
       const saved = await putAnnotation(png, state.label, state.revision);
       await afterSaved(saved);
@@ -168,7 +185,8 @@ async function afterSaved(saved) {
   if (state.draftWrite) await state.draftWrite;
   await deleteDraft(key);
   delete stage.dataset.draft;
-  setSaveState("saved", `Saved · revision ${state.revision}`);
+  setSaveState("saved", savedText(saved));
+  stage.dataset.saved = saved.has_saliency === false ? "no-map" : "map";
 }
 
 async function resolveConflict(myPng, err) {
@@ -240,6 +258,97 @@ async function saveAndNext() {
   }
   const ok = await save();
   if (ok) location.assign(`/projects/${project.id}/annotate?after=${image.id}`);
+}
+
+// --- reading status: skip, unsure, flag (issue 12) ---------------------------------------------------
+
+const STATUS_HINTS = {
+  unsure: "Why are you unsure? Your label and map are saved and a manager sees the comment.",
+  flagged: "What should a manager look at? (wrong image, artefact, label missing from the project…)",
+};
+
+/** Skip: nothing is saved as a reading; the image comes back at the end of your queue, with any
+ * painting kept as a draft in this browser. */
+async function skipImage() {
+  if (state.saving) return;
+  try {
+    const saved = await putAnnotation(null, null, state.revision, { status: "skipped" });
+    if (state.dirty) {
+      const png = await encodeGrayPNG(painter.mask, image.width, image.height);
+      await saveDraft(key, { png, label: state.label, baseRevision: saved.revision });
+    }
+    state.dirty = false;
+    location.assign(`/projects/${project.id}/annotate?after=${image.id}`);
+  } catch (err) {
+    toastError(err, "Not skipped: ");
+  }
+}
+
+/** Open the comment box (keyboard focus in the text) and resolve with the comment, or null. */
+function askComment(status) {
+  const dialog = $("comment-dialog");
+  const text = $("comment-text");
+  $("comment-title").textContent = status === "unsure" ? "Unsure" : "Flag for review";
+  $("comment-hint").textContent = STATUS_HINTS[status];
+  text.value = state.comment ?? "";
+  return new Promise((resolve) => {
+    const done = (value) => {
+      dialog.removeEventListener("close", onClose);
+      text.removeEventListener("keydown", onKey);
+      $("comment-cancel").removeEventListener("click", onCancel);
+      if (dialog.open) dialog.close();
+      resolve(value);
+    };
+    const onClose = () => done(dialog.returnValue === "ok" && text.value.trim() ? text.value.trim() : null);
+    const onCancel = () => done(null);
+    const onKey = (e) => {
+      if (e.key === "Enter" && !e.shiftKey) {
+        e.preventDefault();
+        if (text.value.trim()) done(text.value.trim());
+      }
+    };
+    dialog.addEventListener("close", onClose);
+    text.addEventListener("keydown", onKey);
+    $("comment-cancel").addEventListener("click", onCancel);
+    dialog.showModal();
+    text.focus();
+  });
+}
+
+async function saveWithStatus(status) {
+  if (state.saving) return;
+  const comment = await askComment(status);
+  if (comment === null) {
+    stage.focus({ preventScroll: true });
+    return;
+  }
+  state.comment = comment;
+  setSaveState("saving", "Saving…");
+  const png = await paintedPng();
+  try {
+    const saved = await putAnnotation(png, state.label, state.revision, { status, comment });
+    await afterSaved(saved);
+    location.assign(`/projects/${project.id}/annotate?after=${image.id}`);
+  } catch (err) {
+    setSaveState("error", `Not saved: ${errorText(err)}`);
+    toastError(err, "Not saved: ");
+  }
+}
+
+function onStatusKey(e) {
+  if (document.querySelector("dialog[open]") || isTyping(e)) return;
+  if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+  const action = { s: skipImage, u: () => saveWithStatus("unsure"), r: () => saveWithStatus("flagged") }[e.key.toLowerCase()];
+  if (!action) return;
+  e.preventDefault();
+  action();
+}
+
+function bindStatusControls() {
+  $("skip").addEventListener("click", () => skipImage());
+  $("unsure").addEventListener("click", () => saveWithStatus("unsure"));
+  $("flag").addEventListener("click", () => saveWithStatus("flagged"));
+  document.addEventListener("keydown", onStatusKey);
 }
 
 // --- toolbar -------------------------------------------------------------------------------------
@@ -442,6 +551,7 @@ async function main() {
   window.sagePainter = painter; // for the browser benchmark and debugging
   windowing = initWindowing({ painter, image, stage });
   bindToolbar();
+  bindStatusControls();
   painter.addEventListener("settings", syncControls);
   painter.addEventListener("change", () => {
     syncControls();
@@ -504,7 +614,7 @@ async function main() {
       ],
     );
   } else if (boot.annotation) {
-    setSaveState("saved", `Saved · revision ${boot.annotation.revision}`);
+    setSaveState("saved", savedText(boot.annotation));
   } else {
     setSaveState("clean", "Not annotated yet");
   }

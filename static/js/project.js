@@ -35,7 +35,9 @@ async function watch(run) {
 $("train-now")?.addEventListener("click", async () => {
   try {
     const choice = $("train-weights")?.selectedOptions[0];
-    const training = choice?.value ? { weights: choice.value, backbone: choice.dataset.backbone } : undefined;
+    const training = choice?.value
+      ? { weights: choice.value, backbone: choice.dataset.backbone, image_size: Number(choice.dataset.imageSize) }
+      : undefined;
     const run = await api(`projects/${pid}/training-runs`, { method: "POST", body: training ? { training } : {} });
     if (run.joined) toast(`A run was already under way: following run #${run.id}.`);
     watch(run);
@@ -131,3 +133,50 @@ if (drop) {
     sendImages(e.dataTransfer.files);
   });
 }
+
+// --- reading study (issue 12) --------------------------------------------------------------------
+
+$("study-form")?.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const f = e.target;
+  try {
+    await api(`projects/${pid}`, {
+      method: "PATCH",
+      body: { readers_per_image: Number(f.readers_per_image.value), blind_mode: f.blind_mode.value },
+    });
+    toast("Study settings saved.", "ok");
+    setTimeout(() => location.reload(), 400);
+  } catch (err) {
+    toastError(err, "Study settings not saved: ");
+  }
+});
+
+/** Agreement per reader pair and per reader against the adjudication (Cohen's kappa, soft IoU). */
+async function showReaderAgreement(box) {
+  const fmt = (x) => (x === null || x === undefined ? "–" : x.toFixed(2));
+  try {
+    const report = await api(`projects/${pid}/reader-agreement`);
+    const rows = [
+      ...report.pairs.map((p) => [p.readers.join(" · "), p]),
+      ...report.vs_adjudication.map((r) => [`${r.reader} · adjudication`, r]),
+    ];
+    if (!rows.length) {
+      box.innerHTML = '<p class="small muted">No image has two readings yet.</p>';
+      return;
+    }
+    const table = document.createElement("table");
+    table.className = "data small";
+    table.id = "agreement-table";
+    table.innerHTML = "<thead><tr><th scope='col'>Readers</th><th scope='col'>Images</th><th scope='col'>Label kappa</th><th scope='col'>Map soft IoU</th></tr></thead><tbody></tbody>";
+    for (const [who, r] of rows) {
+      const tr = table.tBodies[0].insertRow();
+      for (const text of [who, String(r.images), `${fmt(r.kappa)} (${r.labelled})`, `${fmt(r.iou)} (${r.maps})`]) tr.insertCell().textContent = text;
+    }
+    box.replaceChildren(table);
+  } catch (err) {
+    box.textContent = "";
+    toastError(err, "Reader agreement: ");
+  }
+}
+
+if ($("reader-agreement")) showReaderAgreement($("reader-agreement"));

@@ -17,6 +17,15 @@ function card(title, meta, mapUrl) {
   );
 }
 
+/** One reader's annotation in words: label, "label only, no map", status and comment. */
+function annotationMeta(a) {
+  const parts = [a.label ?? "no label"];
+  if (!a.has_saliency) parts.push("label only, no map");
+  if (a.status && a.status !== "done") parts.push(a.comment ? `${a.status}: ${a.comment}` : a.status);
+  parts.push(`rev ${a.revision}`, fmtTime(a.updated_at));
+  return parts.join(" · ");
+}
+
 async function main() {
   const maps = $("maps");
   const cards = [];
@@ -35,7 +44,7 @@ async function main() {
     );
     for (const a of data.annotations) {
       cards.push(
-        card(a.author, `${a.label ?? "no label"} · rev ${a.revision} · ${fmtTime(a.updated_at)}`, a.has_saliency ? a.saliency_url : null),
+        card(a.author, annotationMeta(a), a.has_saliency ? a.saliency_url : null),
       );
     }
   } catch (err) {

@@ -249,7 +249,8 @@ def test_export_uses_majority_label_and_consensus(
     import numpy as np
     from PIL import Image as PILImage
 
-    assert set(np.unique(np.asarray(PILImage.open(tmp_path / "ds" / "saliency" / "a.png")))) == {128}
+    # the all-zero map is "label only, no map": the consensus is the one painted map, not half of it
+    assert set(np.unique(np.asarray(PILImage.open(tmp_path / "ds" / "saliency" / "a.png")))) == {255}
     assert (tmp_path / "ds" / "images" / "a.png").read_bytes() == client.get(
         f"/api/v1/images/{iid}/file", headers=h
     ).content
@@ -306,3 +307,21 @@ def test_groups_round_trip_through_import_and_export_and_an_existing_group_keeps
         and "is in split train in the project" in r.json()["errors"][0]["error"]
     )
     assert db.scalar(select(func.count()).select_from(Image)) == 3
+
+
+def test_imported_groups_are_stored_and_exported_and_a_file_without_splits_leaves_them_to_draw(
+    client, proj, db
+):
+    project, h = proj
+    files = dataset([("a.png", "cat", "train"), ("b.png", "dog", "test")])
+    files["labels.csv"] = b"image,label,group\na.png,cat,patient-1\nb.png,dog,patient-2\n"
+    r = do_import(client, h, project.id, make_zip(files))
+    assert r.status_code == 201, r.text
+    assert r.json()["splits"] == {"unassigned": 2}
+    rows = {img.original_name: (img.group, img.split) for img in db.scalars(select(Image))}
+    assert rows == {"a.png": ("patient-1", None), "b.png": ("patient-2", None)}
+    exported = client.get(f"/api/v1/projects/{project.id}/export", headers=h)
+    assert exported.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(exported.content)) as z:
+        text = z.read(next(n for n in z.namelist() if n.endswith("labels.csv"))).decode()
+    assert text.splitlines()[0] == "image,label,split,group" and "patient-1" in text

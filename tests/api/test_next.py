@@ -39,10 +39,17 @@ def test_sequential_skips_finished_and_wraps(client, images, make_user, auth_hea
     assert nxt(client, h, project.id)[0] == ids[1]
     assert nxt(client, h, project.id, after=ids[1])[0] == ids[3]
     assert nxt(client, h, project.id, after=ids[4])[0] == ids[1]  # wraps around
-    # another annotator's progress is their own
+    # another annotator is given only images that still need a reader (k = 1 by default) ...
     other = make_user()
     set_member(db, project, other.username, "annotator")
+    assert nxt(client, auth_headers(other), project.id)[0] == ids[1]
+    # ... and with two readers wanted per image, the images this reader read are open to them
+    assert (
+        client.patch(f"/api/v1/projects/{project.id}", headers=h, json={"readers_per_image": 2}).status_code
+        == 200
+    )
     assert nxt(client, auth_headers(other), project.id)[0] == ids[0]
+    client.patch(f"/api/v1/projects/{project.id}", headers=h, json={"readers_per_image": 1})
     for iid in ids:
         if iid not in (ids[0], ids[2]):
             put_annotation(client, h, iid, label="dog")

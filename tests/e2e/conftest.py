@@ -86,6 +86,29 @@ class World:
             assert img.size == IMAGE_SIZE
             return ann, np.asarray(img)
 
+    def snapshot(self, out: Path, project_id: int | None = None) -> tuple[dict, dict[str, str], set[str]]:
+        """The training snapshot of a project (default: the painting project), what a run trains on:
+        its lineage, labels.csv as {image: label}, and the names of the images with a saliency file."""
+        import csv
+
+        from app.db import make_engine, make_session_factory
+        from app.models import Project
+        from app.services.datasets import write_dataset_folder
+        from app.storage import get_storage
+
+        engine = make_engine(self.settings.resolved_database_url)
+        try:
+            with make_session_factory(engine)() as session:
+                project = session.get(Project, project_id or self.project_id)
+                lineage = write_dataset_folder(session, get_storage(self.settings), project, out)
+        finally:
+            engine.dispose()
+        labels = {
+            r["image"]: r["label"] for r in csv.DictReader((out / "labels.csv").read_text().splitlines())
+        }
+        maps = {p.stem + ".png" for p in (out / "saliency").iterdir()}
+        return lineage, labels, maps
+
 
 def _seed(settings: Settings) -> dict:
     from sqlalchemy import select

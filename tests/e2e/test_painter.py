@@ -95,7 +95,7 @@ def test_brush_size_and_eraser_change_the_stored_map(new_page, world):
     assert mask[170, 160] == 255, "the eraser did not reach the thick stroke"
 
 
-def test_label_hotkey_then_enter_saves_and_moves_to_the_next_image(new_page, world):
+def test_label_hotkey_then_enter_saves_and_moves_to_the_next_image(new_page, world, tmp_path):
     page = new_page(ANNOTATOR)
     iid = world.image_ids[3]
     open_painter(page, world.project_id, iid)
@@ -108,7 +108,14 @@ def test_label_hotkey_then_enter_saves_and_moves_to_the_next_image(new_page, wor
     assert next_id != iid
     ann, mask = world.stored_mask(ANNOTATOR, iid)
     assert ann["label"] == "bird"
-    assert mask is not None and mask.max() == 0
+    # nothing was painted: label only, no map (an all-zero map would teach "nothing matters")
+    assert ann["has_saliency"] is False and mask is None
+    # the snapshot a training run takes has the label and no saliency file for this image
+    lineage, labels, maps = world.snapshot(tmp_path / "snap")
+    name = f"img{world.image_ids.index(iid):02d}"
+    assert labels[f"{name}.png"] == "bird" and f"{name}.png" not in maps
+    open_painter(page, world.project_id, iid)
+    assert "label only, no map" in page.inner_text("#save-state")
 
 
 def test_reload_restores_the_unsaved_draft(new_page, world):

@@ -129,3 +129,14 @@ def test_group_and_subtype_reach_the_samples_and_a_group_cut_by_a_split_is_an_er
     )
     with pytest.raises(DatasetError, match=r"labels.csv:3: group 'p1' of b.png is in split test"):
         read_dataset(root)
+
+
+def test_holdout_never_cuts_a_group():
+    labels = np.array([i % 2 for i in range(40)])
+    groups = [f"p{i // 4}" for i in range(40)]  # ten patients of four images, both classes each
+    groups[-2:] = [None, None]  # two images without a patient
+    keep, held = stratified_holdout(labels, 0.25, seed=1, groups=groups)
+    assert sorted(np.r_[keep, held].tolist()) == list(range(40)) and 0 < len(held) < 20
+    held_groups = {groups[i] for i in held if groups[i]}
+    kept_groups = {groups[i] for i in keep if groups[i]}
+    assert held_groups and not held_groups & kept_groups

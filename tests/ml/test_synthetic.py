@@ -34,8 +34,24 @@ def test_kind_writes_a_valid_dataset_with_soft_maps(kind, tmp_path):
     assert {s.split for s in index.samples} == {"train", "val", "test"}
     assert all(s.saliency for s in index.samples)
     sal = np.asarray(Image.open(root / "saliency" / f"{kind}-00000.png"))
-    assert sal.shape == (32, 32) and sal.max() == 255
+    wide = kind == "dicom-radiographs"  # 5:4 radiographs, not squares
+    assert sal.shape == ((32, 40) if wide else (32, 32)) and sal.max() == 255
     assert len(np.unique(sal)) > 10  # soft edges, not a binary mask
+
+
+def test_dicom_radiographs_are_12_bit_with_a_marker_coding_the_class_outside_test(tmp_path):
+    from sage import imageio
+
+    root = make_dataset("dicom-radiographs", tmp_path / "xr", n=60, seed=0, image_size=32)
+    agree: dict[str, list[bool]] = {"train": [], "val": [], "test": []}
+    for row in rows(root):
+        decoded = imageio.decode_file(root / "images" / row["image"])
+        assert decoded.format == "dicom" and decoded.bit_depth == 12 and decoded.pixels.shape == (32, 40)
+        assert decoded.header_window == (1400.0, 1600.0) and decoded.pixels.max() <= 4095
+        marker_on_top = decoded.pixels[3, 3] == 4095
+        agree[row["split"]].append(marker_on_top == (row["label"] == "nodule"))
+    assert all(agree["train"]) and all(agree["val"])
+    assert 0.2 < np.mean(agree["test"]) < 0.8
 
 
 def test_decoy_follows_the_class_in_train_and_is_random_in_test(tmp_path):

@@ -287,7 +287,8 @@ def test_project_page_offers_the_registered_weights(world, tmp_path, monkeypatch
     add_weights(tmp_path / "w.pth", name="mine", backbone="tiny")
     page = world.client.get(f"/projects/{world.project_id}", headers=world.headers)
     assert page.status_code == 200
-    assert 'id="train-weights"' in page.text and '<option value="mine" data-backbone="tiny">' in page.text
+    assert 'id="train-weights"' in page.text
+    assert '<option value="mine" data-backbone="tiny" data-image-size="64">' in page.text
 
 
 def test_retraining_keeps_the_splits_and_compares_models_on_the_same_val_images(world):
