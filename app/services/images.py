@@ -374,10 +374,9 @@ def _study_filters(
     if max_agreement is not None:
         q = q.where(Image.agreement_iou <= max_agreement)
     if prediction is not None or min_uncertainty is not None:
-        model_id = session.scalar(
-            select(ModelVersion.id).where(ModelVersion.project_id == project.id, ModelVersion.active).limit(1)
-        )
-        q = q.join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == (model_id or -1)))
+        model = active_model(session, project.id)
+        model_id = model.id if model is not None else -1  # no active model: no prediction matches
+        q = q.join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == model_id))
         if prediction == "correct":
             q = q.where(Image.label.is_not(None), Prediction.label == Image.label)
         elif prediction == "wrong":
