@@ -71,4 +71,4 @@ bench: setup
 	$(BIN)/python bench/ui_bench.py --out bench/ui.md
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
