@@ -178,6 +178,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_export(args: argparse.Namespace) -> int:
+    import json
+
+    from app.models import ModelVersion
+    from app.services import jobs
+    from app.services.errors import ServiceError
+
+    settings = get_settings()
+    with _database(settings) as session:
+        model = session.get(ModelVersion, args.mid)
+        if model is None:
+            return _fail(f"no model {args.mid}; `GET /api/v1/projects/{{pid}}/models` lists them")
+        try:
+            card = jobs.write_export(session, settings.resolved_data_dir, model, args.format, Path(args.out))
+        except (ServiceError, ValueError, FileNotFoundError) as exc:
+            return _fail(str(exc))
+    print(json.dumps({"out": args.out, "format": args.format, "sha256": card["archive_sha256"],
+                      "bytes": card["archive_bytes"], "model_version": model.version}))  # fmt: skip
+    return 0
+
+
 def cmd_weights_add(args: argparse.Namespace) -> int:
     from sage.weights import WeightsError, add_weights
 
@@ -254,6 +275,16 @@ def build_parser(add_worker_commands: Callable[[Any], None] | None = None) -> ar
     p.add_argument("--out", required=True, help="an empty folder, or a file name ending in .zip")
     p.add_argument("--only-labelled", action="store_true", help="leave out images without a label")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("model", help="model versions: export")
+    model_sub = p.add_subparsers(dest="model_command", required=True)
+    q = model_sub.add_parser(
+        "export", help="write a model version as an archive (model, model.json, SHA256SUMS)"
+    )
+    q.add_argument("mid", type=int, help="model version id")
+    q.add_argument("--format", required=True, choices=("torchscript", "onnx", "state_dict"))
+    q.add_argument("--out", required=True, help="the .zip to write")
+    q.set_defaults(func=cmd_model_export)
 
     p = sub.add_parser("weights", help="the pretrained weights registry (SAGE_WEIGHTS_DIR)")
     wsub = p.add_subparsers(dest="weights_command", required=True)

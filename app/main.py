@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import pages
-from app.api import annotations, auth, images, models, predictions, projects, reading, tokens, training
+from app.api import annotations, auth, images, jobs, models, predictions, projects, reading, tokens, training
 from app.db import check_ready, make_engine, make_session_factory
 from app.metrics import install_metrics
 from app.queue import check_broker, make_celery
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"status": "unavailable", "detail": problems}, status_code=503)
         return {"status": "ok"}
 
-    for module in (auth, tokens, projects, images, annotations, reading, training, models, predictions):
+    for module in (auth, tokens, projects, images, annotations, reading, training, models, predictions, jobs):
         app.include_router(module.router, prefix=API)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -319,6 +319,9 @@ class ImageOut(BaseModel):
     group: str | None = Field(
         default=None, description="patient, subject or device; a group never spans splits"
     )
+    subtype: str | None = Field(
+        default=None, description="e.g. an attack type; training option leave_out_subtype holds it out"
+    )
     import_label: str | None
     label: str | None = Field(description="majority of the annotators' labels, else the import label")
     annotation_count: int
@@ -331,7 +334,7 @@ class ImageOut(BaseModel):
 
 
 class BulkAction(Strict):
-    image_ids: list[int] = Field(min_length=1, max_length=1000)
+    image_ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(min_length=1, max_length=1000)
     action: Literal["set_split", "set_label", "delete", "requeue"]
     split: Literal["train", "val", "test"] | None = None
     label: Annotated[str, StringConstraints(max_length=100), AfterValidator(_no_control_chars)] | None = (
@@ -463,6 +466,7 @@ def image_out(image: Any) -> ImageOut:
         original_name=image.original_name,
         split=image.split,
         group=image.group,
+        subtype=image.subtype,
         import_label=image.import_label,
         label=image.label,
         annotation_count=image.annotation_count,

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # how long `POST /training-runs/{rid}/cancel` takes to stop a run (plus one training step).
     cancel_poll_interval_s: float = Field(default=1.0, gt=0)
     reap_interval_s: float = Field(default=15.0, gt=0)  # beat: how often stale runs are reaped
+    # beat: how often images without a prediction of their project's active model (and changed
+    # alignments) are swept up; bounds how stale the review orderings get if an event was lost.
+    fresh_predictions_interval_s: float = Field(default=60.0, gt=0)
     # `serve` also starts one worker per queue and beat: None = only in embedded mode.
     serve_workers: bool | None = None
     # Grace a child process gets to stop on SIGTERM before it is killed (serve, multi-queue worker).

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.models import ModelVersion
-from app.queue import PREDICT_QUEUE, TASK_REAP_STALE, TASK_RETRAIN_CHECK
+from app.queue import PREDICT_QUEUE, TASK_PREDICT_MISSING, TASK_REAP_STALE, TASK_RETRAIN_CHECK, TRAIN_QUEUE
 from app.services import training as runs
 from app.settings import Settings
 from worker import registry
@@ -38,6 +38,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": TASK_RETRAIN_CHECK,
             "schedule": settings.retrain_check_interval_s,
             "options": {"queue": PREDICT_QUEUE, "expires": settings.retrain_check_interval_s},
+        },
+        "fresh-predictions": {
+            "task": TASK_PREDICT_MISSING,
+            "schedule": settings.fresh_predictions_interval_s,
+            "options": {"queue": TRAIN_QUEUE, "expires": settings.fresh_predictions_interval_s},
         },
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from sqlalchemy import select
 
 from app.api.images import NoControl, read_upload
@@ -28,6 +28,7 @@ from app.schemas import (
     annotation_out,
 )
 from app.services import annotations as annotation_service
+from app.services import models as model_service
 from app.services import reading
 
 router = APIRouter(tags=["annotations"])
@@ -52,6 +53,7 @@ def _check_blind_for(session, annotation, user) -> None:
     },
 )
 def put_annotation(
+    request: Request,
     response: Response,
     image: ImageAnnotator,
     user: CurrentUser,
@@ -97,6 +99,7 @@ def put_annotation(
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["ETag"] = f'"{annotation.revision}"'
+    model_service.after_consensus_changed(session, request.app.state.celery, image.project_id, image.id)
     return annotation_out(annotation, user.username)
 
 

@@ -33,6 +33,7 @@ from app.schemas import (
 )
 from app.services import browse, reading
 from app.services import images as image_service
+from app.services import models as model_service
 from app.services.errors import Forbidden, Invalid, TooLarge
 
 router = APIRouter(tags=["images"])
@@ -79,6 +80,10 @@ def upload_images(
         str | None,
         Form(max_length=100, pattern=NoControl, description="patient, subject or device of every file"),
     ] = None,
+    subtype: Annotated[
+        str | None,
+        Form(max_length=100, pattern=NoControl, description="subtype of every file, e.g. an attack type"),
+    ] = None,
 ) -> UploadResult:
     """Upload images (annotators and managers), all or nothing: every file is checked first
     (413 too large, 415 not PNG/JPEG/TIFF/BMP/DICOM by content, 422 corrupt/truncated/too many pixels,
@@ -100,11 +105,14 @@ def upload_images(
         label=label or None,
         split=split or None,
         group=(group or "").strip() or None,
+        subtype=(subtype or "").strip() or None,
         max_pixels=settings.max_image_pixels,
     )
     created = sum(1 for _, c in results if c)
     if not created:
         response.status_code = status.HTTP_200_OK
+    else:
+        model_service.after_images_added(session, request.app.state.celery, project.id)
     return UploadResult(
         images=[UploadedImage(**image_out(img).model_dump(), created=c) for img, c in results],
         created=created,

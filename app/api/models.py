@@ -58,7 +58,15 @@ def list_models(project: ProjectViewer, session: SessionDep) -> list[ModelOut]:
     return [model_out(m) for m in model_service.list_models(session, project.id)]
 
 
-@router.post("/models/{mid}/activate", response_model=ModelOut)
+@router.post(
+    "/models/{mid}/activate",
+    response_model=ModelOut,
+    responses={
+        403: {"description": "managers only"},
+        404: {"description": "no such model"},
+        409: {"description": "an inverted-saliency sanity check's model is never activated"},
+    },
+)
 def activate_model(mid: ModelId, user: CurrentUser, session: SessionDep, request: Request) -> ModelOut:
     """Make this version the active one (activation by hand under the manual policy, or a rollback).
     The project's images are then predicted with it unless that was already done."""

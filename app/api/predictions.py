@@ -53,6 +53,8 @@ class PredictAnswer(BaseModel):
     model_version: int
     project_id: int
     heatmap_png: str | None = None  # base64 PNG: the heatmap blended over the image
+    # base64 8-bit grayscale PNG of the heatmap itself at the image's size (heatmap=raw or both)
+    raw_heatmap_png: str | None = None
     worker_ms: float | None = None
 
 
@@ -122,8 +124,17 @@ def predict(
     response: Response,
     file: Annotated[UploadFile, File(description="the image (PNG, JPEG, TIFF, BMP or DICOM)")],
     run_async: Annotated[bool, Query(alias="async", description="answer 202 with a job to poll")] = False,
+    heatmap: Annotated[
+        str,
+        Query(
+            pattern="^(overlay|raw|both|none)$",
+            description="overlay: heatmap_png blended over the image; raw: raw_heatmap_png, the 8-bit "
+            "grayscale map at the image's size; both; none",
+        ),
+    ] = "overlay",
 ) -> PredictAnswer | PredictJob:
-    """Label, probabilities, model version and id, and the heatmap overlay (base64 PNG) for one image."""
+    """Label, probabilities, model version and id, and the heatmap (base64 PNG) for one image:
+    blended over the image (`heatmap_png`), raw (`raw_heatmap_png`), both or none."""
     model = _active_model_or_409(session, project.id)
     data = file.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
@@ -142,7 +153,8 @@ def predict(
         "artifact_key": model.artifact_key,
         "checksum": model.checksum,
         "image_b64": base64.b64encode(data).decode(),
-        "heatmap": True,
+        "heatmap": heatmap in ("overlay", "both"),
+        "raw_heatmap": heatmap in ("raw", "both"),
     }
     session.close()  # do not hold a connection while waiting for the worker
     celery = request.app.state.celery

@@ -34,6 +34,7 @@ from app.schemas import (
 )
 from app.services import datasets, reading
 from app.services import images as image_service
+from app.services import models as model_service
 from app.services import projects as project_service
 from app.services.errors import TooLarge
 
@@ -218,6 +219,7 @@ def import_dataset(
         report = datasets.import_dataset(session, storage, settings, project, user, source)
     except datasets.ImportRejected as exc:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail, "errors": exc.errors})
+    model_service.after_images_added(session, request.app.state.celery, project.id)
     return ImportReport(**report)
 
 

@@ -349,6 +349,7 @@ def import_dataset(
                     group=row.group,
                     import_label=row.label,
                     label=row.label,
+                    subtype=row.subtype,
                     import_saliency_key=mask_key,
                     uploaded_by_id=user.id if user else None,
                 )
@@ -404,7 +405,7 @@ class DatasetEntry:
     height: int
     saliency_keys: list[str]  # the annotators' current maps; else the imported map, if any
     group: str | None = None  # patient, subject or device (`Image.group`), written to labels.csv when set
-    subtype: str | None = None  # written to labels.csv when set (no column stores it yet)
+    subtype: str | None = None  # Image.subtype (from an imported labels.csv)
     readings: list[Any] = field(default_factory=list)  # app.services.study_io.Reading, per reader
     adjudication: Any = None  # app.services.study_io.AdjudicatedEntry, when adjudicated
 
@@ -467,6 +468,7 @@ def dataset_entries(
                 img.height,
                 keys,
                 group=img.group,
+                subtype=img.subtype,
             )
         )
     readings, adjudicated_entries = study_facts(session, ids)

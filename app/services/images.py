@@ -89,6 +89,7 @@ def upload_images(
     label: str | None = None,
     split: str | None = None,
     group: str | None = None,
+    subtype: str | None = None,
     max_pixels: int,
 ) -> list[tuple[Image, bool]]:
     """Add images to a project, all or nothing (commits). Returns (image, created) per file, in order.
@@ -107,7 +108,7 @@ def upload_images(
         decoded.append((f, image, hashlib.sha256(f.data).hexdigest()))
     for attempt in range(2):
         try:
-            return _insert_images(session, storage, project, uploader, decoded, label, split, group)
+            return _insert_images(session, storage, project, uploader, decoded, label, split, group, subtype)
         except IntegrityError:
             # The same bytes were uploaded concurrently: the second pass answers their row.
             session.rollback()
@@ -117,7 +118,7 @@ def upload_images(
 
 
 def _insert_images(
-    session, storage, project, uploader, decoded, label, split, group=None
+    session, storage, project, uploader, decoded, label, split, group=None, subtype=None
 ) -> list[tuple[Image, bool]]:
     shas = {sha for _, _, sha in decoded}
     existing = {
@@ -149,6 +150,7 @@ def _insert_images(
                 size_bytes=len(f.data),
                 split=split,
                 group=group,
+                subtype=subtype,
                 import_label=label,
                 label=label,
                 uploaded_by_id=uploader.id if uploader else None,
