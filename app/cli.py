@@ -1,4 +1,4 @@
-"""The `sage-studio` command line: serve, worker, beat, migrate, users, tokens, import, export, demo."""
+"""The `sage-studio` command line: serve, worker, beat, migrate, users, tokens, import, export, storage, demo."""
 
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 os.replace(tmp, out)
             else:
                 lineage = datasets.write_dataset_folder(
-                    session, storage, project, out, only_labelled=args.only_labelled
+                    session, storage, project, out, only_labelled=args.only_labelled, study=True
                 )
         except ServiceError as exc:
             return _fail(str(exc))
@@ -178,12 +178,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_migrate(args: argparse.Namespace) -> int:
+    import json
+
+    from app.storage import StorageUrlError, get_storage, migrate_objects, storage_for_url
+
+    settings = get_settings()
+    source = get_storage(settings)
+    try:
+        target = storage_for_url(args.to, settings)
+    except StorageUrlError as exc:
+        return _fail(str(exc))
+    if repr(source) == repr(target):
+        return _fail(f"the target {args.to} is the current storage ({source!r})")
+    # Model weights of earlier releases lived in artifact directories next to the objects.
+    legacy = [
+        (p, ".pt") for p in sorted((settings.resolved_data_dir / "models").glob("project-*/run-*/model.pt"))
+    ]
+    print(f"copying {source!r} -> {target!r}", file=sys.stderr)
+    report = migrate_objects(
+        source,
+        target,
+        verify_existing=args.verify_existing,
+        extra_files=legacy,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(json.dumps(report, indent=2))
+    if report["errors"]:
+        return _fail(f"{len(report['errors'])} object(s) not copied; fix them and run the command again")
+    print(f"done: set SAGE_STORAGE_URL={args.to} on every web and worker process", file=sys.stderr)
+    return 0
+
+
 def cmd_model_export(args: argparse.Namespace) -> int:
     import json
 
     from app.models import ModelVersion
     from app.services import jobs
     from app.services.errors import ServiceError
+    from app.storage import get_storage
 
     settings = get_settings()
     with _database(settings) as session:
@@ -191,7 +224,9 @@ def cmd_model_export(args: argparse.Namespace) -> int:
         if model is None:
             return _fail(f"no model {args.mid}; `GET /api/v1/projects/{{pid}}/models` lists them")
         try:
-            card = jobs.write_export(session, settings.resolved_data_dir, model, args.format, Path(args.out))
+            card = jobs.write_export(
+                session, settings.resolved_data_dir, model, args.format, Path(args.out), get_storage(settings)
+            )
         except (ServiceError, ValueError, FileNotFoundError) as exc:
             return _fail(str(exc))
     print(json.dumps({"out": args.out, "format": args.format, "sha256": card["archive_sha256"],
@@ -276,6 +311,18 @@ def build_parser(add_worker_commands: Callable[[Any], None] | None = None) -> ar
     p.add_argument("--only-labelled", action="store_true", help="leave out images without a label")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("storage", help="object storage: migrate to another backend")
+    storage_sub = p.add_subparsers(dest="storage_command", required=True)
+    p = storage_sub.add_parser(
+        "migrate", help="copy every object to another backend, checking each; run again to resume"
+    )
+    p.add_argument(
+        "--to", required=True, help="file:///path or s3://bucket/prefix (SAGE_S3_ENDPOINT_URL applies)"
+    )
+    p.add_argument(
+        "--verify-existing", action="store_true", help="also re-hash objects already in the target"
+    )
+    p.set_defaults(func=cmd_storage_migrate)
     p = sub.add_parser("model", help="model versions: export")
     model_sub = p.add_subparsers(dest="model_command", required=True)
     q = model_sub.add_parser(

@@ -28,6 +28,19 @@ class Settings(BaseSettings):
     result_backend: str = ""  # default: db+sqlite:///<data_dir>/celery-results.db, or the Redis broker
     secret_key: str = DEV_SECRET
 
+    # Object storage: "" = the local folder <data_dir>/objects; file:///path; or s3://bucket/prefix
+    # (credentials and region from the standard AWS_* variables; endpoint for MinIO and the like).
+    storage_url: str = ""
+    s3_endpoint_url: str = ""
+    s3_multipart_threshold_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Browser downloads of stored files (images) redirect to a presigned URL of the bucket instead
+    # of streaming through the web process; the permission check happens before the URL is issued.
+    s3_presigned_downloads: bool = False
+    s3_presign_ttl_s: int = Field(default=300, gt=0, le=7 * 24 * 3600)
+    # Scratch cache of downloaded objects and model weights under <data_dir>/cache (per process
+    # folder; safe to delete while the process is stopped).
+    cache_max_bytes: int = Field(default=2 * 1024**3, gt=0)
+
     # Uploads and images
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_import_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
@@ -74,6 +87,9 @@ class Settings(BaseSettings):
     # Intra-op threads of torch in worker processes; 0 = torch's default (one per core). On a host
     # shared with other jobs, multi-threaded CPU kernels stall whenever a core is taken.
     torch_threads: int = Field(default=0, ge=0)
+    # Processes (ranks) per training run: >1 trains with DistributedDataParallel, one rank per GPU
+    # of the worker (`sage-studio worker --queues train --gpus 0,1` sets it), or gloo on CPU.
+    train_processes: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

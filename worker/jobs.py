@@ -93,7 +93,7 @@ def predict_batch(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
     try:
         if key is None:
             raise ValueError(f"model {params['model_id']} was deleted")
-        model_file = registry.verified_model_file(ctx.settings.resolved_data_dir, key, checksum)
+        model_file = registry.verified_model_file(ctx.storage, ctx.settings.resolved_data_dir, key, checksum)
         predictor = load_model(model_file, device="auto")
         last = [0.0]
 

@@ -40,6 +40,7 @@ def predictor_cache(ctx: WorkerContext) -> registry.PredictorCache:
         s = ctx.settings
         _cache = registry.PredictorCache(
             s.resolved_data_dir,
+            storage=ctx.storage,
             capacity=s.predict_cache_models,
             max_batch=s.predict_batch_max,
             wait_s=s.predict_batch_wait_ms / 1000.0,
@@ -102,7 +103,7 @@ def predict_project(
                 .order_by(Image.id)
             )
         )
-    path = registry.verified_model_file(ctx.settings.resolved_data_dir, key, checksum)
+    path = registry.verified_model_file(ctx.storage, ctx.settings.resolved_data_dir, key, checksum)
     predictor = Predictor.load(path, "auto")
     storage = ctx.storage
     done = 0

@@ -30,6 +30,7 @@ from app.queue import TASK_EXPORT_MODEL, TASK_PREDICT_BATCH, TASK_SANITY_CHECK
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.models import SANITY_CHECK_REASON
 from app.services.training import TaskSender, create_or_join_run
+from app.storage import Storage
 
 EXPORT_FORMATS = ("torchscript", "onnx", "state_dict")
 KINDS = ("export", "predict_batch", "sanity_check")
@@ -205,14 +206,23 @@ def lineage_summary(session: Session, model: ModelVersion) -> dict[str, Any]:
     }
 
 
-def verified_artifact(data_dir: Path, model: ModelVersion) -> Path:
-    """The model.pt of a model version, checked against its recorded SHA-256."""
-    root = (data_dir / "models").resolve()
-    path = (data_dir / model.artifact_key / "model.pt").resolve()
-    if root not in path.parents:
-        raise Invalid(f"model {model.id}: artifact key {model.artifact_key!r} is outside the registry")
+def verified_artifact(data_dir: Path, model: ModelVersion, storage: Storage | None = None) -> Path:
+    """The model.pt of a model version, checked against its recorded SHA-256: the object
+    `<sha256>.pt` in `storage` (downloaded to the scratch cache for S3), else a legacy artifact
+    directory under `data_dir/models`."""
+    object_key = f"{model.checksum}.pt"
+    if storage is not None and storage.exists(object_key):
+        path = storage.path(object_key)
+    else:
+        root = (data_dir / "models").resolve()
+        path = (data_dir / model.artifact_key / "model.pt").resolve()
+        if root not in path.parents:
+            raise Invalid(f"model {model.id}: artifact key {model.artifact_key!r} is outside the registry")
     if not path.is_file():
-        raise Conflict(f"model artifact {path} is missing; re-train or export another version")
+        raise Conflict(
+            f"model {model.id}: no stored weights match its recorded SHA-256 {model.checksum[:12]}... "
+            "(neither in the object storage nor as a legacy artifact); re-train or export another version"
+        )
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -223,14 +233,14 @@ def verified_artifact(data_dir: Path, model: ModelVersion) -> Path:
 
 
 def write_export(
-    session: Session, data_dir: Path, model: ModelVersion, fmt: str, out: Path
+    session: Session, data_dir: Path, model: ModelVersion, fmt: str, out: Path, storage: Storage | None = None
 ) -> dict[str, Any]:
     """Write the archive of a model version to `out` (sage.export); returns its model card with
     `archive_sha256` and `archive_bytes`."""
     from sage.export import export_archive
 
     check_format(fmt)
-    model_file = verified_artifact(data_dir, model)
+    model_file = verified_artifact(data_dir, model, storage)
     extra = {"lineage": lineage_summary(session, model), "model_version": model.version}
     return export_archive(model_file, out, fmt, extra=extra)
 
@@ -239,7 +249,7 @@ def build_export(session: Session, storage, data_dir: Path, model: ModelVersion,
     """Write the archive and keep it in storage; returns {key, sha256, bytes, card}."""
     with tempfile.TemporaryDirectory(prefix="sage-export-") as tmp:
         out = Path(tmp) / "model.zip"
-        card = write_export(session, data_dir, model, fmt, out)
+        card = write_export(session, data_dir, model, fmt, out, storage)
         data = out.read_bytes()
     key = storage.put_bytes(data, ".zip")
     return {"key": key, "sha256": card["archive_sha256"], "bytes": len(data), "card": card}

@@ -519,10 +519,22 @@ def last_snapshot_at(session: Session, project_id: int) -> datetime | None:
 
 
 def changed_annotations(session: Session, project_id: int, since: datetime | None) -> int:
-    query = select(func.count()).select_from(Annotation).where(Annotation.project_id == project_id)
+    """Readings (skips excluded: they change nothing training sees) and adjudications new or
+    changed since `since`."""
+    from app.models import Adjudication
+
+    query = (
+        select(func.count())
+        .select_from(Annotation)
+        .where(Annotation.project_id == project_id, Annotation.status != "skipped")
+    )
+    adjudications = (
+        select(func.count()).select_from(Adjudication).where(Adjudication.project_id == project_id)
+    )
     if since is not None:
         query = query.where(Annotation.updated_at > since)
-    return session.scalar(query) or 0
+        adjudications = adjudications.where(Adjudication.updated_at > since)
+    return (session.scalar(query) or 0) + (session.scalar(adjudications) or 0)
 
 
 def retrain_due(session: Session, project: Project) -> bool:
