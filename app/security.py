@@ -30,6 +30,8 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from app.models import User
 
 API_TOKEN_PREFIX = "sst_"
@@ -41,8 +43,18 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 # argon2-cffi's defaults (RFC 9106 low-memory profile). Tests swap in a cheaper hasher.
 password_hasher = PasswordHasher()
-# Verified against when the username does not exist, so a failed login takes the same time either way.
-_DUMMY_HASH = password_hasher.hash(secrets.token_urlsafe(16))
+# Verified against when the username does not exist, so a failed login takes the same time either
+# way: made with the current hasher's parameters (re-made if they change), so it costs what a real
+# account's check costs.
+_dummy_hashes: dict[tuple, str] = {}
+
+
+def _dummy_hash() -> str:
+    hasher = password_hasher
+    params = (hasher.time_cost, hasher.memory_cost, hasher.parallelism, hasher.hash_len, hasher.salt_len)
+    if params not in _dummy_hashes:
+        _dummy_hashes[params] = hasher.hash(secrets.token_urlsafe(16))
+    return _dummy_hashes[params]
 
 
 def hash_password(password: str) -> str:
@@ -65,7 +77,7 @@ def password_needs_rehash(password_hash: str) -> bool:
 
 def burn_password_check(password: str) -> None:
     """Spend the time of one verification (for unknown usernames)."""
-    verify_password(_DUMMY_HASH, password)
+    verify_password(_dummy_hash(), password)
 
 
 def password_fingerprint(password_hash: str) -> str:
@@ -119,43 +131,81 @@ class BrowserSession:
     user_id: int
     password_fingerprint: str
     csrf: str
+    epoch: int = 0
 
 
-def _csrf_cookie(settings: Settings) -> str:
-    return settings.session_cookie + "_csrf"
+HOST_PREFIX = "__Host-"
 
 
-def _set_cookie(response: Response, name: str, value: str, settings: Settings, max_age: int) -> None:
+def is_https(request: Request | None) -> bool:
+    return request is not None and request.scope.get("scheme") == "https"
+
+
+def session_cookie_name(settings: Settings, https: bool) -> str:
+    """Over HTTPS the cookie is `__Host-<name>`: the browser then only accepts it Secure, for this
+    exact host and path /, so a sibling subdomain cannot plant or overwrite it."""
+    return HOST_PREFIX + settings.session_cookie if https else settings.session_cookie
+
+
+def _csrf_cookie(settings: Settings, https: bool = False) -> str:
+    return session_cookie_name(settings, https) + "_csrf"
+
+
+def _set_cookie(
+    response: Response, name: str, value: str, settings: Settings, max_age: int, https: bool = False
+) -> None:
     response.set_cookie(
         name,
         value,
         max_age=max_age,
         httponly=True,
         samesite="lax",
-        secure=settings.env == "production",
+        secure=https or settings.env == "production",
         path="/",
     )
 
 
-def login_session(response: Response, user: User, settings: Settings) -> str:
-    """Start a browser session for `user` on `response` (a fresh CSRF nonce); returns that nonce."""
+def login_session(response: Response, user: User, settings: Settings, request: Request | None = None) -> str:
+    """Start a browser session for `user` on `response` (a fresh CSRF nonce); returns that nonce.
+    The session carries the user's session epoch: logout and password change end it server side."""
+    https = is_https(request)
     csrf = secrets.token_urlsafe(24)
     value = _serializer(settings, "sage-session").dumps(
-        {"uid": user.id, "pw": password_fingerprint(user.password_hash), "csrf": csrf}
+        {
+            "uid": user.id,
+            "pw": password_fingerprint(user.password_hash),
+            "csrf": csrf,
+            "ep": user.session_epoch or 0,
+        }
     )
-    _set_cookie(response, settings.session_cookie, value, settings, settings.session_max_age_s)
-    response.delete_cookie(_csrf_cookie(settings), path="/")
+    _set_cookie(
+        response, session_cookie_name(settings, https), value, settings, settings.session_max_age_s, https
+    )
+    response.delete_cookie(_csrf_cookie(settings, https), path="/", secure=https)
     return csrf
 
 
-def logout_session(response: Response, settings: Settings) -> None:
-    response.delete_cookie(settings.session_cookie, path="/")
-    response.delete_cookie(_csrf_cookie(settings), path="/")
+def logout_session(response: Response, settings: Settings, request: Request | None = None) -> None:
+    https = is_https(request)
+    response.delete_cookie(session_cookie_name(settings, https), path="/", secure=https, httponly=True)
+    response.delete_cookie(_csrf_cookie(settings, https), path="/", secure=https, httponly=True)
+
+
+def end_sessions(session: Session, user: User) -> None:
+    """End every browser session of `user` issued so far (bumps the epoch; the caller commits)."""
+    from app.models import User as UserRow
+
+    session.execute(
+        UserRow.__table__.update()
+        .where(UserRow.id == user.id)
+        .values(session_epoch=UserRow.session_epoch + 1)
+    )
+    session.expire(user, ["session_epoch"])
 
 
 def read_session(request: Request, settings: Settings) -> BrowserSession | None:
     """The signed session in the request's cookie, or None (absent, forged or expired)."""
-    raw = request.cookies.get(settings.session_cookie)
+    raw = request.cookies.get(session_cookie_name(settings, is_https(request)))
     if not raw:
         return None
     try:
@@ -164,8 +214,12 @@ def read_session(request: Request, settings: Settings) -> BrowserSession | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("uid"), int):
         return None
+    epoch = data.get("ep", 0)
     return BrowserSession(
-        user_id=data["uid"], password_fingerprint=str(data.get("pw", "")), csrf=str(data.get("csrf", ""))
+        user_id=data["uid"],
+        password_fingerprint=str(data.get("pw", "")),
+        csrf=str(data.get("csrf", "")),
+        epoch=epoch if isinstance(epoch, int) else -1,
     )
 
 
@@ -184,7 +238,7 @@ def csrf_token(request: Request) -> str:
     session = read_session(request, settings)
     if session:
         return session.csrf
-    existing = request.cookies.get(_csrf_cookie(settings))
+    existing = request.cookies.get(_csrf_cookie(settings, is_https(request)))
     if existing:
         try:
             return _serializer(settings, "sage-csrf").loads(existing, max_age=settings.session_max_age_s)
@@ -204,7 +258,8 @@ def attach_csrf_cookie(request: Request, response: Response) -> None:
         return
     settings = settings_of(request)
     value = _serializer(settings, "sage-csrf").dumps(nonce)
-    _set_cookie(response, _csrf_cookie(settings), value, settings, settings.session_max_age_s)
+    https = is_https(request)
+    _set_cookie(response, _csrf_cookie(settings, https), value, settings, settings.session_max_age_s, https)
 
 
 def verify_csrf(request: Request, token: str | None) -> bool:
@@ -216,7 +271,7 @@ def verify_csrf(request: Request, token: str | None) -> bool:
     if session:
         expected = session.csrf
     else:
-        raw = request.cookies.get(_csrf_cookie(settings))
+        raw = request.cookies.get(_csrf_cookie(settings, is_https(request)))
         if not raw:
             return False
         try:
