@@ -4,6 +4,9 @@
 DATASET/labels.csv          image,label[,split][,group][,subtype]  (rules: sage/labels_csv.py)
 DATASET/images/<image>
 DATASET/saliency/<stem>.png optional 8-bit grayscale map of the image's size
+DATASET/pixels/<stem>.npy   optional (training snapshots): the decoded array stored at upload,
+DATASET/pixels/<stem>.json    with {"bit_depth", "header_window"}; sage.data reads it instead of
+                              decoding images/<image> again
 ```
 
 Import is all or nothing: every row is checked (file present and a real image, label known,
@@ -23,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import posixpath
 import shutil
@@ -385,6 +389,9 @@ class DatasetEntry:
     subtype: str | None = None  # Image.subtype (from an imported labels.csv)
     readings: list[Any] = field(default_factory=list)  # app.services.study_io.Reading, per reader
     adjudication: Any = None  # app.services.study_io.AdjudicatedEntry, when adjudicated
+    array_key: str | None = None  # the decoded pixels stored at upload (.npy), if any
+    bit_depth: int | None = None
+    header_window: list[float] | None = None  # (center, width) from the file's header, if any
 
     @property
     def stem(self) -> str:
@@ -446,6 +453,9 @@ def dataset_entries(
                 keys,
                 group=img.group,
                 subtype=img.subtype,
+                array_key=img.array_key,
+                bit_depth=img.bit_depth,
+                header_window=(img.pixel_info or {}).get("header_window"),
             )
         )
     readings, adjudicated_entries = study_facts(session, ids)
@@ -561,13 +571,18 @@ def write_dataset_folder(
     *,
     only_labelled: bool = True,
     study: bool = False,
+    arrays: bool = False,
 ) -> dict[str, Any]:
     """Write the project's dataset folder (labels.csv, images/, saliency/<stem>.png: the adjudicated
     map, else the readers' mean) to `out_dir` (created; must be empty) and return the lineage
     {"annotations": {"<annotation id>": revision, ...}, "adjudications": {...}, "images": n,
     "with_saliency": m, "labels": {label: count}}. Image labels: the adjudicated label, else the
     majority of the readers' current labels, else the import label. Used by the worker to snapshot
-    a training run's data; `study=True` (exports) adds the readers' readings and adjudications."""
+    a training run's data; `study=True` (exports) adds the readers' readings and adjudications.
+    `arrays=True` (training snapshots) adds pixels/<stem>.npy, the array decoded once at upload,
+    and pixels/<stem>.json ({"bit_depth", "header_window"}), so training never decodes the
+    originals again; an image without a stored array (or whose array object is missing) gets
+    none and is decoded from images/ by the loader."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
@@ -575,10 +590,14 @@ def write_dataset_folder(
     entries, lineage = dataset_entries(session, project, only_labelled=only_labelled)
     (out_dir / "images").mkdir()
     (out_dir / "saliency").mkdir()
+    if arrays:
+        (out_dir / "pixels").mkdir()
 
     def write_entry(e: DatasetEntry) -> None:
         with storage.open(e.storage_key) as src, open(out_dir / "images" / e.name, "wb") as dst:
             shutil.copyfileobj(src, dst, CHUNK)
+        if arrays and e.array_key:
+            write_pixels(storage, e, out_dir / "pixels")
         png = entry_saliency_png(storage, e)
         if png is not None:
             (out_dir / "saliency" / f"{e.stem}.png").write_bytes(png)
@@ -594,6 +613,21 @@ def write_dataset_folder(
         (out_dir / path).write_bytes(data)
     (out_dir / LABELS_CSV).write_bytes(labels_csv(entries))
     return lineage
+
+
+def write_pixels(storage: Storage, e: DatasetEntry, folder: Path) -> bool:
+    """Copy the entry's stored array to folder/<stem>.npy with its folder/<stem>.json
+    ({"bit_depth", "header_window"}); False (nothing written) when the array object is missing."""
+    npy = folder / f"{e.stem}.npy"
+    try:
+        with storage.open(e.array_key) as src, open(npy, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+    except FileNotFoundError:
+        npy.unlink(missing_ok=True)
+        return False
+    meta = {"bit_depth": e.bit_depth, "header_window": e.header_window}
+    (folder / f"{e.stem}.json").write_text(json.dumps(meta))
+    return True
 
 
 class _Sink(io.RawIOBase):
