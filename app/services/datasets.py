@@ -46,7 +46,7 @@ from app.imaging import ImageError, decode_image, decode_mask, encode_mask, suff
 from app.models import Adjudication, Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
-from app.services.images import pixel_fields, safe_name
+from app.services.images import pixel_array, pixel_fields, safe_name
 from app.services.study_io import import_study, study_facts, study_files
 from app.settings import Settings
 from app.storage import CHUNK, Storage
@@ -581,8 +581,9 @@ def write_dataset_folder(
     a training run's data; `study=True` (exports) adds the readers' readings and adjudications.
     `arrays=True` (training snapshots) adds pixels/<stem>.npy, the array decoded once at upload,
     and pixels/<stem>.json ({"bit_depth", "header_window"}), so training never decodes the
-    originals again; an image without a stored array (or whose array object is missing) gets
-    none and is decoded from images/ by the loader."""
+    originals again. Rows from before migration 0004 (no stored array) are decoded here once and
+    their array stored (the backfill of `app.services.images.pixel_array`, committed); one that
+    cannot be decoded gets no array, and the loader reports it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
@@ -592,6 +593,9 @@ def write_dataset_folder(
     (out_dir / "saliency").mkdir()
     if arrays:
         (out_dir / "pixels").mkdir()
+        for e in entries:
+            if not e.array_key:
+                _backfill_array(session, storage, e)
 
     def write_entry(e: DatasetEntry) -> None:
         with storage.open(e.storage_key) as src, open(out_dir / "images" / e.name, "wb") as dst:
@@ -613,6 +617,18 @@ def write_dataset_folder(
         (out_dir / path).write_bytes(data)
     (out_dir / LABELS_CSV).write_bytes(labels_csv(entries))
     return lineage
+
+
+def _backfill_array(session: Session, storage: Storage, e: DatasetEntry) -> None:
+    """Decode and store the array of a row from before migration 0004 (once; committed)."""
+    image = session.get(Image, e.image_id)
+    try:
+        pixel_array(session, storage, image)
+    except (ImageError, FileNotFoundError):
+        session.rollback()
+        return
+    e.array_key, e.bit_depth = image.array_key, image.bit_depth
+    e.header_window = (image.pixel_info or {}).get("header_window")
 
 
 def write_pixels(storage: Storage, e: DatasetEntry, folder: Path) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
+from sqlalchemy import select
 
 from app.models import Image
 from sage import imageio
@@ -227,8 +228,14 @@ def test_training_snapshot_carries_the_stored_arrays_and_training_never_decodes(
         ("c.png", buf.getvalue(), "finding"),
     ):
         assert upload(client, h, project.id, [(name, data)], label=label).status_code == 201
+    legacy = db.scalar(select(Image).where(Image.original_name == "c.png"))
+    for column in ("array_key", "bit_depth", "pixel_info", "window_center", "window_width"):
+        setattr(legacy, column, None)  # a row from before migration 0004: decoded once, here
+    db.commit()
     snap = tmp_path / "snap"
     write_dataset_folder(db, get_storage(settings), db.get(Project, project.id), snap, arrays=True)
+    db.expire_all()
+    assert db.get(Image, legacy.id).array_key and db.get(Image, legacy.id).bit_depth == 16
     assert sorted(p.name for p in (snap / "pixels").iterdir()) == [
         "a.json", "a.npy", "b.json", "b.npy", "c.json", "c.npy",
     ]  # fmt: skip
