@@ -404,8 +404,14 @@ def render_report(
             if method != REFERENCE and diff:
                 mean, low, high = t_interval(diff)
                 if mean >= 0:
+                    support = (
+                        "the interval excludes 0: the seeds support it"
+                        if len(diff) > 1 and low > 0
+                        else "the interval includes 0"
+                    )
                     verdicts.append(f"{suite}: `{method}` is at or above `{REFERENCE}` on average "
-                                    f"({np.mean(accs) * 100:.1f} vs {ref_mean * 100:.1f}).")  # fmt: skip
+                                    f"({np.mean(accs) * 100:.1f} vs {ref_mean * 100:.1f}; paired difference "
+                                    f"{_ci(diff, signed=True)}, {support}).")  # fmt: skip
                 elif len(diff) < 2:
                     verdicts.append(f"{suite}: `{REFERENCE}` is {-mean * 100:.1f} points above `{method}` on the one "
                                     "seed that finished; no interval yet.")  # fmt: skip
