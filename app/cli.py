@@ -1,4 +1,4 @@
-"""The `sage-studio` command line: serve, worker, beat, migrate, users, tokens, import, export, demo."""
+"""The `sage-studio` command line: serve, worker, beat, migrate, users, tokens, import, export, storage, demo."""
 
 from __future__ import annotations
 
@@ -27,7 +27,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from app.processes import run_worker
 
-    return run_worker(get_settings(), args.queues.split(","), args.concurrency)
+    settings = get_settings()
+    if args.gpus is not None:
+        from app.processes import apply_gpus
+
+        try:
+            settings = apply_gpus(settings, args.gpus)
+        except ValueError as exc:
+            return _fail(str(exc))
+    return run_worker(settings, args.queues.split(","), args.concurrency)
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
@@ -171,7 +179,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             os.replace(tmp, out)
         else:
             lineage = datasets.write_dataset_folder(
-                session, storage, project, out, only_labelled=args.only_labelled
+                session, storage, project, out, only_labelled=args.only_labelled, study=True
             )
     except ServiceError as exc:
         return _fail(str(exc))
@@ -181,6 +189,87 @@ def cmd_export(args: argparse.Namespace) -> int:
     lineage.pop("annotations", None)
     lineage.pop("adjudications", None)
     print(json.dumps({"out": str(out), **lineage}, indent=2))
+    return 0
+
+
+def cmd_storage_migrate(args: argparse.Namespace) -> int:
+    import json
+
+    from app.storage import StorageUrlError, get_storage, migrate_objects, storage_for_url
+
+    settings = get_settings()
+    source = get_storage(settings)
+    try:
+        target = storage_for_url(args.to, settings)
+    except StorageUrlError as exc:
+        return _fail(str(exc))
+    if repr(source) == repr(target):
+        return _fail(f"the target {args.to} is the current storage ({source!r})")
+    # Model weights of earlier releases lived in artifact directories next to the objects.
+    legacy = [
+        (p, ".pt") for p in sorted((settings.resolved_data_dir / "models").glob("project-*/run-*/model.pt"))
+    ]
+    print(f"copying {source!r} -> {target!r}", file=sys.stderr)
+    report = migrate_objects(
+        source,
+        target,
+        verify_existing=args.verify_existing,
+        extra_files=legacy,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(json.dumps(report, indent=2))
+    if report["errors"]:
+        return _fail(f"{len(report['errors'])} object(s) not copied; fix them and run the command again")
+    print(f"done: set SAGE_STORAGE_URL={args.to} on every web and worker process", file=sys.stderr)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from app.services import objects
+    from app.storage import get_storage
+
+    settings = get_settings()
+    engine, session = _session(settings)
+    grace = settings.orphan_grace_s if args.grace_s is None else args.grace_s
+    try:
+        report = objects.sweep_orphans(session, get_storage(settings), grace, dry_run=args.dry_run)
+    finally:
+        session.close()
+        engine.dispose()
+    objects.write_report(settings.resolved_data_dir, report)
+    print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
+def cmd_model_export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from app.models import ModelVersion
+    from app.services import jobs
+    from app.services.errors import ServiceError
+    from app.storage import get_storage
+
+    settings = get_settings()
+    engine, session = _session(settings)
+    try:
+        model = session.get(ModelVersion, args.mid)
+        if model is None:
+            return _fail(f"no model {args.mid}; `GET /api/v1/projects/{{pid}}/models` lists them")
+        try:
+            card = jobs.write_export(
+                session, settings.resolved_data_dir, model, args.format, Path(args.out), get_storage(settings)
+            )
+        except (ServiceError, ValueError, FileNotFoundError) as exc:
+            return _fail(str(exc))
+    finally:
+        session.close()
+        engine.dispose()
+    print(json.dumps({"out": args.out, "format": args.format, "sha256": card["archive_sha256"],
+                      "bytes": card["archive_bytes"], "model_version": model.version}))  # fmt: skip
     return 0
 
 
@@ -229,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="start a Celery worker")
     p.add_argument("--queues", default="train,predict", help="comma-separated: train, predict")
     p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument(
+        "--gpus",
+        default=None,
+        help="train worker: GPU indices it owns, e.g. 0 (one worker per GPU) or 0,1 (one worker "
+        "training each run on both GPUs with DistributedDataParallel)",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("beat", help="start the periodic scheduler (stale-run reaper, retraining)")
@@ -258,6 +353,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="an empty folder, or a file name ending in .zip")
     p.add_argument("--only-labelled", action="store_true", help="leave out images without a label")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("storage", help="object storage: migrate to another backend")
+    storage_sub = p.add_subparsers(dest="storage_command", required=True)
+    p = storage_sub.add_parser(
+        "migrate", help="copy every object to another backend, checking each; run again to resume"
+    )
+    p.add_argument(
+        "--to", required=True, help="file:///path or s3://bucket/prefix (SAGE_S3_ENDPOINT_URL applies)"
+    )
+    p.add_argument(
+        "--verify-existing", action="store_true", help="also re-hash objects already in the target"
+    )
+    p.set_defaults(func=cmd_storage_migrate)
+
+    p = sub.add_parser("sweep", help="remove stored files no row uses (older than SAGE_ORPHAN_GRACE_S)")
+    p.add_argument("--dry-run", action="store_true", help="only count them")
+    p.add_argument("--grace-s", type=float, default=None, help="override SAGE_ORPHAN_GRACE_S")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("model", help="model versions: export")
+    model_sub = p.add_subparsers(dest="model_command", required=True)
+    q = model_sub.add_parser(
+        "export", help="write a model version as an archive (model, model.json, SHA256SUMS)"
+    )
+    q.add_argument("mid", type=int, help="model version id")
+    q.add_argument("--format", required=True, choices=("torchscript", "onnx", "state_dict"))
+    q.add_argument("--out", required=True, help="the .zip to write")
+    q.set_defaults(func=cmd_model_export)
 
     p = sub.add_parser("weights", help="the pretrained weights registry (SAGE_WEIGHTS_DIR)")
     wsub = p.add_subparsers(dest="weights_command", required=True)

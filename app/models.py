@@ -56,6 +56,9 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Browser sessions carry the epoch they were issued in; logout and password change bump it,
+    # which ends every session issued before, server side.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiToken(Base):
@@ -72,6 +75,8 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # "write": everything the owner may do; "read": safe methods (GET, HEAD, OPTIONS) only.
+    scope: Mapped[str] = mapped_column(String(10), default="write", server_default="write")
 
     user: Mapped[User] = relationship()
 
@@ -104,6 +109,8 @@ class Project(Base):
     retrain_min_new: Mapped[int] = mapped_column(Integer, default=20)
     activation_policy: Mapped[str] = mapped_column(String(20), default="auto")  # auto | manual
     next_policy: Mapped[str] = mapped_column(String(20), default="sequential")
+    # Why beat's periodic retraining could not start a run here (bad stored options, ...); None when fine.
+    retrain_error: Mapped[str | None] = mapped_column(Text, default=None)
     # Reading studies (issue 12): readers wanted per image, and blind reading (None: on when k > 1).
     readers_per_image: Mapped[int] = mapped_column(Integer, default=1)
     blind_mode: Mapped[bool | None] = mapped_column(Boolean, default=None)
@@ -164,6 +171,8 @@ class Image(Base):
     # Patient, subject or device: images of one group always share a split (`draw_splits`).
     group: Mapped[str | None] = mapped_column(String(100), default=None)
     import_label: Mapped[str | None] = mapped_column(String(100), default=None)
+    # labels.csv `subtype` (e.g. an attack type): enables leave-subtype-out evaluation
+    subtype: Mapped[str | None] = mapped_column(String(100), default=None)
     # Saliency map that came with an import (dataset folder saliency/<stem>.png): the consensus
     # when no annotator has painted one, so import -> export round-trips.
     import_saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
@@ -361,3 +370,29 @@ class Prediction(Base):
     alignment: Mapped[float | None] = mapped_column(Float, default=None)  # soft IoU with consensus saliency
     alignment_detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # when `alignment` was computed: annotations changed after it make it stale (re-aligned in the
+    # background, see app.services.predictions.stale_alignments)
+    aligned_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Job(Base):
+    """A background job a user asked for and polls: a model export, a batch prediction, an
+    inverted-saliency sanity check. The row, not the broker, is the source of truth: its status,
+    progress, and where its result lies in storage (`result_key`, content-addressed)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_project_kind", "project_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(30))  # export | predict_batch | sanity_check
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued|running|succeeded|failed
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    result_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

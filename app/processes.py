@@ -148,6 +148,18 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "app.cli", *args]
 
 
+def apply_gpus(settings: Settings, gpus: str) -> Settings:
+    """`--gpus 0` / `--gpus 0,1`: the worker sees only these GPUs (CUDA_VISIBLE_DEVICES, set before
+    torch loads, inherited by its run processes) and trains each run on all of them (one DDP rank
+    per GPU). Returns the settings with `train_processes` set."""
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"--gpus {gpus!r}: give distinct GPU indices, e.g. 0 or 0,1")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    os.environ["SAGE_TRAIN_PROCESSES"] = str(len(ids))
+    return settings.model_copy(update={"train_processes": len(ids)})
+
+
 def worker_children(settings: Settings, queues: list[str], concurrency: int = 1) -> list[Child]:
     env = child_env(settings)
     return [

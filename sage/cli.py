@@ -1,4 +1,4 @@
-"""`python -m sage`: make-dataset, train, evaluate, bench (DESIGN.md section 7)."""
+"""`python -m sage`: make-dataset, train, evaluate, predict, export, bench (DESIGN.md section 7)."""
 
 from __future__ import annotations
 
@@ -132,6 +132,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from sage.batch import ProgressBar, iter_inputs, load_model, predict_batch
+
+    model = load_model(args.model, device=args.device)
+    inputs = iter_inputs(args.images)
+    if not inputs:
+        raise ValueError(f"{args.images} holds no images ({', '.join(('png', 'jpeg', 'tiff', 'bmp'))})")
+    bar = None if args.quiet else ProgressBar(len(inputs))
+    result = predict_batch(
+        model, inputs, args.out, heatmaps=args.heatmaps, progress=bar.update if bar else None
+    )
+    _print_json({"predicted": result.predicted, "failed": len(result.failed), "out": str(args.out)})
+    return 0 if result.predicted else 2
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sage.export import export_archive
+
+    model = Path(args.model)
+    card = export_archive(model / "model.pt" if model.is_dir() else model, args.out, args.format)
+    _print_json({"out": str(args.out), "format": args.format, "sha256": card["archive_sha256"]})
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from sage.bench import BenchSettings, run_bench
 
@@ -195,6 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict a folder or zip of images; writes predictions.csv")
+    p.add_argument("--model", required=True, help="run folder, model.pt, or an export archive (.zip)")
+    p.add_argument("--images", required=True, help="a folder (searched recursively) or a zip of images")
+    p.add_argument("--out", required=True, help="output folder: predictions.csv [, heatmaps/]")
+    p.add_argument("--heatmaps", action="store_true", help="write Grad-CAM PNGs at each image's size")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a model as an archive (TorchScript, ONNX or state dict)")
+    p.add_argument("--model", required=True, help="run folder or model.pt")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx", "state_dict"))
+    p.add_argument("--out", required=True, help="the archive (.zip) to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "bench", help="the fair comparison of every method (bench/README.md); writes a markdown report"

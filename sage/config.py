@@ -236,6 +236,10 @@ class TrainConfig:
         an arbitrary server file).
     checkpoint: also write out_dir/checkpoint.pt after every epoch, for exact resume.
     progress_every: call `progress` every this many steps (and at each epoch end).
+    positive_label: the class scored by the ROC and, in a two-class project, the attack label of
+        the PAD error rates (APCER, BPCER, EER; `sage.protocols`); None: ROC of the second label.
+    leave_out_subtype: open-set evaluation: images of this labels.csv subtype are removed from
+        train and val and their test images reported apart (`sage.protocols.leave_subtype_out`).
     """
 
     method: str = "sage"
@@ -267,6 +271,8 @@ class TrainConfig:
     pretrained_path: str | None = None
     checkpoint: bool = False
     progress_every: int = 10
+    positive_label: str | None = None
+    leave_out_subtype: str | None = None
     sage: SageOptions = field(default_factory=SageOptions)
     baselines: BaselineOptions = field(default_factory=BaselineOptions)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -238,9 +239,15 @@ def render_8bit(pixels: np.ndarray, center: float, width: float, invert: bool = 
 
 
 def encode_png(rendered: np.ndarray, compress_level: int = 1) -> bytes:
-    """An 8-bit (H, W) or (H, W, 3) array as PNG bytes (fast compression: a display image)."""
+    """An 8-bit (H, W) or (H, W, 3) array as PNG bytes, fast: a display image is rendered per window.
+
+    zlib level 1 with the run-length strategy (Z_RLE): the PNG row filters do the modelling, and
+    the deflate step, which dominates the render time (bench/ingest.md), does the least work.
+    """
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rendered)).save(buf, format="PNG", compress_level=compress_level)
+    Image.fromarray(np.ascontiguousarray(rendered)).save(
+        buf, format="PNG", compress_level=compress_level, compress_type=zlib.Z_RLE
+    )
     return buf.getvalue()
 
 

@@ -32,6 +32,7 @@ from sage.evaluation import evaluate, predict_probabilities
 from sage.methods import Batch, Task, create_task
 from sage.metrics import fit_temperature
 from sage.models import Classifier, create_model
+from sage.protocols import evaluation_protocols, leave_subtype_out
 from sage.recipes import plan_training
 from sage.transforms import IMAGENET_MEAN, IMAGENET_STD, augment_batch, normalize
 
@@ -49,6 +50,7 @@ class TrainingData:
     train: SplitTensors
     val: SplitTensors
     test: SplitTensors | None
+    unseen: SplitTensors | None = None  # test images of the left-out subtype (open-set)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,6 +77,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
     """Read and decode the dataset; hold out a stratified val split when labels.csv has none."""
     index = read_dataset(data_dir, config.labels or None)
+    if config.positive_label is not None and config.positive_label not in index.labels:
+        raise ValueError(f"positive_label {config.positive_label!r} is not one of the labels {index.labels}")
+    unseen_samples = []
+    if config.leave_out_subtype:  # removed from train and val before any split is drawn
+        index, unseen_samples = leave_subtype_out(index, config.leave_out_subtype)
     train_samples, val_samples, test_samples = (index.split(s) for s in ("train", "val", "test"))
     if not train_samples:
         raise ValueError(f"{data_dir}: no training images (rows with split train or no split)")
@@ -91,7 +98,10 @@ def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
         train, val = train.subset(keep), train.subset(held)
     train = limit_saliency(train, config.saliency_fraction, config.seed)
     test = load_split(index, test_samples, config.image_size, window=config.window) if test_samples else None
-    return TrainingData(index.labels, train, val, test)
+    unseen = (
+        load_split(index, unseen_samples, config.image_size, window=config.window) if unseen_samples else None
+    )
+    return TrainingData(index.labels, train, val, test, unseen)
 
 
 def pretrained_file(config: TrainConfig) -> Path | str | None:
@@ -392,6 +402,7 @@ def fit(
         model.load_state_dict(best_weights)
 
     metrics = _final_metrics(model, data, device, state)
+    metrics.update(protocol_metrics(model, data, config, device, metrics.get("temperature") or 1.0))
     metrics["recipe"] = dataclasses.asdict(plan)
     metrics["total_seconds"] = time.perf_counter() - started
     save_model(out_dir / "model.pt", model, config, data.labels, metrics)
@@ -437,6 +448,29 @@ def _final_metrics(model, data: TrainingData, device, state) -> dict[str, Any]:
         metrics["test"] = test
         metrics.update(_headline("test", test))
     return metrics
+
+
+def protocol_metrics(
+    model, data: TrainingData, config: TrainConfig, device, temperature: float = 1.0
+) -> dict[str, Any]:
+    """ROC/AUROC, PAD error rates and open-set numbers (`sage.protocols`) for the run's metrics, on
+    the probabilities served (calibrated with `temperature`), so the thresholds apply as they are."""
+
+    def scored(split: SplitTensors | None):
+        if split is None:
+            return None
+        probs = predict_probabilities(model, split, device) ** (1.0 / temperature)  # softmax(z / T)
+        return split.labels.numpy(), probs / probs.sum(axis=1, keepdims=True)
+
+    return evaluation_protocols(
+        data.labels,
+        scored(data.val),
+        scored(data.test),
+        positive_label=config.positive_label,
+        unseen=scored(data.unseen),
+        unseen_subtype=config.leave_out_subtype,
+        seed=config.seed,
+    )
 
 
 def _headline(prefix: str, report: dict[str, Any]) -> dict[str, Any]:

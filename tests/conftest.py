@@ -30,6 +30,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_DB_BASE = int(os.environ.get("SAGE_TEST_REDIS_DB", "11"))
 REDIS_DB_FIXTURE = REDIS_DB_BASE
 REQUIRE_SERVICES = os.environ.get("SAGE_REQUIRE_SERVICES", "") not in ("", "0", "false")
+# SAGE_TEST_STORAGE=s3 runs the tests that use the `settings` fixture against a moto S3 server.
+TEST_STORAGE = os.environ.get("SAGE_TEST_STORAGE", "local")
 
 
 def service_reachable(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -107,13 +109,16 @@ def database_url(request, tmp_path) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(database_url, tmp_path) -> Settings:
+def settings(database_url, tmp_path, request) -> Settings:
+    storage_url = request.getfixturevalue("s3_storage_url") if TEST_STORAGE == "s3" else ""
     return Settings(
         env="test",
         data_dir=tmp_path / "data",
         database_url=database_url,
         broker_url="",
         secret_key="test-secret-key",
+        storage_url=storage_url,
+        s3_endpoint_url=os.environ.get("SAGE_S3_ENDPOINT_URL", "") if storage_url else "",
     )
 
 
@@ -158,3 +163,65 @@ def redis_url() -> str:
     url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB_FIXTURE}"
     redis.Redis.from_url(url).flushdb()
     return url
+
+
+# --- S3-compatible object storage (moto's standalone server) ---------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible HTTP server (moto) on 127.0.0.1 for the whole session; the standard AWS
+    variables (and SAGE_S3_ENDPOINT_URL) point every process the tests start at it."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        SAGE_S3_ENDPOINT_URL=url,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not service_reachable("127.0.0.1", port, 0.2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"moto server did not start on port {port} (exit {proc.poll()})", pytrace=False)
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "SAGE_S3_ENDPOINT_URL")
+
+
+@pytest.fixture
+def s3_storage_url(s3_endpoint) -> str:
+    """`s3://<a new bucket>/objects` on the session's moto server."""
+    import boto3
+
+    bucket = f"sage-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/objects"

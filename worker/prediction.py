@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,10 @@ from worker.context import WorkerContext
 log = logging.getLogger(__name__)
 
 PROJECT_BATCH = 32
+# The periodic sweep leaves a model activated less than this long ago to the `predict_project` job
+# its activation started (which would otherwise predict the same images twice); after it, what that
+# job left undone (its worker died) is swept up.
+SWEEP_GRACE_S = 600.0
 
 _cache: registry.PredictorCache | None = None
 
@@ -35,6 +40,7 @@ def predictor_cache(ctx: WorkerContext) -> registry.PredictorCache:
         s = ctx.settings
         _cache = registry.PredictorCache(
             s.resolved_data_dir,
+            storage=ctx.storage,
             capacity=s.predict_cache_models,
             max_batch=s.predict_batch_max,
             wait_s=s.predict_batch_wait_ms / 1000.0,
@@ -44,12 +50,16 @@ def predictor_cache(ctx: WorkerContext) -> registry.PredictorCache:
 
 def predict_image(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]:
     """Body of `sage.predict`. `request`: model_id, model_version, artifact_key, checksum,
-    project_id, image_b64, heatmap (bool). Answers label, probabilities, model id and version,
-    and the heatmap overlay as a base64 PNG."""
+    project_id, image_key (the upload in storage; older messages carry image_b64), heatmap (bool: the overlay), raw_heatmap (bool: the 8-bit grayscale
+    map at the image's size). Answers label, probabilities, model id and version, and the asked
+    heatmaps as base64 PNGs."""
     from sage.heatmaps import heatmap_png, overlay_png
 
     started = time.perf_counter()
-    data = base64.b64decode(request["image_b64"])
+    if request.get("image_key"):
+        data = ctx.storage.read_bytes(request["image_key"])
+    else:
+        data = base64.b64decode(request["image_b64"])
     decoded = decode_image(data, max_pixels=ctx.settings.max_image_pixels)
     batcher = predictor_cache(ctx).get(request["model_id"], request["artifact_key"], request["checksum"])
     result = batcher.predict(decoded, timeout=ctx.settings.predict_timeout_s)
@@ -62,9 +72,10 @@ def predict_image(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]
         "confidence": float(result.probabilities.get(result.label, 0.0)),
         "uncertainty": prediction_service.uncertainty(result.probabilities),
     }
-    if request.get("heatmap", True) and result.heatmap is not None:
-        shown = PILImage.fromarray(render_8bit(decoded.pixels, *decoded.default_window()))
-        answer["heatmap_png"] = base64.b64encode(overlay_png(shown, result.heatmap)).decode()
+    if result.heatmap is not None:
+        if request.get("heatmap", True):
+            shown = PILImage.fromarray(render_8bit(decoded.pixels, *decoded.default_window()))
+            answer["heatmap_png"] = base64.b64encode(overlay_png(shown, result.heatmap)).decode()
         if request.get("raw_heatmap"):
             answer["raw_heatmap_png"] = base64.b64encode(heatmap_png(result.heatmap)).decode()
     answer["worker_ms"] = round((time.perf_counter() - started) * 1000, 2)
@@ -81,10 +92,7 @@ def predict_project(
     It shares the `train` queue with training runs, so it yields to them: when a run is waiting,
     it stops after the current chunk and re-queues itself for the rest (behind the run), so a
     "train now" never waits for a whole project to be predicted."""
-    from app.services.annotations import consensus_map
-    from sage.heatmaps import heatmap_png
     from sage.inference import Predictor
-    from sage.metrics import saliency_alignment
 
     with ctx.session() as session:
         model = session.get(ModelVersion, model_id)
@@ -98,32 +106,14 @@ def predict_project(
                 .order_by(Image.id)
             )
         )
-    path = registry.verified_model_file(ctx.settings.resolved_data_dir, key, checksum)
+    path = registry.verified_model_file(ctx.storage, ctx.settings.resolved_data_dir, key, checksum)
     predictor = Predictor.load(path, "auto")
     storage = ctx.storage
     done = 0
     for start in range(0, len(image_ids), PROJECT_BATCH):
         chunk = image_ids[start : start + PROJECT_BATCH]
         with ctx.session() as session:
-            rows = list(session.scalars(select(Image).where(Image.id.in_(chunk)).order_by(Image.id)))
-            decoded = [image_service.decoded_of(session, storage, row) for row in rows]
-            results = predictor.predict(decoded, heatmaps=True)
-            for row, result in zip(rows, results, strict=True):
-                heatmap_key = storage.put_bytes(heatmap_png(result.heatmap), ".png")
-                alignment = None
-                consensus = consensus_map(session, storage, row)
-                if consensus is not None:  # float32 in [0, 1] at the image's size, like the heatmap
-                    alignment = saliency_alignment(result.heatmap, np.asarray(consensus, dtype=np.float32))
-                prediction_service.store_prediction(
-                    session,
-                    image_id=row.id,
-                    model_id=model_id,
-                    label=result.label,
-                    probabilities=result.probabilities,
-                    heatmap_key=heatmap_key,
-                    alignment=alignment,
-                )
-            session.commit()
+            _predict_and_store(session, storage, predictor, model_id, chunk)
             done += len(chunk)
             remaining = start + PROJECT_BATCH < len(image_ids)
             if remaining and celery is not None and _run_waiting(session):
@@ -137,6 +127,132 @@ def predict_project(
                 }
     log.info("stored predictions of model %s for %s images", model_id, done)
     return {"model_id": model_id, "predicted": done, "status": "done"}
+
+
+def _alignment(session, storage, image: Image, heatmap: np.ndarray) -> dict[str, float] | None:
+    """The heatmap's alignment with the map training uses for the image: the adjudicated map when
+    one was painted, else the consensus of the annotators' maps (None when there is neither)."""
+    from app.models import Adjudication
+    from app.services.annotations import consensus_map, read_mask
+    from sage.metrics import saliency_alignment
+
+    adjudicated = session.scalars(select(Adjudication).where(Adjudication.image_id == image.id)).first()
+    if adjudicated is not None and adjudicated.saliency_key:
+        consensus = (
+            read_mask(storage, adjudicated.saliency_key, image.width, image.height).astype(np.float32) / 255.0
+        )
+    else:
+        consensus = consensus_map(session, storage, image)
+    if consensus is None:
+        return None
+    return saliency_alignment(heatmap, np.asarray(consensus, dtype=np.float32))  # both at the image's size
+
+
+def _predict_and_store(session, storage, predictor, model_id: int, image_ids: list[int]) -> int:
+    """Predict the images and upsert their predictions (label, probabilities, heatmap, alignment);
+    commits. Idempotent per (image, model). Returns how many were stored."""
+    from sage.heatmaps import heatmap_png
+
+    rows = list(session.scalars(select(Image).where(Image.id.in_(image_ids)).order_by(Image.id)))
+    decoded = [image_service.decoded_of(session, storage, row) for row in rows]
+    results = predictor.predict(decoded, heatmaps=True)
+    for row, result in zip(rows, results, strict=True):
+        prediction_service.store_prediction(
+            session,
+            image_id=row.id,
+            model_id=model_id,
+            label=result.label,
+            probabilities=result.probabilities,
+            heatmap_key=storage.put_bytes(heatmap_png(result.heatmap), ".png"),
+            alignment=_alignment(session, storage, row, result.heatmap),
+        )
+    session.commit()
+    return len(rows)
+
+
+def predict_missing(ctx: WorkerContext, project_id: int | None = None) -> dict[str, Any]:
+    """Body of `sage.predict_missing`: predict, with each project's active model, the images that
+    have no prediction of it yet (new uploads and imports, or what an interrupted project
+    prediction left), and re-align predictions whose annotations changed since. Sent after an
+    upload or import commits (one project) and by beat (every project), so a prediction job that
+    died half-way is finished by the next sweep; every step is an idempotent upsert."""
+    from sage.inference import Predictor
+
+    with ctx.session() as session:
+        query = select(ModelVersion).where(ModelVersion.active.is_(True))
+        if project_id is not None:
+            query = query.where(ModelVersion.project_id == project_id)
+        else:  # the sweep leaves a just-activated model to its own project prediction job
+            cutoff = datetime.now(UTC) - timedelta(seconds=SWEEP_GRACE_S)
+            query = query.where(ModelVersion.activated_at < cutoff)
+        models = [(m.id, m.project_id, m.artifact_key, m.checksum) for m in session.scalars(query)]
+        session.rollback()
+    predicted = realigned = 0
+    for model_id, pid, key, checksum in models:
+        with ctx.session() as session:
+            missing = prediction_service.images_without_prediction(session, pid, model_id)
+            session.rollback()
+        if missing:
+            try:
+                path = registry.verified_model_file(ctx.settings.resolved_data_dir, key, checksum)
+            except registry.ArtifactError:
+                log.exception("project %s: the active model %s cannot be loaded", pid, model_id)
+                continue
+            predictor = Predictor.load(path, "auto")
+            for start in range(0, len(missing), PROJECT_BATCH):
+                with ctx.session() as session:
+                    predicted += _predict_and_store(
+                        session, ctx.storage, predictor, model_id, missing[start : start + PROJECT_BATCH]
+                    )
+        realigned += realign_model(ctx, model_id)
+    if predicted or realigned:
+        log.info("fresh predictions: %s predicted, %s re-aligned", predicted, realigned)
+    return {"predicted": predicted, "realigned": realigned, "models": len(models)}
+
+
+def realign_model(ctx: WorkerContext, model_id: int, image_id: int | None = None) -> int:
+    """Recompute the alignment of the model's predictions whose annotations changed since (or of
+    one image's prediction): the stored heatmap against the current consensus map."""
+    from app.models import Prediction
+
+    storage = ctx.storage
+    done = 0
+    with ctx.session() as session:
+        if image_id is not None:
+            ids = list(
+                session.scalars(
+                    select(Prediction.id).where(
+                        Prediction.model_id == model_id,
+                        Prediction.image_id == image_id,
+                        Prediction.heatmap_key.is_not(None),
+                    )
+                )
+            )
+        else:
+            ids = prediction_service.stale_alignments(session, model_id)
+        for pred_id in ids:
+            row = session.get(Prediction, pred_id)
+            image = session.get(Image, row.image_id)
+            heat = (
+                np.asarray(decode_image(storage.read_bytes(row.heatmap_key)).pixels, dtype=np.float32) / 255.0
+            )
+            prediction_service.set_alignment(row, _alignment(session, storage, image, heat))
+            done += 1
+        session.commit()
+    return done
+
+
+def realign_image(ctx: WorkerContext, image_id: int) -> dict[str, Any]:
+    """Body of `sage.realign`: the image's consensus (or adjudicated) map changed; re-align the
+    active model's prediction of it, so the misalignment ordering is current."""
+    with ctx.session() as session:
+        image = session.get(Image, image_id)
+        model = model_service.active_model(session, image.project_id) if image else None
+        model_id = model.id if model else None
+        session.rollback()
+    if model_id is None:
+        return {"image_id": image_id, "realigned": 0}
+    return {"image_id": image_id, "realigned": realign_model(ctx, model_id, image_id)}
 
 
 def _run_waiting(session) -> bool:

@@ -1,10 +1,13 @@
 """The model registry's files and the predict worker's loaded models.
 
-Artifacts live under `SAGE_DATA_DIR/models/project-<pid>/run-<rid>-<hex>/` (model.pt, config.json,
-metrics.json, manifest.json with the SHA-256 of model.pt). A directory is built under a `.tmp-`
-name, fsynced, and renamed into place in one step, so a reader never sees half an artifact; the
-database row that points at it (app.services.models.register_model) is written after the rename,
-and an artifact whose row never came (the worker died in between) is swept by the reaper.
+A trained model.pt is published into the object storage (app.storage: the local folder or an S3
+bucket) under its content-addressed key `<sha256>.pt`: written to a temporary key or file, verified,
+then published, so a worker on any machine reads the same bytes and a reader never sees half an
+artifact. The database row that points at it (app.services.models.register_model) records the
+registry name `models/project-<pid>/run-<rid>-<hex>` (the artifact key) and the SHA-256 (the
+checksum) and is written after the publish; a model object whose row never came (the worker died in
+between) is swept by the reaper once it is old enough. Artifacts of earlier releases, directories
+`SAGE_DATA_DIR/models/project-<pid>/run-<rid>-<hex>/model.pt`, are still read and swept.
 
 `PredictorCache` keeps loaded models per version in the predict worker, verified against their
 checksum on load, and a `ModelBatcher` per model runs concurrent requests as one forward pass.
@@ -14,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -28,10 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.storage import Storage, StorageIntegrityError, make_key
+
 log = logging.getLogger(__name__)
 
 MODELS_DIR = "models"
 MODEL_FILE = "model.pt"
+MODEL_SUFFIX = ".pt"
 TMP_PREFIX = ".tmp-"
 
 
@@ -41,9 +45,9 @@ class ArtifactError(Exception):
 
 @dataclass
 class Artifact:
-    key: str  # relative to the data directory, e.g. models/project-3/run-7-1a2b3c4d
+    key: str  # the registry name, e.g. models/project-3/run-7-1a2b3c4d
     checksum: str  # SHA-256 of model.pt
-    path: Path
+    object_key: str  # where the bytes are in the object storage: <checksum>.pt
 
 
 def sha256_file(path: Path) -> str:
@@ -54,54 +58,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
+def model_object_key(checksum: str) -> str:
+    return make_key(checksum, MODEL_SUFFIX)
 
 
 def publish_artifact(
-    data_dir: Path, project_id: int, run_id: int, model_file: Path, config: dict, metrics: dict
+    storage: Storage, project_id: int, run_id: int, model_file: Path, config: dict, metrics: dict
 ) -> Artifact:
-    """Copy a trained model.pt with its config and metrics into the registry, atomically."""
-    root = data_dir / MODELS_DIR / f"project-{project_id}"
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"run-{run_id}-{uuid.uuid4().hex[:8]}"
-    tmp = root / f"{TMP_PREFIX}{name}"
-    tmp.mkdir()
-    try:
-        target = tmp / MODEL_FILE
-        shutil.copyfile(model_file, target)
-        with open(target, "rb+") as f:
-            os.fsync(f.fileno())
-        checksum = sha256_file(target)
-        _write_json(tmp / "config.json", config)
-        _write_json(tmp / "metrics.json", metrics)
-        _write_json(
-            tmp / "manifest.json",
-            {"sha256": checksum, "file": MODEL_FILE, "project_id": project_id, "run_id": run_id},
-        )
-        _fsync_dir(tmp)
-        final = root / name
-        os.rename(tmp, final)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return Artifact(key=f"{MODELS_DIR}/project-{project_id}/{name}", checksum=checksum, path=final)
+    """Put a trained model.pt into the object storage (streamed, verified, then published).
+
+    `config` and `metrics` are recorded on the model version row by the caller; they are taken
+    here so the signature says what an artifact is made of."""
+    del config, metrics
+    with open(model_file, "rb") as f:
+        object_key = storage.put_file(f, MODEL_SUFFIX)
+    name = f"{MODELS_DIR}/project-{project_id}/run-{run_id}-{uuid.uuid4().hex[:8]}"
+    return Artifact(key=name, checksum=object_key[:64], object_key=object_key)
 
 
 def artifact_dir(data_dir: Path, key: str) -> Path:
-    """The directory of an artifact key, refusing keys that leave the registry."""
+    """The directory of a legacy artifact key, refusing keys that leave the registry."""
     root = (data_dir / MODELS_DIR).resolve()
     path = (data_dir / key).resolve()
     if root not in path.parents:
@@ -109,10 +85,21 @@ def artifact_dir(data_dir: Path, key: str) -> Path:
     return path
 
 
-def verified_model_file(data_dir: Path, key: str, checksum: str) -> Path:
-    path = artifact_dir(data_dir, key) / MODEL_FILE
+def verified_model_file(storage: Storage, data_dir: Path, key: str, checksum: str) -> Path:
+    """A local path of the model's weights, checked against `checksum`: the storage object (an S3
+    object is downloaded into the process's scratch cache), else a legacy artifact directory."""
+    try:
+        object_key = model_object_key(checksum)
+    except ValueError as exc:
+        raise ArtifactError(f"model {key}: recorded checksum {checksum!r} is not a SHA-256") from exc
+    try:
+        path = storage.path(object_key) if storage.exists(object_key) else None
+    except StorageIntegrityError as exc:  # a download that came back corrupt
+        raise ArtifactError(f"model artifact {key} is corrupt in storage: {exc}") from exc
+    if path is None:
+        path = artifact_dir(data_dir, key) / MODEL_FILE
     if not path.is_file():
-        raise ArtifactError(f"model artifact {path} is missing; re-train or activate another version")
+        raise ArtifactError(f"model artifact {key} is missing; re-train or activate another version")
     actual = sha256_file(path)
     if actual != checksum:
         raise ArtifactError(
@@ -122,20 +109,34 @@ def verified_model_file(data_dir: Path, key: str, checksum: str) -> Path:
     return path
 
 
-def remove_artifact(data_dir: Path, key: str) -> None:
+def remove_artifact(storage: Storage, data_dir: Path, artifact: Artifact) -> None:
+    """Remove a published artifact whose registration failed (its object, or a legacy directory)."""
+    with contextlib.suppress(ValueError, OSError):
+        storage.delete(artifact.object_key)
     with contextlib.suppress(ArtifactError):
-        shutil.rmtree(artifact_dir(data_dir, key), ignore_errors=True)
+        shutil.rmtree(artifact_dir(data_dir, artifact.key), ignore_errors=True)
 
 
-def sweep_orphans(data_dir: Path, known_keys: set[str], older_than_s: float) -> list[str]:
-    """Remove half-built (`.tmp-`) artifact directories and complete ones that no model version
-    references, once they are older than `older_than_s` (younger ones may belong to a run that is
-    about to commit)."""
+def sweep_orphans(
+    storage: Storage | None, data_dir: Path, known: set[tuple[str, str]], older_than_s: float
+) -> list[str]:
+    """Remove model objects (`<sha256>.pt`) and legacy artifact directories (complete or `.tmp-`)
+    that no model version references, once they are older than `older_than_s` (younger ones may
+    belong to a run that is about to commit). `known`: (artifact_key, checksum) of every version;
+    `storage` None sweeps only the legacy directories.
+    Returns what was removed (object keys and legacy artifact keys)."""
     removed: list[str] = []
+    cutoff = time.time() - older_than_s
+    known_checksums = {checksum for _, checksum in known}
+    known_keys = {key for key, _ in known}
+    for object_key, mtime in storage.list_objects() if storage is not None else ():
+        if not object_key.endswith(MODEL_SUFFIX) or object_key[:64] in known_checksums or mtime > cutoff:
+            continue
+        storage.delete(object_key)
+        removed.append(object_key)
     models = data_dir / MODELS_DIR
     if not models.is_dir():
         return removed
-    cutoff = time.time() - older_than_s
     for project_dir in models.iterdir():
         if not project_dir.is_dir():
             continue
@@ -224,9 +225,17 @@ class PredictorCache:
     """Loaded models per version (least recently used evicted), each behind a `ModelBatcher`."""
 
     def __init__(
-        self, data_dir: Path, *, capacity: int, max_batch: int, wait_s: float, device: str = "auto"
+        self,
+        data_dir: Path,
+        *,
+        storage: Storage,
+        capacity: int,
+        max_batch: int,
+        wait_s: float,
+        device: str = "auto",
     ) -> None:
         self.data_dir = data_dir
+        self.storage = storage
         self.capacity = capacity
         self.max_batch = max_batch
         self.wait_s = wait_s
@@ -257,7 +266,7 @@ class PredictorCache:
     def _load(self, key: str, checksum: str) -> Any:
         from sage.inference import Predictor
 
-        path = verified_model_file(self.data_dir, key, checksum)
+        path = verified_model_file(self.storage, self.data_dir, key, checksum)
         started = time.perf_counter()
         predictor = Predictor.load(path, self.device)
         log.info("loaded model %s in %.2f s", key, time.perf_counter() - started)

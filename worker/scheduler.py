@@ -1,4 +1,5 @@
-"""Beat's schedule and its two periodic jobs: reap runs whose heartbeat went stale, start retraining.
+"""Beat's schedule and its periodic jobs: reap runs whose heartbeat went stale, start retraining,
+sweep stored objects no row uses.
 
 Both jobs are idempotent (conditional updates, at most one queued or running run per project), so
 two beat processes by mistake, or a job delivered twice, do no harm. They expire after one period
@@ -9,12 +10,21 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from typing import Any
 
 from sqlalchemy import select
 
 from app.models import ModelVersion
-from app.queue import PREDICT_QUEUE, TASK_REAP_STALE, TASK_RETRAIN_CHECK
+from app.queue import (
+    PREDICT_QUEUE,
+    TASK_PREDICT_MISSING,
+    TASK_REAP_STALE,
+    TASK_RETRAIN_CHECK,
+    TASK_SWEEP_OBJECTS,
+    TRAIN_QUEUE,
+)
+from app.services import objects
 from app.services import training as runs
 from app.settings import Settings
 from worker import registry
@@ -25,6 +35,9 @@ log = logging.getLogger(__name__)
 # Artifacts and run work folders no row points to are removed once they are this old: far longer
 # than the milliseconds between an artifact's rename and its row's commit.
 ORPHAN_AGE_S = 3600.0
+# Sweeping model objects lists the whole bucket: at most this often per process, not every reap.
+OBJECT_SWEEP_EVERY_S = 3600.0
+_last_object_sweep = 0.0
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -39,7 +52,30 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.retrain_check_interval_s,
             "options": {"queue": PREDICT_QUEUE, "expires": settings.retrain_check_interval_s},
         },
+        "sweep-objects": {
+            "task": TASK_SWEEP_OBJECTS,
+            "schedule": settings.orphan_sweep_interval_s,
+            "options": {"queue": PREDICT_QUEUE, "expires": settings.orphan_sweep_interval_s},
+        },
+        "fresh-predictions": {
+            "task": TASK_PREDICT_MISSING,
+            "schedule": settings.fresh_predictions_interval_s,
+            "options": {"queue": TRAIN_QUEUE, "expires": settings.fresh_predictions_interval_s},
+        },
     }
+
+
+def sweep(ctx: WorkerContext) -> dict[str, Any]:
+    """Remove stored objects no row uses that are older than the grace period (or count them)."""
+    settings = ctx.settings
+    with ctx.session() as session:
+        report = objects.sweep_orphans(
+            session, ctx.storage, settings.orphan_grace_s, dry_run=settings.orphan_sweep_dry_run
+        )
+    objects.write_report(settings.resolved_data_dir, report)
+    if report.orphans:
+        log.warning("orphan sweep: %s", report)
+    return {"orphans": report.orphans, "removed": report.removed, "kept": report.kept}
 
 
 def reap(ctx: WorkerContext, celery: runs.TaskSender) -> dict[str, Any]:
@@ -52,14 +88,22 @@ def reap(ctx: WorkerContext, celery: runs.TaskSender) -> dict[str, Any]:
         }
         session.rollback()
         report = runs.reap_stale_runs(session, ctx.settings, celery)
-        known = set(session.scalars(select(ModelVersion.artifact_key)))
+        known = {
+            (m.artifact_key, m.checksum)
+            for m in session.execute(select(ModelVersion.artifact_key, ModelVersion.checksum))
+        }
     for run_id in report.requeued + report.failed:
         worker_id = before.get(run_id)
         if worker_id:
             shutil.rmtree(
                 data_dir / "runs" / f"run-{run_id}" / worker_id.replace(":", "-"), ignore_errors=True
             )
-    swept = registry.sweep_orphans(data_dir, known, ORPHAN_AGE_S)
+    global _last_object_sweep
+    now = time.monotonic()
+    sweep_objects = now - _last_object_sweep >= OBJECT_SWEEP_EVERY_S or _last_object_sweep == 0.0
+    if sweep_objects:
+        _last_object_sweep = now
+    swept = registry.sweep_orphans(ctx.storage if sweep_objects else None, data_dir, known, ORPHAN_AGE_S)
     if swept:
         log.warning("removed orphaned model artifacts: %s", swept)
     return {"requeued": report.requeued, "failed": report.failed, "resent": report.resent, "swept": swept}

@@ -167,7 +167,7 @@ def _incumbent_on_same_val(ctx: WorkerContext, project_id: int, data_dir: Path) 
         model_id, key, checksum = active.id, active.artifact_key, active.checksum
     try:
         predictor = Predictor.load(
-            registry.verified_model_file(ctx.settings.resolved_data_dir, key, checksum)
+            registry.verified_model_file(ctx.storage, ctx.settings.resolved_data_dir, key, checksum)
         )
         index = read_dataset(data_dir, predictor.labels)
         samples = index.split("val")
@@ -238,7 +238,21 @@ def _train_claimed(
         recorder.record(
             {"phase": "training", "epoch": 0, "epochs": config.epochs, "step": 0, "config": config.to_dict()}
         )
-        metrics = fit(config, data_dir, out_dir, progress=recorder, should_cancel=heartbeat.should_stop)
+        ranks = ctx.settings.train_processes
+        if ranks > 1:  # a multi-GPU worker (--gpus 0,1): DistributedDataParallel, one rank per GPU
+            from sage.distributed import fit_distributed
+
+            metrics = fit_distributed(
+                config,
+                data_dir,
+                out_dir,
+                world_size=ranks,
+                progress=recorder,
+                should_cancel=heartbeat.should_stop,
+                started=lambda pids: log.info("run %s: %s ranks started, pids %s", run_id, ranks, pids),
+            )
+        else:
+            metrics = fit(config, data_dir, out_dir, progress=recorder, should_cancel=heartbeat.should_stop)
     except Cancelled:
         if heartbeat.lost.is_set():
             return {"run_id": run_id, "claimed": True, "status": "lost"}
@@ -259,7 +273,7 @@ def _train_claimed(
     config_dict = config.to_dict()
     try:
         artifact = registry.publish_artifact(
-            ctx.settings.resolved_data_dir,
+            ctx.storage,
             project_id,
             run_id,
             out_dir / registry.MODEL_FILE,
@@ -282,11 +296,11 @@ def _train_claimed(
                 incumbent_on_val=incumbent,
             )
     except Exception as exc:  # noqa: BLE001
-        registry.remove_artifact(ctx.settings.resolved_data_dir, artifact.key)
+        registry.remove_artifact(ctx.storage, ctx.settings.resolved_data_dir, artifact)
         log.exception("run %s: registering the model failed", run_id)
         return _finish(ctx, run_id, worker_id, "failed", error=f"could not register the model: {exc}")
     if registered is None:
-        registry.remove_artifact(ctx.settings.resolved_data_dir, artifact.key)
+        registry.remove_artifact(ctx.storage, ctx.settings.resolved_data_dir, artifact)
         return {"run_id": run_id, "claimed": True, "status": "lost"}
     model, activated = registered
     if activated:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from sqlalchemy import select
 
 from app.deps import (
@@ -33,7 +33,9 @@ from app.schemas import (
 )
 from app.services import browse, reading
 from app.services import images as image_service
+from app.services import models as model_service
 from app.services.errors import Forbidden, Invalid, TooLarge
+from app.storage import CHUNK, LocalStorage
 
 router = APIRouter(tags=["images"])
 
@@ -45,6 +47,17 @@ def check_content_length(request: Request, limit: int) -> None:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise TooLarge(f"the request is {int(length):,} bytes, over the limit of {limit:,}")
+
+
+def spooled(upload: UploadFile, limit: int, what: str):
+    """The upload's file object after checking its size (413 when over `limit`)."""
+    size = upload.size
+    if size is None:
+        upload.file.seek(0, 2)
+        size = upload.file.tell()
+    if size > limit:
+        raise TooLarge(f"{what} is {size:,} bytes, over the limit of {limit:,}; make it smaller")
+    return upload.file
 
 
 def read_upload(upload: UploadFile, limit: int, what: str) -> bytes:
@@ -79,15 +92,20 @@ def upload_images(
         str | None,
         Form(max_length=100, pattern=NoControl, description="patient, subject or device of every file"),
     ] = None,
+    subtype: Annotated[
+        str | None,
+        Form(max_length=100, pattern=NoControl, description="subtype of every file, e.g. an attack type"),
+    ] = None,
 ) -> UploadResult:
     """Upload images (annotators and managers), all or nothing: every file is checked first
     (413 too large, 415 not PNG/JPEG/TIFF/BMP/DICOM by content, 422 corrupt/truncated/too many pixels,
     422 unknown label). Bytes already in the project answer their existing row (`created: false`)."""
     check_content_length(request, settings.max_import_bytes)
     uploads = list(files or []) + ([file] if file is not None else [])
+    # Starlette spooled each file to disk as it streamed (over 1 MiB); the service reads one at a time.
     payload = [
         image_service.UploadedFile(
-            u.filename or "", read_upload(u, settings.max_upload_bytes, f"file {u.filename!r}")
+            u.filename or "", source=spooled(u, settings.max_upload_bytes, f"file {u.filename!r}")
         )
         for u in uploads
     ]
@@ -100,11 +118,14 @@ def upload_images(
         label=label or None,
         split=split or None,
         group=(group or "").strip() or None,
+        subtype=(subtype or "").strip() or None,
         max_pixels=settings.max_image_pixels,
     )
     created = sum(1 for _, c in results if c)
     if not created:
         response.status_code = status.HTTP_200_OK
+    else:
+        model_service.after_images_added(session, request.app.state.celery, project.id)
     return UploadResult(
         images=[UploadedImage(**image_out(img).model_dump(), created=c) for img, c in results],
         created=created,
@@ -206,23 +227,47 @@ def get_image(image: ImageViewer, user: CurrentUser, session: SessionDep) -> Ima
                 "image/bmp": {},
                 "application/dicom": {},
             }
-        }
+        },
+        307: {"description": "S3 storage with SAGE_S3_PRESIGNED_DOWNLOADS: a short-lived presigned URL"},
+        404: {"description": "no such image, or its file is missing from storage"},
     },
 )
-def image_file(image: ImageViewer, storage: StorageDep) -> FileResponse:
-    """The image's bytes exactly as uploaded, with their content type."""
-    path = storage.path(image.storage_key)
-    if not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="the image's file is missing from storage")
-    return FileResponse(
-        path,
-        media_type=media_type(image.format),
-        headers={
-            "Cache-Control": "private, max-age=31536000, immutable",
-            "ETag": f'"{image.sha256}"',
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
+def image_file(image: ImageViewer, storage: StorageDep, settings: SettingsDep) -> Response:
+    """The image's bytes exactly as uploaded, with their content type.
+
+    With S3 storage and SAGE_S3_PRESIGNED_DOWNLOADS the answer is a redirect to a presigned URL of
+    the bucket that expires after SAGE_S3_PRESIGN_TTL_S (issued only after the viewer check);
+    otherwise the bytes are streamed through this process."""
+    kind = media_type(image.format)
+    headers = {
+        "Cache-Control": "private, max-age=31536000, immutable",
+        "ETag": f'"{image.sha256}"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    if settings.s3_presigned_downloads:
+        url = storage.presigned_url(image.storage_key, content_type=kind)
+        if url is not None:
+            return RedirectResponse(
+                url, status.HTTP_307_TEMPORARY_REDIRECT, headers={"Cache-Control": "no-store"}
+            )
+    if isinstance(storage, LocalStorage):
+        path = storage.path(image.storage_key)
+        if not path.is_file():
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail="the image's file is missing from storage")
+        return FileResponse(path, media_type=kind, headers=headers)
+    try:
+        stream = storage.open(image.storage_key)
+    except FileNotFoundError:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail="the image's file is missing from storage"
+        ) from None
+
+    def chunks():
+        with stream:
+            while chunk := stream.read(CHUNK):
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type=kind, headers=headers)
 
 
 @router.get(

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Request, status
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel
 
-from app.deps import MAX_ID, CurrentUser, ProjectViewer, SessionDep, check_project_access
+from app.deps import (
+    MAX_ID,
+    CurrentUser,
+    ProjectViewer,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    check_project_access,
+)
 from app.models import ModelVersion
+from app.schemas import UtcDateTime
 from app.services import models as model_service
+from app.storage import CHUNK, LocalStorage, make_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["models"])
@@ -30,8 +40,8 @@ class ModelOut(BaseModel):
     metrics: dict[str, Any]
     config: dict[str, Any]
     checksum: str
-    created_at: datetime
-    activated_at: datetime | None
+    created_at: UtcDateTime
+    activated_at: UtcDateTime | None
 
 
 def model_out(model: ModelVersion) -> ModelOut:
@@ -57,7 +67,15 @@ def list_models(project: ProjectViewer, session: SessionDep) -> list[ModelOut]:
     return [model_out(m) for m in model_service.list_models(session, project.id)]
 
 
-@router.post("/models/{mid}/activate", response_model=ModelOut)
+@router.post(
+    "/models/{mid}/activate",
+    response_model=ModelOut,
+    responses={
+        403: {"description": "managers only"},
+        404: {"description": "no such model"},
+        409: {"description": "an inverted-saliency sanity check's model is never activated"},
+    },
+)
 def activate_model(mid: ModelId, user: CurrentUser, session: SessionDep, request: Request) -> ModelOut:
     """Make this version the active one (activation by hand under the manual policy, or a rollback).
     The project's images are then predicted with it unless that was already done."""
@@ -77,3 +95,60 @@ def activate_model(mid: ModelId, user: CurrentUser, session: SessionDep, request
         except Exception:  # noqa: BLE001 - activation stands; predictions can be re-triggered
             log.exception("could not enqueue predictions for model %s", model.id)
     return model_out(model)
+
+
+@router.get(
+    "/models/{mid}/weights",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "model.pt (torch.save format)"},
+        307: {"description": "S3 storage with SAGE_S3_PRESIGNED_DOWNLOADS: a short-lived presigned URL"},
+        401: {"description": "not signed in"},
+        403: {"description": "not a manager of the model's project"},
+        404: {"description": "no such model, or its weights are not in the object storage"},
+        422: {"description": "invalid model id"},
+    },
+)
+def model_weights(
+    mid: ModelId, user: CurrentUser, session: SessionDep, storage: StorageDep, settings: SettingsDep
+) -> Response:
+    """Download a model version's weights (managers of its project): `model.pt`, checked by its
+    SHA-256 (`checksum`). With S3 storage and SAGE_S3_PRESIGNED_DOWNLOADS the answer redirects to a
+    presigned URL of the bucket, issued only after the permission check."""
+    model = session.get(ModelVersion, mid)
+    if model is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
+    try:
+        check_project_access(session, user, model.project_id, "manager")
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
+        raise
+    try:
+        key = make_key(model.checksum, ".pt")
+    except ValueError:
+        key = None
+    if key is None or not storage.exists(key):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"the weights of model {mid} are not in the object storage (an artifact of an earlier "
+            "release: `sage-studio storage migrate` copies it there)",
+        )
+    filename = f"project-{model.project_id}-model-v{model.version}.pt"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "ETag": f'"{model.checksum}"'}
+    if settings.s3_presigned_downloads:
+        url = storage.presigned_url(key, content_type="application/octet-stream", filename=filename)
+        if url is not None:
+            return RedirectResponse(
+                url, status.HTTP_307_TEMPORARY_REDIRECT, headers={"Cache-Control": "no-store"}
+            )
+    if isinstance(storage, LocalStorage):
+        return FileResponse(storage.path(key), media_type="application/octet-stream", headers=headers)
+    stream = storage.open(key)
+
+    def chunks():
+        with stream:
+            while chunk := stream.read(CHUNK):
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)

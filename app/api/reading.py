@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -16,6 +16,7 @@ from app.models import Project, User, as_utc
 from app.schemas import API, AnnotationOut, annotation_out
 from app.services import adjudication as adjudication_service
 from app.services import annotations as annotation_service
+from app.services import models as model_service
 from app.services import reading
 from app.services.errors import Forbidden
 
@@ -202,6 +203,7 @@ def get_adjudication(
     responses={201: {"description": "the image's first adjudication"}, **ADJ_ERRORS},
 )
 def put_adjudication(
+    request: Request,
     response: Response,
     image: ImageViewer,
     user: CurrentUser,
@@ -235,6 +237,7 @@ def put_adjudication(
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["ETag"] = f'"{adj.revision}"'
+    model_service.after_consensus_changed(session, request.app.state.celery, image.project_id, image.id)
     return _adjudication_out(session, adj)
 
 

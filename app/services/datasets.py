@@ -30,6 +30,7 @@ import stat
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,10 +45,11 @@ from app.services.errors import Invalid, TooLarge, Unsupported
 from app.services.images import pixel_fields, safe_name
 from app.services.study_io import import_study, study_facts, study_files
 from app.settings import Settings
-from app.storage import Storage
+from app.storage import CHUNK, Storage
 from sage.labels_csv import LABELS_CSV, LabelRow, format_labels_csv, parse_labels_csv
 
 MAX_ERRORS = 100
+SNAPSHOT_THREADS = 8  # concurrent object reads of a dataset snapshot
 MAX_LABELS_CSV_BYTES = 64 * 1024 * 1024
 RATIO_MIN_BYTES = 1024 * 1024  # small members may compress well (a flat mask); don't judge those
 
@@ -324,6 +326,7 @@ def import_dataset(
                     group=row.group,
                     import_label=row.label,
                     label=row.label,
+                    subtype=row.subtype,
                     import_saliency_key=mask_key,
                     uploaded_by_id=user.id if user else None,
                 )
@@ -379,7 +382,7 @@ class DatasetEntry:
     height: int
     saliency_keys: list[str]  # the annotators' current maps; else the imported map, if any
     group: str | None = None  # written to labels.csv when set
-    subtype: str | None = None  # likewise
+    subtype: str | None = None  # Image.subtype (from an imported labels.csv)
     readings: list[Any] = field(default_factory=list)  # app.services.study_io.Reading, per reader
     adjudication: Any = None  # app.services.study_io.AdjudicatedEntry, when adjudicated
 
@@ -442,6 +445,7 @@ def dataset_entries(
                 img.height,
                 keys,
                 group=img.group,
+                subtype=img.subtype,
             )
         )
     readings, adjudicated_entries = study_facts(session, ids)
@@ -550,13 +554,20 @@ def draw_splits(session: Session, project: Project, shares: dict[str, float] | N
 
 
 def write_dataset_folder(
-    session: Session, storage: Storage, project: Project, out_dir: Path, *, only_labelled: bool = True
+    session: Session,
+    storage: Storage,
+    project: Project,
+    out_dir: Path,
+    *,
+    only_labelled: bool = True,
+    study: bool = False,
 ) -> dict[str, Any]:
-    """Write the project's dataset folder (labels.csv, images/, saliency/<stem>.png consensus) to
-    `out_dir` (created; must be empty) and return the lineage
-    {"annotations": {"<annotation id>": revision, ...}, "images": n, "with_saliency": m,
-    "labels": {label: count}}. Image labels: majority of the annotators' current labels, else the
-    import label. Used by the worker to snapshot a training run's data."""
+    """Write the project's dataset folder (labels.csv, images/, saliency/<stem>.png: the adjudicated
+    map, else the readers' mean) to `out_dir` (created; must be empty) and return the lineage
+    {"annotations": {"<annotation id>": revision, ...}, "adjudications": {...}, "images": n,
+    "with_saliency": m, "labels": {label: count}}. Image labels: the adjudicated label, else the
+    majority of the readers' current labels, else the import label. Used by the worker to snapshot
+    a training run's data; `study=True` (exports) adds the readers' readings and adjudications."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
@@ -564,12 +575,21 @@ def write_dataset_folder(
     entries, lineage = dataset_entries(session, project, only_labelled=only_labelled)
     (out_dir / "images").mkdir()
     (out_dir / "saliency").mkdir()
-    for e in entries:
-        shutil.copyfile(storage.path(e.storage_key), out_dir / "images" / e.name)
+
+    def write_entry(e: DatasetEntry) -> None:
+        with storage.open(e.storage_key) as src, open(out_dir / "images" / e.name, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
         png = entry_saliency_png(storage, e)
         if png is not None:
             (out_dir / "saliency" / f"{e.stem}.png").write_bytes(png)
-    for path, data in study_files(storage, entries):
+
+    # Several reads in flight: object storage answers each request in milliseconds, not microseconds.
+    with ThreadPoolExecutor(max_workers=SNAPSHOT_THREADS) as pool:
+        for _ in pool.map(write_entry, entries):
+            pass
+    # The reading-study files (app.services.study_io) for an export; a training snapshot needs
+    # only saliency/, which already holds the adjudicated map where there is one.
+    for path, data in study_files(storage, entries) if study else ():
         (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
         (out_dir / path).write_bytes(data)
     (out_dir / LABELS_CSV).write_bytes(labels_csv(entries))
@@ -614,7 +634,11 @@ def export_zip_stream(
         yield sink.drain()
         for e in entries:
             info = _zip_info(f"{folder}/images/{e.name}")
-            zf.writestr(info, storage.read_bytes(e.storage_key), zipfile.ZIP_STORED)
+            info.compress_type = zipfile.ZIP_STORED
+            with storage.open(e.storage_key) as src, zf.open(info, "w") as dst:
+                while chunk := src.read(CHUNK):  # streamed: one chunk in memory, not the file
+                    dst.write(chunk)
+                    yield sink.drain()
             png = entry_saliency_png(storage, e)
             if png is not None:
                 zf.writestr(_zip_info(f"{folder}/saliency/{e.stem}.png"), png, zipfile.ZIP_STORED)

@@ -7,14 +7,20 @@ both leave a model active.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.models import ModelVersion, Prediction, Project, TrainingRun, utcnow
-from app.queue import TASK_PREDICT_PROJECT
+from app.queue import TASK_PREDICT_MISSING, TASK_PREDICT_PROJECT, TASK_REALIGN
+from app.services.errors import Conflict
 from app.services.training import TaskSender, TrainingError, add_event, finish_run, lock_project
+
+log = logging.getLogger(__name__)
+# TrainingRun.reason of the run an inverted-saliency sanity check trains (app.services.jobs)
+SANITY_CHECK_REASON = "sanity-check"
 
 
 def active_model(session: Session, project_id: int) -> ModelVersion | None:
@@ -110,13 +116,23 @@ def register_model(
     reference = incumbent.metrics if incumbent else None
     if incumbent is not None and incumbent_on_val and incumbent_on_val.get("model_id") == incumbent.id:
         reference = incumbent_on_val
-    activate = project.activation_policy == "auto" and beats(metrics, reference)
+    sanity = run.reason == SANITY_CHECK_REASON  # an inverted-saliency sanity check never serves
+    activate = not sanity and project.activation_policy == "auto" and beats(metrics, reference)
     if activate:
         _activate_locked(session, project.id, model)
     if not finish_run(
-        session, run_id, worker_id, "succeeded", metrics=metrics, model_id=model.id, commit=False
+        session,
+        run_id,
+        worker_id,
+        "succeeded",
+        metrics=metrics,
+        model_id=model.id,
+        commit=False,
+        unless_cancelled=True,
     ):
+        # Reaped, or a cancel arrived while publishing: the cancel wins, nothing is activated.
         session.rollback()
+        finish_run(session, run_id, worker_id, "cancelled", error="cancelled while publishing")
         return None
     add_event(
         session,
@@ -124,7 +140,13 @@ def register_model(
         "log",
         {
             "message": f"model version {version} "
-            + ("activated" if activate else f"kept inactive (policy {project.activation_policy})"),
+            + (
+                "activated"
+                if activate
+                else "kept inactive (the inverted-saliency sanity check)"
+                if sanity
+                else f"kept inactive (policy {project.activation_policy})"
+            ),
             "model_id": model.id,
             "activated": activate,
         },
@@ -134,12 +156,22 @@ def register_model(
 
 
 def activate_model(session: Session, model: ModelVersion) -> ModelVersion:
-    """Make `model` its project's active version (activation by hand, or a rollback)."""
+    """Make `model` its project's active version (activation by hand, or a rollback). A sanity
+    check's model is refused (Conflict): it was trained on inverted maps to be compared, not used."""
+    if is_sanity_check_model(session, model):
+        raise Conflict(
+            f"model version {model.version} is an inverted-saliency sanity check; it is never activated"
+        )
     lock_project(session, model.project_id)
     session.refresh(model)
     _activate_locked(session, model.project_id, model)
     session.commit()
     return model
+
+
+def is_sanity_check_model(session: Session, model: ModelVersion) -> bool:
+    run = session.get(TrainingRun, model.run_id) if model.run_id else None
+    return run is not None and run.reason == SANITY_CHECK_REASON
 
 
 def has_predictions(session: Session, model_id: int) -> bool:
@@ -149,6 +181,44 @@ def has_predictions(session: Session, model_id: int) -> bool:
 def enqueue_project_predictions(celery: TaskSender, model_id: int, after_image_id: int = 0) -> None:
     """Predict every image of the model's project (after the commit that activated it)."""
     celery.send_task(TASK_PREDICT_PROJECT, args=[model_id, after_image_id] if after_image_id else [model_id])
+
+
+def enqueue_fresh_predictions(celery: TaskSender, project_id: int) -> None:
+    """Predict the project's new images with its active model (after the commit that added them).
+    A no-op in the worker when the project has no active model."""
+    celery.send_task(TASK_PREDICT_MISSING, args=[project_id])
+
+
+def enqueue_realign(celery: TaskSender, image_id: int) -> None:
+    """Re-align the active model's prediction of an image whose consensus map changed."""
+    celery.send_task(TASK_REALIGN, args=[image_id])
+
+
+def after_images_added(session: Session, celery: TaskSender, project_id: int) -> bool:
+    """Call after the commit that added images: when the project has an active model, its
+    predictions of them are computed in the background. A broker error is logged, not raised
+    (beat's periodic sweep predicts them later). Returns whether a job was sent."""
+    if active_model(session, project_id) is None:
+        return False
+    try:
+        enqueue_fresh_predictions(celery, project_id)
+    except Exception:  # noqa: BLE001 - the upload stands; the sweep catches up
+        log.exception("could not enqueue predictions of project %s's new images", project_id)
+        return False
+    return True
+
+
+def after_consensus_changed(session: Session, celery: TaskSender, project_id: int, image_id: int) -> bool:
+    """Call after the commit that changed an image's annotations (consensus or adjudicated map):
+    the active model's alignment for it is recomputed in the background."""
+    if active_model(session, project_id) is None:
+        return False
+    try:
+        enqueue_realign(celery, image_id)
+    except Exception:  # noqa: BLE001 - the annotation stands; the sweep catches up
+        log.exception("could not enqueue re-alignment of image %s", image_id)
+        return False
+    return True
 
 
 def require_active_model(session: Session, project_id: int) -> ModelVersion:

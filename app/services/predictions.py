@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Image, Prediction
+from app.models import Adjudication, Annotation, Image, Prediction, utcnow
 
 SORTS = ("uncertainty", "misalignment", "confidence", "image")
 
@@ -44,11 +44,60 @@ def store_prediction(
     row.confidence = float(probabilities.get(label, max(probabilities.values(), default=0.0)))
     row.uncertainty = uncertainty(probabilities)
     row.heatmap_key = heatmap_key
+    set_alignment(row, alignment)
+    return row
+
+
+def set_alignment(row: Prediction, alignment: dict[str, float] | None) -> None:
+    """Store the heatmap's alignment with the consensus map (None: the image has no map)."""
     row.alignment = (
         float(alignment["soft_iou"]) if alignment and alignment.get("soft_iou") is not None else None
     )
     row.alignment_detail = {k: (None if v is None else float(v)) for k, v in (alignment or {}).items()}
-    return row
+    row.aligned_at = utcnow()
+
+
+def images_without_prediction(
+    session: Session, project_id: int, model_id: int, limit: int = 10_000
+) -> list[int]:
+    """Ids of the project's images that have no stored prediction of `model_id` (id order)."""
+    predicted = select(Prediction.image_id).where(Prediction.model_id == model_id)
+    return list(
+        session.scalars(
+            select(Image.id)
+            .where(Image.project_id == project_id, Image.id.not_in(predicted))
+            .order_by(Image.id)
+            .limit(limit)
+        )
+    )
+
+
+def stale_alignments(session: Session, model_id: int, limit: int = 1000) -> list[int]:
+    """Ids of predictions of `model_id` whose image's annotations or adjudication changed after the
+    alignment was computed (the map it is compared with may differ now)."""
+    changed = (
+        select(Annotation.id)
+        .where(
+            Annotation.image_id == Prediction.image_id,
+            (Prediction.aligned_at.is_(None)) | (Annotation.updated_at > Prediction.aligned_at),
+        )
+        .exists()
+    ) | (
+        select(Adjudication.id)
+        .where(
+            Adjudication.image_id == Prediction.image_id,
+            (Prediction.aligned_at.is_(None)) | (Adjudication.updated_at > Prediction.aligned_at),
+        )
+        .exists()
+    )
+    return list(
+        session.scalars(
+            select(Prediction.id)
+            .where(Prediction.model_id == model_id, Prediction.heatmap_key.is_not(None), changed)
+            .order_by(Prediction.id)
+            .limit(limit)
+        )
+    )
 
 
 def prediction_for(session: Session, image_id: int, model_id: int) -> Prediction | None:

@@ -2,6 +2,7 @@
 
 import { api } from "./api.js";
 import { confusionTable, lineChart } from "./charts.js";
+import { showModel } from "./evaluation.js";
 import { describeProgress, followRun, runFraction } from "./training.js";
 import { bootData, el, fmtNum, fmtTime, pct, toast, toastError } from "./ui.js";
 
@@ -128,7 +129,9 @@ async function loadModels() {
   body.replaceChildren(
     ...models.map((m) => {
       const action = el("td");
+      const sanityTwin = m.config?.method === "sage-inverted";
       if (m.active) action.append(el("span", { class: "badge ok", text: "active" }));
+      else if (sanityTwin) action.append(el("span", { class: "badge warn", text: "sanity check", title: "trained on inverted maps; never activated" }));
       else if (canManage) {
         action.append(
           el("button", {
@@ -148,7 +151,7 @@ async function loadModels() {
           }),
         );
       }
-      return el(
+      const row = el(
         "tr",
         { dataset: { modelId: m.id } },
         el("td", {}, el("strong", { text: `v${m.version}` }), el("div", { class: "small muted", text: `${m.config?.method ?? ""} ${m.backbone}` })),
@@ -157,10 +160,23 @@ async function loadModels() {
         el("td", { class: "small", text: fmtTime(m.created_at) }),
         action,
       );
+      action.append(el("button", { class: "btn small", type: "button", text: "Evaluation", dataset: { evaluate: m.id }, onclick: () => showModel($("model-detail"), m, { canManage }).catch(toastError) }));
+      return row;
     }),
   );
   $("models-empty").hidden = models.length > 0;
+  const shown = models.find((m) => m.active) || models[0];
+  if (shown && $("model-detail").hidden) await showModel($("model-detail"), shown, { canManage });
 }
+
+$("repredict")?.addEventListener("click", async () => {
+  try {
+    const answer = await api(`projects/${pid}/predictions/refresh`, { method: "POST" });
+    toast(`Re-predicting every image with model v${answer.model_version}.`, "ok");
+  } catch (err) {
+    toastError(err, "Could not re-predict: ");
+  }
+});
 
 $("train-now")?.addEventListener("click", async () => {
   try {

@@ -108,8 +108,9 @@ def put_annotation(client, headers, iid: int, *, label=None, saliency: bytes | N
 
 
 def stored_objects(settings) -> list:
-    """Every stored object file (staging and temporary files excluded)."""
-    root = settings.resolved_data_dir / "objects"
-    if not root.exists():
-        return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts)
+    """A local path of every stored object (staging and temporary objects excluded), whichever the
+    backend: the file itself in the local folder, a scratch-cache copy for S3."""
+    from app.storage import get_storage
+
+    storage = get_storage(settings)
+    return sorted(storage.path(key) for key in storage.iter_keys())

@@ -140,7 +140,7 @@ def test_bad_rows_are_reported_with_file_and_line_and_nothing_is_imported(client
     assert "8x8 but the image is 16x12" in errors[("saliency/d.png", 5)]
     assert db.scalar(select(func.count()).select_from(Image)) == 0
     assert stored_objects(settings) == []
-    assert not any((settings.resolved_data_dir / "objects" / ".tmp").iterdir())
+    assert not any((settings.resolved_data_dir / "objects" / ".tmp").glob("*")), "no staged file left"
 
 
 @pytest.mark.parametrize(

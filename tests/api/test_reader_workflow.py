@@ -96,7 +96,33 @@ def make_zip_dataset():
     return make
 
 
-def test_migration_0005_turns_stored_all_zero_maps_into_no_map(tmp_path):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_database_url(request, tmp_path):
+    """An empty database with no tables: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    import uuid
+
+    from sqlalchemy import text
+
+    from app.db import make_engine
+    from tests.conftest import POSTGRES_ADMIN_URL, POSTGRES_HOST, POSTGRES_PORT, require_service
+
+    require_service("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    name = f"sage_migrate_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_migration_0005_turns_stored_all_zero_maps_into_no_map(tmp_path, empty_database_url):
     """Populate a database at 0003 with zero and painted maps, upgrade, and read what is left."""
     from alembic import command
 
@@ -104,8 +130,7 @@ def test_migration_0005_turns_stored_all_zero_maps_into_no_map(tmp_path):
     from app.imaging import encode_mask
     from app.settings import Settings
 
-    db = tmp_path / "old.db"
-    url = f"sqlite:///{db}"
+    url = empty_database_url
     settings = Settings(env="test", data_dir=tmp_path / "data", database_url=url, secret_key="k")
     make_engine(url).dispose()
     command.upgrade(alembic_config(url), "0003")
@@ -118,17 +143,17 @@ def test_migration_0005_turns_stored_all_zero_maps_into_no_map(tmp_path):
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO users (id, username, password_hash, is_admin, is_active, created_at) VALUES (1, 'a', 'x', 0, 1, :t), (2, 'b', 'x', 0, 1, :t)"
+                "INSERT INTO users (id, username, password_hash, is_admin, is_active, created_at) VALUES (1, 'a', 'x', :f, :y, :t), (2, 'b', 'x', :f, :y, :t)"
             ),
-            {"t": now},
+            {"t": now, "f": False, "y": True},
         )
         conn.execute(
             sa.text(
                 "INSERT INTO projects (id, name, description, labels, backbone, image_size, training, retrain_enabled,"
                 " retrain_min_new, activation_policy, next_policy, created_at, updated_at)"
-                " VALUES (1, 'p', '', '[\"cat\"]', 'tiny', 64, '{}', 1, 20, 'auto', 'sequential', :t, :t)"
+                " VALUES (1, 'p', '', '[\"cat\"]', 'tiny', 64, '{}', :y, 20, 'auto', 'sequential', :t, :t)"
             ),
-            {"t": now},
+            {"t": now, "y": True},
         )
         for iid in (1, 2):
             conn.execute(
@@ -742,3 +767,28 @@ def test_project_training_options_are_validated_like_a_run(client, team):
     assert r.status_code == 422 and "epochs_typo" in r.json()["detail"]
     r = client.patch(url, headers=h[manager], json={"training": {"method": "ce", "epochs": 2}})
     assert r.status_code == 200 and r.json()["training"] == {"method": "ce", "epochs": 2}
+
+
+def test_the_cli_export_folder_has_the_study_files_and_the_training_snapshot_does_not(
+    client, team, db, settings, tmp_path
+):
+    project, manager, r1, r2, h, ids = team
+    put_annotation(client, h[r1], ids[0], label="cat", saliency=mask_png(value=200))
+    snap = tmp_path / "snap"
+    write_dataset_folder(db, get_storage(settings), db.get(Project, project.id), snap)
+    assert not (snap / "readings.csv").exists() and not (snap / "readers").exists()
+    export = tmp_path / "export"
+    write_dataset_folder(db, get_storage(settings), db.get(Project, project.id), export, study=True)
+    assert (export / "readings.csv").is_file()
+    assert len(list((export / "readers").rglob("*.png"))) == 1
+
+
+def test_retraining_counts_readings_and_adjudications_not_skips(client, team, db):
+    from app.services.training import changed_annotations
+
+    project, manager, r1, r2, h, ids = team
+    client.put(f"/api/v1/images/{ids[0]}/annotation", headers=h[r1], data={"status": "skipped"})
+    assert changed_annotations(db, project.id, None) == 0
+    put_annotation(client, h[r1], ids[1], label="cat")
+    client.put(f"/api/v1/images/{ids[2]}/adjudication", headers=h[manager], data={"label": "dog"})
+    assert changed_annotations(db, project.id, None) == 2

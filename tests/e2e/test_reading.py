@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from tests.e2e.conftest import ADMIN, ANNOTATOR, LABELS, _png, drag, open_painter, shot
+from tests.e2e.conftest import ADMIN, ANNOTATOR, LABELS, OUTSIDER, _png, drag, open_painter, shot
 
 pytestmark = pytest.mark.browser
 _seeds = itertools.count(500)
@@ -92,33 +92,51 @@ def test_skip_unsure_and_flag_from_the_keyboard(new_page, world):
 
 def test_two_readers_in_blind_mode_cannot_see_each_others_maps_before_saving(new_page, world):
     pid, ids = _study(world, "E2E blind", n=2, readers_per_image=2)
+    with world.api(ADMIN) as api:  # a second plain reader
+        api.post(
+            f"/projects/{pid}/members", json={"username": OUTSIDER, "role": "annotator"}
+        ).raise_for_status()
     iid = ids[0]
-    first = new_page(ADMIN)  # the first reader (a manager, who would see everything anyway)
-    reader = new_page(ANNOTATOR)  # the second reader, reading blind
+    first = new_page(ANNOTATOR)
+    second = new_page(OUTSIDER)
     open_painter(first, pid, iid)
     first.keyboard.press("2")
     drag(first, [(40, 60), (280, 60)])
     first.click("#save")
     first.wait_for_selector('#save-state[data-state="saved"]')
-    # the annotator has not read the image: its review page and the others' maps are closed
-    reader.goto(f"/projects/{pid}/review/{iid}")
-    assert "Blind reading" in reader.inner_text("main")
-    shot(reader, "review-blind-403")
-    status = reader.evaluate("async (url) => (await fetch(url)).status", f"/api/v1/images/{iid}/saliency.png")
-    assert status == 403
-    open_painter(reader, pid, iid)
-    # the admin's label is not preselected for the blind reader
-    assert reader.locator('#labels [aria-pressed="true"]').count() == 0
-    reader.keyboard.press("1")
-    drag(reader, [(40, 180), (280, 180)])
-    reader.click("#save")
-    reader.wait_for_selector('#save-state[data-state="saved"]')
-    reader.goto(f"/projects/{pid}/review/{iid}")
-    reader.wait_for_selector("body[data-ready=true]")
-    assert reader.locator(".map-card").count() == 3  # consensus and both readers
-    shot(reader, "review-after-reading")
+    mine = _mine(world, ANNOTATOR, iid)
+    # the second reader has not read the image: the review page and every API view of the first
+    # reader's work are closed
+    second.goto(f"/projects/{pid}/review/{iid}")
+    assert "Blind reading" in second.inner_text("main")
+    shot(second, "review-blind-403")
+    statuses = second.evaluate(
+        """async (urls) => Promise.all(urls.map(async (u) => (await fetch(u)).status))""",
+        [
+            f"/api/v1/images/{iid}/annotations",
+            f"/api/v1/images/{iid}/saliency.png",
+            f"/api/v1/annotations/{mine['id']}/saliency.png",
+            f"/api/v1/annotations/{mine['id']}/revisions",
+            f"/api/v1/projects/{pid}/export",
+        ],
+    )
+    assert statuses == [403, 403, 403, 403, 403]
+    # in the painter, the first reader's label is not preselected and nothing of their map shows
+    open_painter(second, pid, iid)
+    assert second.locator('#labels [aria-pressed="true"]').count() == 0
+    assert second.evaluate("window.sagePainter.hasPaint()") is False
+    second.keyboard.press("1")
+    drag(second, [(40, 180), (280, 180)])
+    second.click("#save")
+    second.wait_for_selector('#save-state[data-state="saved"]')
+    # both have read it now: each sees the other's map
+    for page in (second, first):
+        page.goto(f"/projects/{pid}/review/{iid}")
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.locator(".map-card").count() == 3  # consensus and both readers
+    shot(second, "review-after-reading")
     overview = new_page(ADMIN)
     overview.goto(f"/projects/{pid}")
     cells = [overview.inner_text(f'#coverage td[data-readers="{n}"]') for n in range(3)]
     assert cells == ["1", "0", "1"]
-    assert not reader.js_errors, reader.js_errors
+    assert not second.js_errors and not first.js_errors, (second.js_errors, first.js_errors)

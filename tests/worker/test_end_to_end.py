@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from app.models import ModelVersion, Prediction, TrainingEvent
 from app.queue import TASK_TRAIN
+from app.storage import get_storage
 from tests.worker.conftest import tiny_image, wait_for, wait_run
 
 pytestmark = pytest.mark.slow
@@ -84,9 +85,10 @@ def test_train_activate_predict(world):
 
     models = world.get(f"/api/v1/projects/{world.project_id}/models").json()
     assert len(models) == 1 and models[0]["active"] is True and models[0]["id"] == done["model_id"]
-    model_dir = stack.settings.resolved_data_dir / "models"
-    assert [p.name for p in model_dir.rglob("model.pt")] == ["model.pt"]
-    assert not list(model_dir.rglob(".tmp-*"))
+    with world.session() as s:
+        checksum = s.get(ModelVersion, done["model_id"]).checksum
+    weights = [k for k in get_storage(stack.settings).iter_keys() if k.endswith(".pt")]
+    assert weights == [f"{checksum}.pt"], "one model object, content-addressed, no partial copy"
 
     # After activation every image of the project is predicted and stored.
     def all_predicted():

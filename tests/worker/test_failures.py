@@ -33,6 +33,13 @@ def _make_active_model(world) -> int:
         return model.id
 
 
+def _model_objects(stack) -> list[str]:
+    """Model weights in the object storage (the fake active model above has none)."""
+    from app.storage import get_storage
+
+    return [k for k in get_storage(stack.settings).iter_keys() if k.endswith(".pt")]
+
+
 def _training_steps(world, run_id: int) -> int:
     with world.session() as s:
         return s.scalar(
@@ -69,8 +76,7 @@ def test_killed_worker_run_is_reaped_requeued_and_cancelled(world):
     with world.session() as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 1
         assert s.get(ModelVersion, active_id).active is True
-    models_dir = stack.settings.resolved_data_dir / "models"
-    assert not models_dir.exists() or not list(models_dir.rglob("model.pt")), "no partial artifact"
+    assert _model_objects(stack) == [], "no partial artifact"
 
     # A fresh worker claims it again (the reaper re-sent the job) ...
     stack.worker("train")
@@ -91,9 +97,7 @@ def test_killed_worker_run_is_reaped_requeued_and_cancelled(world):
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 1
         assert s.get(ModelVersion, active_id).active is True
         assert s.get(TrainingRun, run["id"]).worker_id is not None
-    assert not models_dir.exists() or not list(models_dir.rglob("model.pt")), (
-        "no artifact from a cancelled run"
-    )
+    assert _model_objects(stack) == [], "no artifact from a cancelled run"
     # The run's work folders (its data snapshots) are gone: the live one removed by the run, the
     # dead worker's by the reaper.
     wait_for(

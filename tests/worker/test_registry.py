@@ -3,6 +3,7 @@ predict worker's request batching."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -12,50 +13,88 @@ import pytest
 from worker import registry
 
 
-def _publish(tmp_path, run_id=7):
-    model_file = tmp_path / "trained.pt"
-    model_file.write_bytes(b"weights" * 100)
-    return registry.publish_artifact(
-        tmp_path / "data", 3, run_id, model_file, {"epochs": 1}, {"val_accuracy": 0.5}
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path):
+    """The object storage models are published to: the local folder, or a bucket on moto's S3."""
+    from app.settings import Settings
+    from app.storage import LocalStorage, storage_for_url
+
+    if request.param == "local":
+        return LocalStorage(tmp_path / "data" / "objects")
+    url = request.getfixturevalue("s3_storage_url")
+    settings = Settings(
+        env="test", data_dir=tmp_path / "data", s3_endpoint_url=request.getfixturevalue("s3_endpoint")
     )
+    return storage_for_url(url, settings)
 
 
-def test_publish_is_complete_and_verified(tmp_path):
-    artifact = _publish(tmp_path)
+def _publish(storage, tmp_path, run_id=7, payload=None):
+    model_file = tmp_path / f"trained-{run_id}.pt"
+    model_file.write_bytes(payload or b"weights" * 100 + bytes([run_id]))
+    return registry.publish_artifact(storage, 3, run_id, model_file, {"epochs": 1}, {"val_accuracy": 0.5})
+
+
+def test_publish_is_content_addressed_and_verified(storage, tmp_path):
+    artifact = _publish(storage, tmp_path)
+    data = b"weights" * 100 + bytes([7])
     assert artifact.key.startswith("models/project-3/run-7-")
-    assert sorted(p.name for p in artifact.path.iterdir()) == [
-        "config.json",
-        "manifest.json",
-        "metrics.json",
-        "model.pt",
-    ]
-    assert not list(artifact.path.parent.glob(".tmp-*"))
-    path = registry.verified_model_file(tmp_path / "data", artifact.key, artifact.checksum)
-    assert path.read_bytes() == b"weights" * 100
+    assert artifact.checksum == hashlib.sha256(data).hexdigest()
+    assert list(storage.iter_keys()) == [f"{artifact.checksum}.pt"]
+    path = registry.verified_model_file(storage, tmp_path / "data", artifact.key, artifact.checksum)
+    assert path.read_bytes() == data
 
-    path.write_bytes(b"tampered")
+    path.write_bytes(b"tampered")  # the stored file (local) or the scratch copy (S3)
     with pytest.raises(registry.ArtifactError, match="corrupt"):
-        registry.verified_model_file(tmp_path / "data", artifact.key, artifact.checksum)
+        registry.verified_model_file(storage, tmp_path / "data", artifact.key, artifact.checksum)
+    with pytest.raises(registry.ArtifactError, match="missing"):
+        registry.verified_model_file(storage, tmp_path / "data", artifact.key, "1" * 64)
     with pytest.raises(registry.ArtifactError, match="outside"):
         registry.artifact_dir(tmp_path / "data", "models/../../etc")
 
 
-def test_a_failed_copy_leaves_nothing(tmp_path):
+def test_a_legacy_artifact_directory_is_still_read(tmp_path):
+    from app.storage import LocalStorage
+
+    legacy = tmp_path / "data" / "models" / "project-3" / "run-1-abcd"
+    legacy.mkdir(parents=True)
+    (legacy / "model.pt").write_bytes(b"old weights")
+    checksum = hashlib.sha256(b"old weights").hexdigest()
+    storage = LocalStorage(tmp_path / "data" / "objects")
+    path = registry.verified_model_file(storage, tmp_path / "data", "models/project-3/run-1-abcd", checksum)
+    assert path == legacy / "model.pt"
+
+
+def test_a_failed_copy_leaves_nothing(storage, tmp_path):
     with pytest.raises(FileNotFoundError):
-        registry.publish_artifact(tmp_path / "data", 3, 1, tmp_path / "missing.pt", {}, {})
-    assert list((tmp_path / "data" / "models" / "project-3").iterdir()) == []
+        registry.publish_artifact(storage, 3, 1, tmp_path / "missing.pt", {}, {})
+    assert list(storage.iter_keys()) == []
 
 
 def test_sweep_removes_only_old_unreferenced_artifacts(tmp_path):
-    kept, orphan, young = _publish(tmp_path, 1), _publish(tmp_path, 2), _publish(tmp_path, 3)
-    half = tmp_path / "data" / "models" / "project-3" / ".tmp-run-4-dead"
-    half.mkdir()
+    from app.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path / "data" / "objects")
+    kept, orphan, young = (_publish(storage, tmp_path, i) for i in (1, 2, 3))
+    legacy = tmp_path / "data" / "models" / "project-3"
+    (legacy / ".tmp-run-4-dead").mkdir(parents=True)
+    (legacy / "run-5-gone").mkdir()
     old = time.time() - 7200
-    for path in (kept.path, orphan.path, half):
+    for path in (
+        storage.path(kept.object_key),
+        storage.path(orphan.object_key),
+        legacy / ".tmp-run-4-dead",
+        legacy / "run-5-gone",
+    ):
         os.utime(path, (old, old))
-    removed = registry.sweep_orphans(tmp_path / "data", {kept.key}, older_than_s=3600)
-    assert sorted(removed) == sorted([orphan.key, "models/project-3/.tmp-run-4-dead"])
-    assert kept.path.exists() and young.path.exists() and not orphan.path.exists()
+    known = {(kept.key, kept.checksum)}
+    # Without the storage (the reaper lists the bucket only hourly) only legacy folders go.
+    removed = registry.sweep_orphans(None, tmp_path / "data", known, older_than_s=3600)
+    assert sorted(removed) == ["models/project-3/.tmp-run-4-dead", "models/project-3/run-5-gone"]
+    assert storage.exists(orphan.object_key)
+    removed = registry.sweep_orphans(storage, tmp_path / "data", known, older_than_s=3600)
+    assert removed == [orphan.object_key]
+    assert storage.exists(kept.object_key) and storage.exists(young.object_key)
+    assert not storage.exists(orphan.object_key)
 
 
 class SlowPredictor:

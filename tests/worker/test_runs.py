@@ -273,7 +273,9 @@ def test_weights_are_chosen_by_registered_name_never_by_server_path(world, tmp_p
     add_weights(tmp_path / "w.pth", name="mine", backbone="tiny")
     listed = world.client.get("/api/v1/weights", headers=world.headers).json()
     assert [(w["name"], w["backbone"], w["present"]) for w in listed] == [("mine", "tiny", True)]
-    wrong_backbone = world.post(url, json={"training": {"weights": "mine", "backbone": "resnet18"}})
+    wrong_backbone = world.post(
+        url, json={"training": {"weights": "mine", "backbone": "resnet18", "image_size": 224}}
+    )
     assert wrong_backbone.status_code == 422 and "not 'resnet18'" in wrong_backbone.json()["detail"]
     ok = world.post(url, json={"training": {"weights": "mine", "backbone": "tiny"}})
     assert ok.status_code == 202 and ok.json()["options"]["weights"] == "mine"

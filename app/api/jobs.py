@@ -1,0 +1,367 @@
+"""REST API v1: model downloads (export archives), batch predictions, and the jobs behind them.
+
+`GET /models/{mid}/download?format=...` answers the archive (200, application/zip) once it was
+built, else 202 with the export job (poll it, or ask the same URL again); the archive is built by
+a worker (`sage.export_model`) and kept in storage, so the web process never loads torch.
+`POST /projects/{pid}/predict-batch` stores the uploaded zip or files and answers 202 with a job
+whose result (`GET /jobs/{jid}/result`) is a zip laid out like `python -m sage predict`'s output.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from app.deps import (
+    MAX_ID,
+    CurrentUser,
+    ProjectManager,
+    ProjectViewer,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    check_project_access,
+)
+from app.models import Job, ModelVersion, as_utc
+from app.schemas import API
+from app.services import jobs as job_service
+from app.services import models as model_service
+from app.services.errors import Invalid, TooLarge, Unsupported
+
+router = APIRouter(tags=["jobs"])
+
+JobIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
+ModelIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="model version id")]
+ROLE_OF_KIND = {"export": "manager", "sanity_check": "manager", "predict_batch": "viewer"}
+ZIP = {"content": {"application/zip": {}}}
+
+
+class JobOut(BaseModel):
+    id: int
+    project_id: int
+    kind: str  # export | predict_batch | sanity_check
+    status: str  # queued | running | succeeded | failed
+    params: dict[str, Any]
+    progress: dict[str, Any]  # {"done", "total"} while a batch runs
+    result: dict[str, Any]
+    result_sha256: str | None
+    result_url: str | None  # where the result zip is served once the job succeeded
+    poll_url: str
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def job_out(job: Job) -> JobOut:
+    result_url = None
+    if job.status == "succeeded" and job.result_key:
+        if job.kind == "export":
+            result_url = f"{API}/models/{job.params['model_id']}/download?format={job.params['format']}"
+        else:
+            result_url = f"{API}/jobs/{job.id}/result"
+    return JobOut(
+        id=job.id,
+        project_id=job.project_id,
+        kind=job.kind,
+        status=job.status,
+        params={k: v for k, v in (job.params or {}).items() if k != "input_key"},
+        progress=job.progress or {},
+        result=job.result or {},
+        result_sha256=job.result_sha256,
+        result_url=result_url,
+        poll_url=f"{API}/jobs/{job.id}",
+        error=job.error,
+        created_at=as_utc(job.created_at),
+        updated_at=as_utc(job.updated_at),
+    )
+
+
+def _visible_job(session, user, jid: int) -> Job:
+    job = session.get(Job, jid)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {jid}")
+    try:
+        check_project_access(session, user, job.project_id, ROLE_OF_KIND.get(job.kind, "manager"))
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {jid}") from None
+        raise
+    return job
+
+
+def _zip_response(storage, key: str, filename: str, sha256: str | None) -> StreamingResponse:
+    def chunks():
+        with storage.open(key) as fh:
+            while block := fh.read(1 << 20):
+                yield block
+
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if sha256:
+        headers["X-Checksum-SHA256"] = sha256
+    return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
+
+
+@router.get(
+    "/models/{mid}/download",
+    response_class=Response,
+    responses={
+        200: {**ZIP, "description": "the archive: model, model.json, SHA256SUMS"},
+        202: {"model": JobOut, "description": "being built: poll the job or ask again"},
+        403: {"description": "managers only"},
+        404: {"description": "no such model"},
+        409: {"description": "the last export of this format failed (retry=true builds it again)"},
+        422: {"description": "unknown format"},
+    },
+)
+def download_model(
+    mid: ModelIdPath,
+    user: CurrentUser,
+    session: SessionDep,
+    storage: StorageDep,
+    request: Request,
+    format: Annotated[str, Query(pattern="^(torchscript|onnx|state_dict)$")] = "onnx",  # noqa: A002
+    retry: Annotated[bool, Query(description="build again after a failed export")] = False,
+) -> Response:
+    """The model version as a self-contained archive (managers). The first request for a format
+    answers 202 with the export job; once it succeeded the same URL answers the zip."""
+    model = session.get(ModelVersion, mid)
+    if model is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
+    try:
+        check_project_access(session, user, model.project_id, "manager")
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
+        raise
+    job, created = job_service.request_export(session, model, format, user, retry=retry)
+    if job.status == "succeeded" and job.result_key:
+        return _zip_response(
+            storage, job.result_key, job_service.export_filename(model, format), job.result_sha256
+        )
+    session.commit()
+    if created:
+        job_service.enqueue(request.app.state.celery, job)
+    body = job_out(job).model_dump(mode="json")
+    return Response(
+        content=JobOut(**body).model_dump_json(),
+        status_code=status.HTTP_202_ACCEPTED,
+        media_type="application/json",
+        headers={"Retry-After": "2", "Location": body["poll_url"]},
+    )
+
+
+@router.get("/jobs/{jid}", response_model=JobOut, responses={404: {"description": "no such job"}})
+def get_job(jid: JobIdPath, user: CurrentUser, session: SessionDep) -> JobOut:
+    """A job's status and progress; `result_url` once it succeeded."""
+    return job_out(_visible_job(session, user, jid))
+
+
+@router.get(
+    "/jobs/{jid}/result",
+    response_class=Response,
+    responses={200: ZIP, 404: {"description": "no such job"}, 409: {"description": "not finished"}},
+)
+def job_result(jid: JobIdPath, user: CurrentUser, session: SessionDep, storage: StorageDep) -> Response:
+    """The job's result zip (a batch prediction: predictions.csv, heatmaps/, errors.csv)."""
+    job = _visible_job(session, user, jid)
+    if job.status != "succeeded" or not job.result_key:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"job {jid} is {job.status}"
+            + (f": {job.error}" if job.error else "; poll it until it succeeded"),
+        )
+    return _zip_response(storage, job.result_key, f"job-{jid}-{job.kind}.zip", job.result_sha256)
+
+
+def _input_zip(files: list[UploadFile], settings) -> tuple[bytes, int]:
+    """One zip of the inputs: an uploaded zip as it is (checked for zip slip and bombs), or the
+    uploaded image files zipped under their (sanitised, de-duplicated) names."""
+    from app.services.datasets import ZipSource
+    from app.services.images import safe_name
+
+    if len(files) == 1:
+        head = files[0].file.read(4)
+        files[0].file.seek(0)
+        if head[:2] == b"PK":
+            data = files[0].file.read(settings.max_import_bytes + 1)
+            if len(data) > settings.max_import_bytes:
+                raise TooLarge(f"the zip is over the limit of {settings.max_import_bytes:,} bytes")
+            source = ZipSource(io.BytesIO(data), settings)
+            count = sum(
+                1
+                for n in source.names()
+                if n.rsplit(".", 1)[-1].lower() in ("png", "jpg", "jpeg", "tif", "tiff", "bmp")
+            )
+            if not count:
+                raise Invalid("the zip holds no images (png, jpeg, tiff, bmp)")
+            return data, count
+    buf = io.BytesIO()
+    used: set[str] = set()
+    total = 0
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for i, upload in enumerate(files):
+            data = upload.file.read(settings.max_upload_bytes + 1)
+            if len(data) > settings.max_upload_bytes:
+                raise TooLarge(
+                    f"{upload.filename or f'file {i + 1}'} is over {settings.max_upload_bytes:,} bytes"
+                )
+            if data[:2] == b"PK":
+                raise Unsupported("send one zip, or image files; not a zip among several files")
+            total += len(data)
+            if total > settings.max_import_bytes:
+                raise TooLarge(
+                    f"the files are over the limit of {settings.max_import_bytes:,} bytes together"
+                )
+            name = safe_name(upload.filename) or f"image-{i + 1}.png"
+            stem, dot, suffix = name.rpartition(".")
+            candidate, n = name, 1
+            while candidate in used:
+                n += 1
+                candidate = f"{stem}-{n}.{suffix}" if dot else f"{name}-{n}"
+            used.add(candidate)
+            zf.writestr(candidate, data)
+    return buf.getvalue(), len(files)
+
+
+@router.post(
+    "/projects/{pid}/predict-batch",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        404: {"description": "no such project"},
+        409: {"description": "no active model"},
+        413: {"description": "too large"},
+        415: {"description": "a zip among several files"},
+        422: {"description": "no images, or a broken zip"},
+    },
+)
+def predict_batch(
+    project: ProjectViewer,
+    user: CurrentUser,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    request: Request,
+    files: Annotated[list[UploadFile], File(description="one zip of images, or several image files")],
+    heatmaps: Annotated[bool, Form(description="also write heatmaps/<name>.png")] = False,
+) -> JobOut:
+    """Predict many images with the active model in one job; poll `poll_url`, then fetch
+    `result_url` (a zip: predictions.csv, heatmaps/ at each image's size, errors.csv)."""
+    model = model_service.require_active_model(session, project.id)
+    if not files:
+        raise Invalid("send one zip or at least one image file")
+    data, count = _input_zip(files, settings)
+    key = storage.put_bytes(data, ".zip")
+    job = job_service.create_job(
+        session,
+        project.id,
+        "predict_batch",
+        {
+            "model_id": model.id,
+            "model_version": model.version,
+            "input_key": key,
+            "heatmaps": heatmaps,
+            "images": count,
+        },  # fmt: skip
+        user,
+    )
+    session.commit()
+    job_service.enqueue(request.app.state.celery, job)
+    return job_out(job)
+
+
+class RepredictOut(BaseModel):
+    project_id: int
+    model_id: int
+    model_version: int
+    status: str  # queued
+
+
+@router.post(
+    "/projects/{pid}/predictions/refresh",
+    response_model=RepredictOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        403: {"description": "managers only"},
+        404: {"description": "no such project"},
+        409: {"description": "no active model"},
+    },
+)
+def repredict_all(project: ProjectManager, session: SessionDep, request: Request) -> RepredictOut:
+    """Re-predict every image of the project with its active model (managers), e.g. after the
+    images or the heatmap code changed; stored predictions are replaced image by image."""
+    model = model_service.require_active_model(session, project.id)
+    model_service.enqueue_project_predictions(request.app.state.celery, model.id)
+    return RepredictOut(
+        project_id=project.id, model_id=model.id, model_version=model.version, status="queued"
+    )
+
+
+class SanityCheckOut(BaseModel):
+    job_id: int
+    model_id: int
+    run_id: int | None
+    status: str  # the training run's: queued | running | succeeded | failed | cancelled
+    progress: dict[str, Any]
+    error: str | None
+    inverted_model_id: int | None  # the version trained on inverted maps (never activated)
+    original: dict[str, Any]  # val/test accuracy, val loss, AUROC, EER, alignment
+    inverted: dict[str, Any]
+    comparison: dict[str, Any] | None  # {metric, original, inverted, drop, maps_matter, reading}
+
+
+def _model_for(session, user, mid: int, role: str) -> ModelVersion:
+    model = session.get(ModelVersion, mid)
+    if model is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
+    try:
+        check_project_access(session, user, model.project_id, role)
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
+        raise
+    return model
+
+
+@router.post(
+    "/models/{mid}/sanity-check",
+    response_model=SanityCheckOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        403: {"description": "managers only"},
+        404: {"description": "no such model"},
+        409: {"description": "a training run is already queued or running"},
+        422: {"description": "the model's method has no inverted variant (only sage has)"},
+    },
+)
+def start_sanity_check(
+    mid: ModelIdPath, user: CurrentUser, session: SessionDep, request: Request
+) -> SanityCheckOut:
+    """Train this model's configuration again with inverted saliency maps (managers); the result is
+    never activated and is shown beside the model with a one-line reading."""
+    from app.services.training import enqueue_run
+
+    model = _model_for(session, user, mid, "manager")
+    _, run_id = job_service.start_sanity_check(session, model, user)
+    enqueue_run(request.app.state.celery, run_id)
+    return SanityCheckOut(**job_service.sanity_report(session, model))
+
+
+@router.get(
+    "/models/{mid}/sanity-check",
+    response_model=SanityCheckOut,
+    responses={404: {"description": "no such model, or no sanity check of it yet"}},
+)
+def get_sanity_check(mid: ModelIdPath, user: CurrentUser, session: SessionDep) -> SanityCheckOut:
+    """The latest sanity check of this model: status, both results side by side and the reading."""
+    model = _model_for(session, user, mid, "viewer")
+    report = job_service.sanity_report(session, model)
+    if report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"model {mid} has no sanity check yet")
+    return SanityCheckOut(**report)

@@ -1,0 +1,392 @@
+"""Background jobs a user asks for and polls: model exports, batch predictions, sanity checks.
+
+A `Job` row is created and committed by the web process, then its id is sent to a worker by task
+name (inputs travel by storage key inside the row, never inside the message). The worker claims
+it, reports progress on the row and finishes it with a content-addressed `result_key` in storage.
+
+Exports are cached: one succeeded export per (model version, format) is kept and served again;
+the archive's bytes never change for a model version, so the first request builds it (202 + the
+job) and every later one streams it at once. A model version's artifact is immutable, so the
+cache never goes stale.
+
+The export body (`build_export`) lives here rather than in the worker so the `sage-studio model
+export` command can run it in-process; it imports torch (through `sage.export`) only when called,
+never at import time, so the web process stays torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.models import Job, ModelVersion, Project, TrainingRun, User, utcnow
+from app.queue import TASK_EXPORT_MODEL, TASK_PREDICT_BATCH, TASK_SANITY_CHECK
+from app.services.errors import Conflict, Invalid, NotFound
+from app.services.models import SANITY_CHECK_REASON
+from app.services.training import TaskSender, create_or_join_run
+from app.storage import Storage
+
+EXPORT_FORMATS = ("torchscript", "onnx", "state_dict")
+KINDS = ("export", "predict_batch", "sanity_check")
+TASK_OF_KIND = {
+    "export": TASK_EXPORT_MODEL,
+    "predict_batch": TASK_PREDICT_BATCH,
+    "sanity_check": TASK_SANITY_CHECK,
+}
+# A queued or running job whose row has not moved for this long is sent again on the next request
+# (its worker died; every job body is idempotent).
+STALE_AFTER = timedelta(minutes=15)
+
+
+def create_job(
+    session: Session, project_id: int, kind: str, params: dict[str, Any], user: User | None
+) -> Job:
+    if kind not in KINDS:
+        raise ValueError(f"unknown job kind {kind!r}")
+    job = Job(
+        project_id=project_id,
+        kind=kind,
+        status="queued",
+        params=params,
+        progress={},
+        result={},
+        created_by_id=user.id if user else None,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def enqueue(celery: TaskSender, job: Job) -> None:
+    """Send the job to its worker (after the commit that created it)."""
+    celery.send_task(TASK_OF_KIND[job.kind], args=[job.id])
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def is_stale(job: Job) -> bool:
+    from app.models import as_utc
+
+    return job.status in ("queued", "running") and utcnow() - as_utc(job.updated_at) > STALE_AFTER
+
+
+# --- worker side -------------------------------------------------------------------------------------
+
+
+def claim(session: Session, job_id: int) -> Job | None:
+    """Mark the job running; None when it is already finished (a duplicate delivery) or gone."""
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        .values(status="running", updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if done.rowcount != 1:
+        return None
+    return session.get(Job, job_id)
+
+
+def report_progress(session: Session, job_id: int, progress: dict[str, Any]) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(progress=progress, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def finish(
+    session: Session,
+    job_id: int,
+    status: str,
+    *,
+    result: dict[str, Any] | None = None,
+    result_key: str | None = None,
+    result_sha256: str | None = None,
+    error: str | None = None,
+) -> None:
+    job = session.get(Job, job_id)
+    if job is None:
+        return
+    job.status = status
+    job.result = result or {}
+    job.result_key = result_key
+    job.result_sha256 = result_sha256
+    job.error = error
+    if status == "succeeded":
+        job.progress = {**(job.progress or {}), "done": True}
+    session.commit()
+
+
+# --- exports --------------------------------------------------------------------------------------
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in EXPORT_FORMATS:
+        raise Invalid(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    return fmt
+
+
+def latest_export(session: Session, model: ModelVersion, fmt: str) -> Job | None:
+    """The newest export job of this model version and format (any status)."""
+    jobs = session.scalars(
+        select(Job).where(Job.kind == "export", Job.project_id == model.project_id).order_by(Job.id.desc())
+    )
+    for job in jobs:
+        if job.params.get("model_id") == model.id and job.params.get("format") == fmt:
+            return job
+    return None
+
+
+def input_still_needed(session: Session, job: Job) -> bool:
+    """Whether another unfinished job reads the same stored input (storage is content-addressed,
+    so two identical uploads share one object)."""
+    key = (job.params or {}).get("input_key")
+    others = session.scalars(
+        select(Job).where(
+            Job.project_id == job.project_id, Job.id != job.id, Job.status.in_(("queued", "running"))
+        )
+    )
+    return any((o.params or {}).get("input_key") == key for o in others)
+
+
+def request_export(
+    session: Session, model: ModelVersion, fmt: str, user: User | None, *, retry: bool = False
+) -> tuple[Job, bool]:
+    """The export job of (model, format): the existing one, or a new one when there is none, the
+    last failed and `retry` is set, or the last is stale. Returns (job, created); the caller
+    commits and enqueues a created job."""
+    check_format(fmt)
+    job = latest_export(session, model, fmt)
+    if job is not None and job.status == "failed" and not retry:
+        raise Conflict(
+            f"exporting model version {model.version} as {fmt} failed: {job.error}; "
+            "request it again with retry=true"
+        )
+    if job is not None and job.status != "failed" and not is_stale(job):
+        return job, False
+    if job is not None and job.status != "failed":  # stale: the worker died; supersede it
+        job.status, job.error = "failed", "abandoned: no worker finished it"
+    return create_job(session, model.project_id, "export", {"model_id": model.id, "format": fmt}, user), True
+
+
+def lineage_summary(session: Session, model: ModelVersion) -> dict[str, Any]:
+    """What model.json says about where the model came from."""
+    run = session.get(TrainingRun, model.run_id) if model.run_id else None
+    project = session.get(Project, model.project_id)
+    lineage = (run.lineage if run else None) or {}
+    annotations = lineage.get("annotations")
+    return {
+        "project_id": model.project_id,
+        "project": project.name if project else None,
+        "model_id": model.id,
+        "model_version": model.version,
+        "model_checksum": model.checksum,
+        "run_id": model.run_id,
+        "created_at": model.created_at.isoformat() if model.created_at else None,
+        "snapshot_at": lineage.get("snapshot_at"),
+        "annotations": len(annotations) if isinstance(annotations, list | dict) else annotations,
+        "images": lineage.get("images"),
+        "with_saliency": lineage.get("with_saliency"),
+        "label_counts": lineage.get("labels"),
+    }
+
+
+def verified_artifact(data_dir: Path, model: ModelVersion, storage: Storage | None = None) -> Path:
+    """The model.pt of a model version, checked against its recorded SHA-256: the object
+    `<sha256>.pt` in `storage` (downloaded to the scratch cache for S3), else a legacy artifact
+    directory under `data_dir/models`."""
+    object_key = f"{model.checksum}.pt"
+    if storage is not None and storage.exists(object_key):
+        path = storage.path(object_key)
+    else:
+        root = (data_dir / "models").resolve()
+        path = (data_dir / model.artifact_key / "model.pt").resolve()
+        if root not in path.parents:
+            raise Invalid(f"model {model.id}: artifact key {model.artifact_key!r} is outside the registry")
+    if not path.is_file():
+        raise Conflict(
+            f"model {model.id}: no stored weights match its recorded SHA-256 {model.checksum[:12]}... "
+            "(neither in the object storage nor as a legacy artifact); re-train or export another version"
+        )
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != model.checksum:
+        raise Conflict(f"model artifact {path} does not match its recorded SHA-256; re-train this version")
+    return path
+
+
+def write_export(
+    session: Session, data_dir: Path, model: ModelVersion, fmt: str, out: Path, storage: Storage | None = None
+) -> dict[str, Any]:
+    """Write the archive of a model version to `out` (sage.export); returns its model card with
+    `archive_sha256` and `archive_bytes`."""
+    from sage.export import export_archive
+
+    check_format(fmt)
+    model_file = verified_artifact(data_dir, model, storage)
+    extra = {"lineage": lineage_summary(session, model), "model_version": model.version}
+    return export_archive(model_file, out, fmt, extra=extra)
+
+
+def build_export(session: Session, storage, data_dir: Path, model: ModelVersion, fmt: str) -> dict[str, Any]:
+    """Write the archive and keep it in storage; returns {key, sha256, bytes, card}."""
+    with tempfile.TemporaryDirectory(prefix="sage-export-") as tmp:
+        out = Path(tmp) / "model.zip"
+        card = write_export(session, data_dir, model, fmt, out, storage)
+        data = out.read_bytes()
+    key = storage.put_bytes(data, ".zip")
+    return {"key": key, "sha256": card["archive_sha256"], "bytes": len(data), "card": card}
+
+
+def export_filename(model: ModelVersion, fmt: str) -> str:
+    return f"project-{model.project_id}-model-v{model.version}-{fmt}.zip"
+
+
+# --- the inverted-saliency sanity check ----------------------------------------------------------
+
+# The reading says "the maps matter" when training on inverted maps costs at least this much
+# accuracy (the benchmark's own bar: sage-inverted within 5 points of ce fails it, bench/ml.md).
+SANITY_MARGIN = 0.05
+
+
+def start_sanity_check(session: Session, model: ModelVersion, user: User | None) -> tuple[Job, int]:
+    """Train the model's configuration again with its saliency maps inverted (S -> 1 - S, method
+    sage-inverted) on the project's current data; the resulting version is never activated.
+    Returns (the job, the run id to enqueue); commits."""
+    method = (model.config or {}).get("method")
+    if method != "sage":
+        raise Invalid(
+            f"the sanity check trains SAGE with inverted maps; model version {model.version} was trained "
+            f"with {method!r}, which has no inverted variant"
+        )
+    project = session.get(Project, model.project_id)
+    # the options the model's run was given (the full config also holds values only the worker
+    # sets, such as resolved paths), with the maps inverted
+    run = session.get(TrainingRun, model.run_id) if model.run_id else None
+    given = (
+        dict(run.options or {})
+        if run is not None
+        else {k: v for k, v in (model.config or {}).items() if v is not None}
+    )
+    options = {**given, "method": "sage-inverted"}
+    request = create_or_join_run(session, project, user, options, reason=SANITY_CHECK_REASON)
+    if not request.created:
+        raise Conflict(
+            f"training run {request.run.id} is {request.run.status}; start the sanity check when it has finished"
+        )
+    job = create_job(
+        session, project.id, "sanity_check", {"model_id": model.id, "run_id": request.run.id}, user
+    )
+    session.commit()
+    return job, request.run.id
+
+
+def latest_sanity_check(session: Session, model_id: int, project_id: int) -> Job | None:
+    for job in session.scalars(
+        select(Job).where(Job.project_id == project_id, Job.kind == "sanity_check").order_by(Job.id.desc())
+    ):
+        if job.params.get("model_id") == model_id:
+            return job
+    return None
+
+
+def _score(metrics: dict[str, Any]) -> tuple[str, float | None]:
+    for key in ("test_accuracy", "val_accuracy"):
+        if metrics.get(key) is not None:
+            return key, float(metrics[key])
+    return "val_accuracy", None
+
+
+def sanity_reading(original: dict[str, Any], inverted: dict[str, Any]) -> dict[str, Any]:
+    """Compare the model with its inverted-maps twin on the same metric (test accuracy when both
+    have it, else validation accuracy): {metric, original, inverted, drop, maps_matter, reading}."""
+    key, a = _score(original)
+    key_b, b = _score(inverted)
+    if key != key_b:
+        key, a, b = "val_accuracy", original.get("val_accuracy"), inverted.get("val_accuracy")
+    if a is None or b is None:
+        return {"metric": key, "original": a, "inverted": b, "drop": None, "maps_matter": None,
+                "reading": "not comparable: a metric is missing"}  # fmt: skip
+    drop = a - b
+    name = key.replace("_", " ")
+    auc_a, auc_b = metrics_summary(original)["auroc"], metrics_summary(inverted)["auroc"]
+    auc_drop = auc_a - auc_b if auc_a is not None and auc_b is not None else None
+    if drop >= SANITY_MARGIN:
+        matter, reading = True, f"The maps matter: with inverted maps {name} falls from {a:.1%} to {b:.1%}."
+    elif auc_drop is not None and auc_drop >= SANITY_MARGIN:  # same accuracy, worse ranking
+        matter = True
+        reading = (
+            f"The maps matter: with inverted maps AUROC falls from {auc_a:.3f} to {auc_b:.3f} "
+            f"({name} {b:.1%} against {a:.1%})."
+        )
+    else:
+        matter = False
+        reading = (
+            f"They do not: with inverted maps {name} is {b:.1%} against {a:.1%}; the model may not "
+            "rely on the annotated regions."
+        )
+    return {"metric": key, "original": a, "inverted": b, "drop": drop, "auroc_drop": auc_drop,
+            "maps_matter": matter, "reading": reading}  # fmt: skip
+
+
+def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers shown side by side: accuracies, validation loss, AUROC, EER, alignment."""
+    roc = metrics.get("roc") or {}
+    pad = metrics.get("pad") or {}
+    split = "test" if "test" in roc else "val"
+    return {
+        "val_accuracy": metrics.get("val_accuracy"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "val_loss": metrics.get("val_loss"),
+        "auroc": (roc.get(split) or {}).get("auroc"),
+        "eer": ((pad.get("test") or pad.get("val") or {}).get("eer") or {}).get("eer"),
+        "alignment": ((metrics.get("val") or {}).get("alignment") or {}).get("soft_iou"),
+    }
+
+
+def sanity_report(session: Session, model: ModelVersion) -> dict[str, Any] | None:
+    """The latest sanity check of a model: the run's status, the inverted version and the reading."""
+    job = latest_sanity_check(session, model.id, model.project_id)
+    if job is None:
+        return None
+    run = session.get(TrainingRun, job.params.get("run_id"))
+    status = run.status if run else "failed"
+    out: dict[str, Any] = {
+        "job_id": job.id,
+        "model_id": model.id,
+        "run_id": job.params.get("run_id"),
+        "status": status,
+        "progress": (run.progress if run else {}) or {},
+        "error": run.error if run else "the run was deleted",
+        "inverted_model_id": None,
+        "original": metrics_summary(model.metrics or {}),
+        "inverted": {},
+        "comparison": None,
+    }
+    if run is not None and run.model_id:
+        twin = session.get(ModelVersion, run.model_id)
+        if twin is not None:
+            out["inverted_model_id"] = twin.id
+            out["inverted"] = metrics_summary(twin.metrics or {})
+            out["comparison"] = sanity_reading(model.metrics or {}, twin.metrics or {})
+    job_status = {"queued": "queued", "running": "running", "succeeded": "succeeded"}.get(status, "failed")
+    if job.status != job_status:
+        job.status = job_status
+        session.commit()
+    return out

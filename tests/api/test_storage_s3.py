@@ -1,0 +1,114 @@
+"""The REST API on S3 storage (a real moto server): image files are streamed from the bucket, or
+answered with a short-lived presigned URL that only a project member can obtain."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.api.conftest import noise_png, upload
+
+
+@pytest.fixture
+def settings(database_url, tmp_path, s3_storage_url, s3_endpoint):
+    from app.settings import Settings
+
+    return Settings(
+        env="test",
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        secret_key="test-secret-key",
+        storage_url=s3_storage_url,
+        s3_endpoint_url=s3_endpoint,
+        s3_presign_ttl_s=120,
+    )
+
+
+def _setup(client, make_user, make_project, auth_headers):
+    owner = make_user()
+    project = make_project(owner)
+    h = auth_headers(owner)
+    data = noise_png(seed=21, fmt="JPEG")
+    iid = upload(client, h, project.id, [("x.jpg", data)]).json()["images"][0]["id"]
+    return h, iid, data
+
+
+def test_image_file_streams_from_the_bucket(
+    client, make_user, make_project, auth_headers, settings, tmp_path
+):
+    h, iid, data = _setup(client, make_user, make_project, auth_headers)
+    r = client.get(f"/api/v1/images/{iid}/file", headers=h)
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["content-type"] == "image/jpeg" and r.headers["x-content-type-options"] == "nosniff"
+    assert not list((tmp_path / "data").rglob("*.jpg")), "the web process keeps no copy on disk"
+
+
+def test_presigned_download_only_after_the_permission_check(
+    client, app, make_user, make_project, auth_headers, settings
+):
+    app.state.settings = settings.model_copy(update={"s3_presigned_downloads": True})
+    h, iid, data = _setup(client, make_user, make_project, auth_headers)
+    r = client.get(f"/api/v1/images/{iid}/file", headers=h, follow_redirects=False)
+    assert r.status_code == 307 and r.headers["cache-control"] == "no-store"
+    url = r.headers["location"]
+    assert url.startswith(settings.s3_endpoint_url) and "Signature=" in url
+    fetched = httpx.get(url)
+    assert fetched.status_code == 200 and fetched.content == data
+    assert fetched.headers["content-type"] == "image/jpeg"
+
+    stranger = make_user()
+    r = client.get(f"/api/v1/images/{iid}/file", headers=auth_headers(stranger), follow_redirects=False)
+    assert r.status_code == 404 and "location" not in r.headers
+    r = client.get(f"/api/v1/images/{iid}/file", follow_redirects=False)
+    assert r.status_code == 401 and "location" not in r.headers
+
+
+def _model(db, project, storage, data: bytes):
+    from app.models import ModelVersion
+
+    key = storage.put_bytes(data, ".pt")
+    model = ModelVersion(
+        project_id=project.id, version=1, artifact_key=f"models/project-{project.id}/run-1-abc", checksum=key[:64],
+        backbone="tiny", labels=["cat", "dog"], metrics={}, active=True,
+    )  # fmt: skip
+    db.add(model)
+    db.commit()
+    return model
+
+
+def test_model_weights_download_for_managers_only(
+    client, app, make_user, make_project, auth_headers, settings, db
+):
+    from app.storage import get_storage
+
+    owner, viewer, stranger = make_user(), make_user(), make_user()
+    project = make_project(owner, members={viewer: "viewer"})
+    model = _model(db, project, get_storage(settings), b"trained weights" * 1000)
+    url = f"/api/v1/models/{model.id}/weights"
+    r = client.get(url, headers=auth_headers(owner))
+    assert r.status_code == 200 and r.content == b"trained weights" * 1000
+    assert r.headers["content-disposition"] == f'attachment; filename="project-{project.id}-model-v1.pt"'
+    assert client.get(url, headers=auth_headers(viewer)).status_code == 403
+    assert client.get(url, headers=auth_headers(stranger)).json() == {"detail": f"no model {model.id}"}
+
+    app.state.settings = settings.model_copy(update={"s3_presigned_downloads": True})
+    r = client.get(url, headers=auth_headers(owner), follow_redirects=False)
+    assert r.status_code == 307
+    fetched = httpx.get(r.headers["location"])
+    assert fetched.status_code == 200 and fetched.content == b"trained weights" * 1000
+    assert "project-" in fetched.headers["content-disposition"]
+    r = client.get(url, headers=auth_headers(viewer), follow_redirects=False)
+    assert r.status_code == 403 and "location" not in r.headers
+
+    get_storage(settings).delete(f"{model.checksum}.pt")
+    r = client.get(url, headers=auth_headers(owner), follow_redirects=False)
+    assert r.status_code == 404 and "storage migrate" in r.json()["detail"]
+
+    # The local folder backend answers the file itself.
+    from app.storage import LocalStorage
+
+    local = LocalStorage(settings.resolved_data_dir / "local-objects")
+    local.put_bytes(b"trained weights" * 1000, ".pt")
+    app.state.storage = local
+    r = client.get(url, headers=auth_headers(owner), follow_redirects=False)
+    assert r.status_code == 200 and r.content == b"trained weights" * 1000

@@ -1,0 +1,150 @@
+"""Job bodies: a model export and a batch prediction (see app.services.jobs for the job rows).
+
+Both are idempotent: a redelivered job rebuilds the same result (the archive's bytes are
+deterministic and storage is content-addressed), and a job already finished is not run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from app.imaging import ImageError, decode_image
+from app.models import Job, ModelVersion
+from app.services import jobs as job_service
+from worker import registry
+from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 0.5
+
+
+def export_model(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
+    """Body of `sage.export_model`: build and store the archive of params model_id + format."""
+    with ctx.session() as session:
+        job = job_service.claim(session, job_id)
+        if job is None:
+            return {"job_id": job_id, "status": "not claimed"}
+        params = dict(job.params)
+        try:
+            model = session.get(ModelVersion, params["model_id"])
+            if model is None:
+                raise ValueError(f"model {params['model_id']} was deleted")
+            built = job_service.build_export(
+                session, ctx.storage, ctx.settings.resolved_data_dir, model, params["format"]
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure fails the job, with the reason shown
+            log.exception("export job %s failed", job_id)
+            session.rollback()
+            job_service.finish(session, job_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+            return {"job_id": job_id, "status": "failed"}
+        job_service.finish(
+            session,
+            job_id,
+            "succeeded",
+            result={"bytes": built["bytes"], "format": params["format"], "model_id": params["model_id"]},
+            result_key=built["key"],
+            result_sha256=built["sha256"],
+        )
+    return {"job_id": job_id, "status": "succeeded"}
+
+
+def _decode(max_pixels: int):
+    def decode(data: bytes):
+        try:
+            return decode_image(data, max_pixels=max_pixels, what="the image")
+        except ImageError as exc:  # the batch writer lists ValueErrors in errors.csv and goes on
+            raise ValueError(exc.detail) from None
+
+    return decode
+
+
+def _drop_input(ctx: WorkerContext, job_id: int, key: str) -> None:
+    """The uploaded images are not kept once their job has run (unless another job reads them)."""
+    with ctx.session() as session:
+        job = session.get(Job, job_id)
+        if job is not None and job_service.input_still_needed(session, job):
+            return
+    with contextlib.suppress(Exception):
+        ctx.storage.delete(key)
+
+
+def predict_batch(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
+    """Body of `sage.predict_batch`: predict every image of the stored input zip with the model
+    version in params and store the result zip (predictions.csv, heatmaps/, errors.csv)."""
+    from sage.batch import iter_inputs, load_model
+    from sage.batch import predict_batch as run_batch
+
+    with ctx.session() as session:
+        job = job_service.claim(session, job_id)
+        if job is None:
+            return {"job_id": job_id, "status": "not claimed"}
+        params = dict(job.params)
+        model = session.get(ModelVersion, params["model_id"])
+        key, checksum = (model.artifact_key, model.checksum) if model else (None, None)
+        session.rollback()
+    try:
+        if key is None:
+            raise ValueError(f"model {params['model_id']} was deleted")
+        model_file = registry.verified_model_file(ctx.storage, ctx.settings.resolved_data_dir, key, checksum)
+        predictor = load_model(model_file, device="auto")
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done < total and now - last[0] < PROGRESS_EVERY_S:
+                return
+            last[0] = now
+            with ctx.session() as s:
+                job_service.report_progress(s, job_id, {"done": done, "total": total})
+
+        with tempfile.TemporaryDirectory(prefix="sage-batch-") as tmp:
+            source = Path(tmp) / "input.zip"
+            source.write_bytes(ctx.storage.read_bytes(params["input_key"]))
+            inputs = iter_inputs(source)
+            out = Path(tmp) / "out"
+            result = run_batch(
+                predictor,
+                inputs,
+                out,
+                heatmaps=bool(params.get("heatmaps")),
+                decode=_decode(ctx.settings.max_image_pixels),
+                progress=progress,
+            )
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for path in sorted(out.rglob("*")):
+                    if path.is_file():
+                        zf.write(path, path.relative_to(out).as_posix())
+            data = buf.getvalue()
+        result_key = ctx.storage.put_bytes(data, ".zip")
+    except Exception as exc:  # noqa: BLE001 - any failure fails the job, with the reason shown
+        log.exception("batch prediction job %s failed", job_id)
+        _drop_input(ctx, job_id, params["input_key"])
+        with ctx.session() as session:
+            job_service.finish(session, job_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        return {"job_id": job_id, "status": "failed"}
+
+    _drop_input(ctx, job_id, params["input_key"])
+    with ctx.session() as session:
+        job_service.finish(
+            session,
+            job_id,
+            "succeeded",
+            result={
+                "predicted": result.predicted,
+                "failed": len(result.failed),
+                "bytes": len(data),
+                "labels": result.labels,
+            },  # fmt: skip
+            result_key=result_key,
+            result_sha256=hashlib.sha256(data).hexdigest(),
+        )
+    return {"job_id": job_id, "status": "succeeded", "predicted": result.predicted}
