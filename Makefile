@@ -9,7 +9,7 @@ PORT ?= 8000
 CHROMIUM ?= $(or $(SAGE_CHROMIUM),/usr/bin/chromium)
 FAST_MARKERS := not postgres and not redis and not browser and not slow
 
-.PHONY: setup run test test-fast lint browser-deps fmt bench clean
+.PHONY: setup run test test-fast lint browser-deps fmt bench load clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,12 @@ bench: setup
 	$(BIN)/python bench/api_bench.py --out bench/api.md
 	$(BIN)/python bench/worker_bench.py --out bench/worker.md
 	$(BIN)/python bench/ui_bench.py --out bench/ui.md
+
+# Locust against a real server, headless (LOAD_USERS, LOAD_SECONDS); writes bench/load.md.
+LOAD_USERS ?= 25
+LOAD_SECONDS ?= 60
+load: setup
+	$(BIN)/python bench/load_bench.py --users $(LOAD_USERS) --seconds $(LOAD_SECONDS) --out bench/load.md
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

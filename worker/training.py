@@ -227,7 +227,9 @@ def _train_claimed(
             project_id = project.id
             options = dict(run.options or runs.resolve_options(project, None))
             snapshot_at = datetime.now(UTC)
-            lineage = write_dataset_folder(session, ctx.storage, project, data_dir, only_labelled=True)
+            lineage = write_dataset_folder(
+                session, ctx.storage, project, data_dir, only_labelled=True, arrays=True
+            )
             session.rollback()
         lineage = {**_jsonable(lineage), "snapshot_at": snapshot_at.isoformat()}
         with ctx.session() as session:

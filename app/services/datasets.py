@@ -4,6 +4,9 @@
 DATASET/labels.csv          image,label[,split][,group][,subtype]  (rules: sage/labels_csv.py)
 DATASET/images/<image>
 DATASET/saliency/<stem>.png optional 8-bit grayscale map of the image's size
+DATASET/pixels/<stem>.npy   optional (training snapshots): the decoded array stored at upload,
+DATASET/pixels/<stem>.json    with {"bit_depth", "header_window"}; sage.data reads it instead of
+                              decoding images/<image> again
 ```
 
 Import is all or nothing: every row is checked (file present and a real image, label known,
@@ -23,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import posixpath
 import shutil
@@ -42,7 +46,7 @@ from app.imaging import ImageError, decode_image, decode_mask, encode_mask, suff
 from app.models import Adjudication, Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
-from app.services.images import pixel_fields, safe_name
+from app.services.images import pixel_array, pixel_fields, safe_name
 from app.services.study_io import import_study, study_facts, study_files
 from app.settings import Settings
 from app.storage import CHUNK, Storage
@@ -410,6 +414,9 @@ class DatasetEntry:
     subtype: str | None = None  # Image.subtype (from an imported labels.csv)
     readings: list[Any] = field(default_factory=list)  # app.services.study_io.Reading, per reader
     adjudication: Any = None  # app.services.study_io.AdjudicatedEntry, when adjudicated
+    array_key: str | None = None  # the decoded pixels stored at upload (.npy), if any
+    bit_depth: int | None = None
+    header_window: list[float] | None = None  # (center, width) from the file's header, if any
 
     @property
     def stem(self) -> str:
@@ -471,6 +478,9 @@ def dataset_entries(
                 keys,
                 group=img.group,
                 subtype=img.subtype,
+                array_key=img.array_key,
+                bit_depth=img.bit_depth,
+                header_window=(img.pixel_info or {}).get("header_window"),
             )
         )
     readings, adjudicated_entries = study_facts(session, ids)
@@ -586,13 +596,19 @@ def write_dataset_folder(
     *,
     only_labelled: bool = True,
     study: bool = False,
+    arrays: bool = False,
 ) -> dict[str, Any]:
     """Write the project's dataset folder (labels.csv, images/, saliency/<stem>.png: the adjudicated
     map, else the readers' mean) to `out_dir` (created; must be empty) and return the lineage
     {"annotations": {"<annotation id>": revision, ...}, "adjudications": {...}, "images": n,
     "with_saliency": m, "labels": {label: count}}. Image labels: the adjudicated label, else the
     majority of the readers' current labels, else the import label. Used by the worker to snapshot
-    a training run's data; `study=True` (exports) adds the readers' readings and adjudications."""
+    a training run's data; `study=True` (exports) adds the readers' readings and adjudications.
+    `arrays=True` (training snapshots) adds pixels/<stem>.npy, the array decoded once at upload,
+    and pixels/<stem>.json ({"bit_depth", "header_window"}), so training never decodes the
+    originals again. Rows from before migration 0004 (no stored array) are decoded here once and
+    their array stored (the backfill of `app.services.images.pixel_array`, committed); one that
+    cannot be decoded gets no array, and the loader reports it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
@@ -600,10 +616,17 @@ def write_dataset_folder(
     entries, lineage = dataset_entries(session, project, only_labelled=only_labelled)
     (out_dir / "images").mkdir()
     (out_dir / "saliency").mkdir()
+    if arrays:
+        (out_dir / "pixels").mkdir()
+        for e in entries:
+            if not e.array_key:
+                _backfill_array(session, storage, e)
 
     def write_entry(e: DatasetEntry) -> None:
         with storage.open(e.storage_key) as src, open(out_dir / "images" / e.name, "wb") as dst:
             shutil.copyfileobj(src, dst, CHUNK)
+        if arrays and e.array_key:
+            write_pixels(storage, e, out_dir / "pixels")
         png = entry_saliency_png(storage, e)
         if png is not None:
             (out_dir / "saliency" / f"{e.stem}.png").write_bytes(png)
@@ -619,6 +642,35 @@ def write_dataset_folder(
         (out_dir / path).write_bytes(data)
     (out_dir / LABELS_CSV).write_bytes(labels_csv(entries))
     return lineage
+
+
+def _backfill_array(session: Session, storage: Storage, e: DatasetEntry) -> None:
+    """Decode and store the array of a row from before migration 0004 (once; committed)."""
+    image = session.get_one(Image, e.image_id)
+    try:
+        pixel_array(session, storage, image)
+    except (ImageError, FileNotFoundError):
+        session.rollback()
+        return
+    e.array_key, e.bit_depth = image.array_key, image.bit_depth
+    e.header_window = (image.pixel_info or {}).get("header_window")
+
+
+def write_pixels(storage: Storage, e: DatasetEntry, folder: Path) -> bool:
+    """Copy the entry's stored array to folder/<stem>.npy with its folder/<stem>.json
+    ({"bit_depth", "header_window"}); False (nothing written) when the array object is missing."""
+    npy = folder / f"{e.stem}.npy"
+    if e.array_key is None:
+        return False
+    try:
+        with storage.open(e.array_key) as src, open(npy, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+    except FileNotFoundError:
+        npy.unlink(missing_ok=True)
+        return False
+    meta = {"bit_depth": e.bit_depth, "header_window": e.header_window}
+    (folder / f"{e.stem}.json").write_text(json.dumps(meta))
+    return True
 
 
 class _Sink(io.RawIOBase):
