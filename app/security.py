@@ -193,12 +193,12 @@ def logout_session(response: Response, settings: Settings, request: Request | No
 
 def end_sessions(session: Session, user: User) -> None:
     """End every browser session of `user` issued so far (bumps the epoch; the caller commits)."""
+    from sqlalchemy import update
+
     from app.models import User as UserRow
 
     session.execute(
-        UserRow.__table__.update()
-        .where(UserRow.id == user.id)
-        .values(session_epoch=UserRow.session_epoch + 1)
+        update(UserRow).where(UserRow.id == user.id).values(session_epoch=UserRow.session_epoch + 1)
     )
     session.expire(user, ["session_epoch"])
 

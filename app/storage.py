@@ -22,6 +22,7 @@ re-checks that nobody touched it and that no row uses it, and puts it back other
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -32,7 +33,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import unquote, urlparse
 
 from app.settings import Settings
@@ -415,7 +416,7 @@ class ScratchCache:
         try:
             digest = hashlib.sha256()
             with open(tmp, "wb") as f:
-                fetch(_DigestWriter(f, digest))
+                fetch(cast(BinaryIO, _DigestWriter(f, digest)))
             if digest.hexdigest() != key[:64]:
                 raise StorageIntegrityError(
                     f"object {key} read back with SHA-256 {digest.hexdigest()[:12]}...: the stored copy is "
@@ -640,7 +641,7 @@ class S3Storage(Storage):
             body = self.client.get_object(Bucket=self.bucket, Key=self._name(key))["Body"]
         except self.client.exceptions.NoSuchKey as exc:
             raise FileNotFoundError(f"no object {key} in s3://{self.bucket}/{self.prefix}") from exc
-        return io.BufferedReader(_S3Reader(body), CHUNK)  # type: ignore[return-value]
+        return cast(BinaryIO, io.BufferedReader(_S3Reader(body), CHUNK))
 
     def path(self, key: str) -> Path:
         name = self._name(key)
@@ -733,6 +734,10 @@ class S3Staging(Staging):
         self._keys.clear()
 
 
+def _open_binary(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
 def storage_for_url(url: str, settings: Settings) -> Storage:
     """The backend of a storage URL: `file:///abs/path`, or `s3://bucket[/prefix]` (with
     SAGE_S3_ENDPOINT_URL for an S3-compatible server). Its scratch cache lives under the
@@ -816,7 +821,7 @@ def migrate_objects(
 
     for key in source.iter_keys():
         try:
-            copy(lambda key=key: source.open(key), key)
+            copy(functools.partial(source.open, key), key)
         except (OSError, StorageKeyError) as exc:
             report["errors"].append({"key": key, "error": f"{exc.__class__.__name__}: {exc}"})
             say(f"{key}: {exc}")
@@ -826,7 +831,7 @@ def migrate_objects(
                 digest = hashlib.sha256()
                 while chunk := f.read(CHUNK):
                     digest.update(chunk)
-            copy(lambda path=path: open(path, "rb"), make_key(digest.hexdigest(), suffix))  # noqa: SIM115 - closed by copy()
+            copy(functools.partial(_open_binary, Path(path)), make_key(digest.hexdigest(), suffix))
         except OSError as exc:
             report["errors"].append({"key": str(path), "error": f"{exc.__class__.__name__}: {exc}"})
     return report
