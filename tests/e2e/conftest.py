@@ -319,7 +319,7 @@ def stage_box(page) -> dict:
 
 def image_to_screen(page, x: float, y: float) -> tuple[float, float]:
     """Page coordinates of image pixel (x, y) in the painter's current view."""
-    view = page.evaluate("() => ({...window.sagePainter.view})")
+    view = page.evaluate("() => ({...document.querySelector('.painter-stage').sagePainter.view})")
     box = stage_box(page)
     return box["x"] + view["x"] + x * view["scale"], box["y"] + view["y"] + y * view["scale"]
 
