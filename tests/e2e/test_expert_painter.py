@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 
 from sage import imageio
 from sage.synthetic import dicom_bytes
-from tests.e2e.conftest import ADMIN, ANNOTATOR, drag, open_painter, shot
+from tests.e2e.conftest import ADMIN, ANNOTATOR, drag, open_painter, shot, wait_for_js
 
 pytestmark = pytest.mark.browser
 
@@ -40,7 +40,8 @@ def _shown_pixel(page, x: int, y: int) -> int:
 
 
 def _wait_rendered(page, center: str, width: str, invert: str = "0") -> None:
-    page.wait_for_function(
+    wait_for_js(
+        page,
         """([c, w, i]) => {
             const src = document.querySelector('.painter-stage').sagePainter.image.src;
             const s = document.getElementById("stage");
@@ -95,7 +96,7 @@ def test_dicom_window_level_paint_and_save(new_page, world):
     page.keyboard.press("w")
     assert page.get_attribute("#wl-mode", "aria-pressed") == "true"
     drag(page, [(150, 100), (200, 70)])
-    page.wait_for_function("document.getElementById('stage').dataset.windowLoading === 'false'")
+    wait_for_js(page, "document.getElementById('stage').dataset.windowLoading === 'false'")
     assert float(page.input_value("#wl-width")) > 4096  # dragged right: wider
     assert float(page.input_value("#wl-center")) > 2048  # dragged up: higher level
     assert page.evaluate("document.querySelector('.painter-stage').sagePainter.hasPaint()") is False

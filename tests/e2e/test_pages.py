@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import ADMIN, ANNOTATOR, OUTSIDER, PASSWORD, shot
+from tests.e2e.conftest import ADMIN, ANNOTATOR, OUTSIDER, PASSWORD, shot, wait_for_js
 
 pytestmark = pytest.mark.browser
 
@@ -122,7 +122,7 @@ def test_painter_keyboard_lasso_and_view(new_page, world):
     scale = page.evaluate("document.querySelector('.painter-stage').sagePainter.view.scale")
     page.mouse.move(*image_to_screen(page, 160, 120))
     page.mouse.wheel(0, -400)
-    page.wait_for_function(f"document.querySelector('.painter-stage').sagePainter.view.scale > {scale * 1.5}")
+    wait_for_js(page, f"document.querySelector('.painter-stage').sagePainter.view.scale > {scale * 1.5}")
     shot(page, "annotate-lasso-zoomed")
     page.keyboard.press("f")
     assert (
