@@ -9,7 +9,7 @@ import pytest
 
 from sage import imageio
 from sage.synthetic import dicom_bytes
-from tests.e2e.conftest import ADMIN, shot
+from tests.e2e.conftest import ADMIN, shot, wait_for_js
 
 pytestmark = pytest.mark.browser
 
@@ -30,9 +30,7 @@ def _rendered(page, selector: str) -> dict:
     canvas once it has loaded (same origin, so the pixels are readable)."""
     img = page.locator(selector)
     img.scroll_into_view_if_needed()  # thumbnails load lazily
-    page.wait_for_function(
-        "el => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=15_000
-    )
+    wait_for_js(page, "el => el.complete && el.naturalWidth > 0", img.element_handle(), timeout=15)
     return img.evaluate(
         """(img, points) => {
             const c = document.createElement("canvas");
