@@ -112,3 +112,52 @@ def test_model_weights_download_for_managers_only(
     app.state.storage = local
     r = client.get(url, headers=auth_headers(owner), follow_redirects=False)
     assert r.status_code == 200 and r.content == b"trained weights" * 1000
+
+
+def _job(db, project, storage, kind: str, params: dict, data: bytes):
+    from app.models import Job
+    from app.storage import sha256_hex
+
+    job = Job(project_id=project.id, kind=kind, status="succeeded", params=params, progress={}, result={},
+              result_key=storage.put_bytes(data, ".zip"), result_sha256=sha256_hex(data))  # fmt: skip
+    db.add(job)
+    db.commit()
+    return job
+
+
+def test_export_archives_and_batch_results_redirect_to_presigned_urls(
+    client, app, make_user, make_project, auth_headers, settings, db
+):
+    from app.storage import get_storage
+
+    owner, viewer, stranger = make_user(), make_user(), make_user()
+    project = make_project(owner, members={viewer: "viewer"})
+    storage = get_storage(settings)
+    model = _model(db, project, storage, b"weights")
+    archive, batch = b"PK export archive" * 500, b"PK batch result" * 500
+    _job(db, project, storage, "export", {"model_id": model.id, "format": "onnx"}, archive)
+    job = _job(db, project, storage, "predict_batch", {"model_id": model.id}, batch)
+    download, result = f"/api/v1/models/{model.id}/download?format=onnx", f"/api/v1/jobs/{job.id}/result"
+    # without the setting both stream through the web process
+    assert client.get(download, headers=auth_headers(owner)).content == archive
+    assert client.get(result, headers=auth_headers(viewer)).content == batch
+
+    app.state.settings = settings.model_copy(update={"s3_presigned_downloads": True})
+    for url, who, data, name in (
+        (download, owner, archive, f"project-{project.id}-model-v1-onnx.zip"),
+        (result, viewer, batch, f"job-{job.id}-predict_batch.zip"),
+    ):
+        r = client.get(url, headers=auth_headers(who), follow_redirects=False)
+        assert r.status_code == 307 and r.headers["cache-control"] == "no-store"
+        assert (
+            r.headers["location"].startswith(settings.s3_endpoint_url)
+            and "Signature=" in r.headers["location"]
+        )
+        fetched = httpx.get(r.headers["location"])
+        assert fetched.status_code == 200 and fetched.content == data
+        assert name in fetched.headers["content-disposition"]
+        assert fetched.headers["content-type"] == "application/zip"
+        r = client.get(url, headers=auth_headers(stranger), follow_redirects=False)
+        assert r.status_code == 404 and "location" not in r.headers
+    r = client.get(download, headers=auth_headers(viewer), follow_redirects=False)  # managers only
+    assert r.status_code == 403 and "location" not in r.headers
