@@ -245,13 +245,15 @@ def write_export(
 
 
 def build_export(session: Session, storage, data_dir: Path, model: ModelVersion, fmt: str) -> dict[str, Any]:
-    """Write the archive and keep it in storage; returns {key, sha256, bytes, card}."""
+    """Write the archive to a temporary file and stream it into storage (never whole in memory);
+    returns {key, sha256, bytes, card}."""
     with tempfile.TemporaryDirectory(prefix="sage-export-") as tmp:
         out = Path(tmp) / "model.zip"
         card = write_export(session, data_dir, model, fmt, out, storage)
-        data = out.read_bytes()
-    key = storage.put_bytes(data, ".zip")
-    return {"key": key, "sha256": card["archive_sha256"], "bytes": len(data), "card": card}
+        size = out.stat().st_size
+        with open(out, "rb") as src:
+            key = storage.put_file(src, ".zip")
+    return {"key": key, "sha256": card["archive_sha256"], "bytes": size, "card": card}
 
 
 def export_filename(model: ModelVersion, fmt: str) -> str:
