@@ -46,7 +46,7 @@ class JobOut(BaseModel):
     id: int
     project_id: int
     kind: str  # export | predict_batch | sanity_check
-    status: str  # queued | running | succeeded | failed
+    status: str  # queued | running | succeeded | failed | expired (its result was deleted)
     params: dict[str, Any]
     progress: dict[str, Any]  # {"done", "total"} while a batch runs
     result: dict[str, Any]
@@ -186,6 +186,7 @@ def get_job(jid: JobIdPath, user: CurrentUser, session: SessionDep) -> JobOut:
         307: PRESIGNED,
         404: {"description": "no such job"},
         409: {"description": "not finished"},
+        410: {"description": "the result expired (SAGE_JOB_RESULT_TTL_S) and was deleted"},
     },
 )
 def job_result(
@@ -193,6 +194,13 @@ def job_result(
 ) -> Response:
     """The job's result zip (a batch prediction: predictions.csv, heatmaps/, errors.csv)."""
     job = _visible_job(session, user, jid)
+    if job.status == "expired":
+        raise HTTPException(
+            status.HTTP_410_GONE,
+            detail=f"the result of job {jid} expired on {(job.result or {}).get('expired_at', 'an earlier date')} "
+            f"and was deleted (results are kept {settings.job_result_ttl_s / 86400:g} days after the job "
+            "finished, SAGE_JOB_RESULT_TTL_S); submit the batch again",
+        )
     if job.status != "succeeded" or not job.result_key:
         raise HTTPException(
             status.HTTP_409_CONFLICT,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,43 @@ def get_job(session: Session, job_id: int) -> Job:
     if job is None:
         raise NotFound(f"no job {job_id}")
     return job
+
+
+def expire_results(
+    session: Session, storage: Storage, ttl_s: float, now: datetime | None = None
+) -> dict[str, Any]:
+    """Retention of job results. A succeeded batch prediction whose job finished more than `ttl_s`
+    seconds ago, and an export whose model version no longer exists (archives are cached while
+    their model exists), is marked `expired` and loses its `result_key`; its object is then deleted
+    unless another job row still references the same content-addressed key. Commits; returns
+    {"expired": job ids, "deleted": keys}. Idempotent (a second sweep finds nothing)."""
+    from app.models import as_utc
+
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=ttl_s)
+    models = set(session.scalars(select(ModelVersion.id)))
+    expired: list[Job] = []
+    for job in session.scalars(
+        select(Job).where(
+            Job.status == "succeeded", Job.result_key.is_not(None), Job.kind.in_(("export", "predict_batch"))
+        )
+    ):
+        if job.kind == "export":
+            gone = (job.params or {}).get("model_id") not in models
+        else:
+            gone = as_utc(job.updated_at) <= cutoff
+        if gone:
+            expired.append(job)
+    keys = {job.result_key for job in expired}
+    for job in expired:
+        job.status, job.result_key = "expired", None
+        job.result = {**(job.result or {}), "expired_at": now.isoformat()}
+    session.commit()
+    still = set(session.scalars(select(Job.result_key).where(Job.result_key.in_(keys)))) if keys else set()
+    deleted = sorted(k for k in keys if k not in still)
+    for key in deleted:
+        storage.delete(key)
+    return {"expired": sorted(j.id for j in expired), "deleted": deleted}
 
 
 def is_stale(job: Job) -> bool:
@@ -176,9 +213,9 @@ def request_export(
             f"exporting model version {model.version} as {fmt} failed: {job.error}; "
             "request it again with retry=true"
         )
-    if job is not None and job.status != "failed" and not is_stale(job):
+    if job is not None and job.status not in ("failed", "expired") and not is_stale(job):
         return job, False
-    if job is not None and job.status != "failed":  # stale: the worker died; supersede it
+    if job is not None and job.status not in ("failed", "expired"):  # stale: the worker died; supersede it
         job.status, job.error = "failed", "abandoned: no worker finished it"
     return create_job(session, model.project_id, "export", {"model_id": model.id, "format": fmt}, user), True
 
