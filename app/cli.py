@@ -254,13 +254,28 @@ def cmd_model_export(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_add(args: argparse.Namespace) -> int:
-    from sage.weights import WeightsError, add_weights
+    """Copy the file into SAGE_WEIGHTS_DIR and store it in the object storage (recorded in the
+    database), so that train workers on other machines fetch it when they need it."""
+    from app.services.weights import publish
+    from app.storage import get_storage
+    from sage.weights import WeightsError, add_weights, weights_dir
 
     try:
         entry = add_weights(Path(args.file), args.name, args.backbone)
     except WeightsError as exc:
         return _fail(str(exc))
-    print(f"added {entry.name} ({entry.backbone}) as {entry.file}")
+    settings = get_settings()
+    engine, session = _session(settings)
+    try:
+        row = publish(session, get_storage(settings), entry, weights_dir())
+    except Exception as exc:  # noqa: BLE001 - the local copy stands; say why the fleet cannot see it
+        return _fail(f"added {entry.name} to {weights_dir()} but could not store it for other workers: {exc}")
+    finally:
+        session.close()
+        engine.dispose()
+    print(
+        f"added {entry.name} ({entry.backbone}) as {entry.file}; stored as {row.storage_key} for every worker"
+    )
     return 0
 
 

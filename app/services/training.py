@@ -74,7 +74,9 @@ def project_defaults(project: Project) -> dict[str, Any]:
     return base
 
 
-def resolve_options(project: Project, options: dict[str, Any] | None) -> dict[str, Any]:
+def resolve_options(
+    project: Project, options: dict[str, Any] | None, session: Session | None = None
+) -> dict[str, Any]:
     """Project defaults overridden by a run's options, validated by `sage.config.TrainConfig`.
 
     Raises InvalidTrainingOptions (422) naming the bad key, before anything is stored or queued.
@@ -99,7 +101,15 @@ def resolve_options(project: Project, options: dict[str, Any] | None) -> dict[st
         try:
             resolve(config.weights, config.backbone)
         except WeightsError as exc:
-            raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
+            # registered in the object storage by a `weights add` on another machine: workers fetch it
+            from app.services.weights import check_registered
+
+            try:
+                known = session is not None and check_registered(session, config.weights, config.backbone)
+            except WeightsError as other:
+                raise InvalidTrainingOptions(f"invalid training options: {other}") from other
+            if not known:
+                raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
     if len(config.labels) < 2:
         raise InvalidTrainingOptions(
             f"project {project.id} has {len(config.labels)} label(s); a classifier needs at least two: "
@@ -171,7 +181,7 @@ def create_or_join_run(
     nothing was due. Commits; the caller then enqueues with `enqueue_run` (after the commit, so a
     fast worker never looks for a row that is not there yet).
     """
-    resolved = resolve_options(project, options)
+    resolved = resolve_options(project, options, session)
     lock_project(session, project.id)
     existing = active_run(session, project.id)
     if existing is not None:
