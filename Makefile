@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run test lint fmt bench clean
+.PHONY: setup run test lint fmt bench load clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ bench: setup
 	$(BIN)/python bench/api_bench.py --out bench/api.md
 	$(BIN)/python bench/worker_bench.py --out bench/worker.md
 	$(BIN)/python bench/ui_bench.py --out bench/ui.md
+
+# Locust against a real server, headless (LOAD_USERS, LOAD_SECONDS); writes bench/load.md.
+LOAD_USERS ?= 25
+LOAD_SECONDS ?= 60
+load: setup
+	$(BIN)/python bench/load_bench.py --users $(LOAD_USERS) --seconds $(LOAD_SECONDS) --out bench/load.md
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

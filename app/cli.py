@@ -224,6 +224,26 @@ def cmd_storage_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from app.services import objects
+    from app.storage import get_storage
+
+    settings = get_settings()
+    engine, session = _session(settings)
+    grace = settings.orphan_grace_s if args.grace_s is None else args.grace_s
+    try:
+        report = objects.sweep_orphans(session, get_storage(settings), grace, dry_run=args.dry_run)
+    finally:
+        session.close()
+        engine.dispose()
+    objects.write_report(settings.resolved_data_dir, report)
+    print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
 def cmd_model_export(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -361,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify-existing", action="store_true", help="also re-hash objects already in the target"
     )
     p.set_defaults(func=cmd_storage_migrate)
+
+    p = sub.add_parser("sweep", help="remove stored files no row uses (older than SAGE_ORPHAN_GRACE_S)")
+    p.add_argument("--dry-run", action="store_true", help="only count them")
+    p.add_argument("--grace-s", type=float, default=None, help="override SAGE_ORPHAN_GRACE_S")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("model", help="model versions: export")
     model_sub = p.add_subparsers(dest="model_command", required=True)
     q = model_sub.add_parser(

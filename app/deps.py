@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app import security
 from app.models import Annotation, Image, Project, ProjectMember, User
-from app.services.users import user_for_api_token
+from app.services.users import api_token_owner
 from app.settings import Settings
 from app.storage import Storage, get_storage
 
@@ -66,9 +66,21 @@ def _bearer(request: Request) -> str | None:
     return credential.strip()
 
 
-def _user_from_bearer(session: Session, settings: Settings, credential: str) -> User | None:
+def _user_from_bearer(
+    session: Session, settings: Settings, credential: str, method: str = "GET"
+) -> User | None:
+    """The bearer's user, or None. HTTPException 403 when a read-only API token tries to write."""
     if security.is_api_token(credential):
-        return user_for_api_token(session, credential)
+        found = api_token_owner(session, credential)
+        if found is None:
+            return None
+        user, row = found
+        if row.scope == "read" and method not in ("GET", "HEAD", "OPTIONS"):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail="this API token is read-only; create a token with scope 'write' to change data",
+            )
+        return user
     claims = security.read_access_token(credential, settings)
     if claims is None:
         return None
@@ -89,6 +101,8 @@ def _user_from_cookie(request: Request, session: Session, settings: Settings) ->
         return None
     if browser.password_fingerprint != security.password_fingerprint(user.password_hash):
         return None
+    if browser.epoch != (user.session_epoch or 0):
+        return None  # logged out or password changed since this session began
     return user
 
 
@@ -97,7 +111,7 @@ def optional_user(request: Request, session: SessionDep, settings: SettingsDep) 
     page routes that accept form posts call `security.verify_csrf` themselves."""
     credential = _bearer(request)
     if credential is not None:
-        return _user_from_bearer(session, settings, credential)
+        return _user_from_bearer(session, settings, credential, request.method)
     return _user_from_cookie(request, session, settings)
 
 
@@ -107,7 +121,7 @@ def current_user(request: Request, session: SessionDep, settings: SettingsDep) -
     (403 otherwise); bearer-token requests need none (browsers never attach them by themselves)."""
     credential = _bearer(request)
     if credential is not None:
-        user = _user_from_bearer(session, settings, credential)
+        user = _user_from_bearer(session, settings, credential, request.method)
         if user is None:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,

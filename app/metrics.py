@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from fastapi import FastAPI, Request, Response
@@ -30,10 +31,39 @@ class _RunsCollector:
         for status, count in rows:
             gauge.add_metric([status], count)
         yield gauge
+        from app.services.objects import read_report
+
+        report = read_report(self.app.state.settings.resolved_data_dir)
+        if report is not None:
+            sweep = GaugeMetricFamily(
+                "sage_orphan_sweep_objects",
+                "Stored objects in the last orphan sweep, by outcome",
+                labels=["outcome"],
+            )
+            for outcome in ("scanned", "orphans", "removed", "kept"):
+                sweep.add_metric([outcome], getattr(report, outcome))
+            yield sweep
+            yield GaugeMetricFamily(
+                "sage_orphan_sweep_last_run_timestamp_seconds",
+                "When the last orphan sweep finished",
+                value=report.finished_at,
+            )
+
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def request_labels(request: Request) -> tuple[str, str]:
+    """(method, route) labels with bounded cardinality: any other method is `OTHER`, and a path
+    no route matched is `unmatched`, so random methods and URLs cannot grow the label set."""
+    method = request.method if request.method in KNOWN_METHODS else "OTHER"
+    route = request.scope.get("route")
+    return method, getattr(route, "path", None) or "unmatched"
 
 
 def install_metrics(app: FastAPI) -> None:
     registry = CollectorRegistry()
+    app.state.metrics_registry = registry
     requests = Counter(
         "sage_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
     )
@@ -55,12 +85,22 @@ def install_metrics(app: FastAPI) -> None:
             status = response.status_code
             return response
         finally:
-            route = request.scope.get("route")
             # Label by the route template, not the raw path, so ids do not explode cardinality.
-            name = getattr(route, "path", "unmatched")
-            requests.labels(request.method, name, str(status)).inc()
-            latency.labels(request.method, name).observe(time.perf_counter() - start)
+            method, name = request_labels(request)
+            requests.labels(method, name, str(status)).inc()
+            latency.labels(method, name).observe(time.perf_counter() - start)
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        """Prometheus text format. With `SAGE_METRICS_TOKEN` set, only for `Authorization: Bearer <it>`."""
+        token = request.app.state.settings.metrics_token
+        if token:
+            sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(sent.encode(), token.encode()):
+                return Response(
+                    '{"detail":"send the metrics token as Authorization: Bearer <SAGE_METRICS_TOKEN>"}',
+                    status_code=401,
+                    media_type="application/json",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

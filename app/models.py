@@ -56,6 +56,9 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Browser sessions carry the epoch they were issued in; logout and password change bump it,
+    # which ends every session issued before, server side.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiToken(Base):
@@ -72,6 +75,8 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # "write": everything the owner may do; "read": safe methods (GET, HEAD, OPTIONS) only.
+    scope: Mapped[str] = mapped_column(String(10), default="write", server_default="write")
 
     user: Mapped[User] = relationship()
 
@@ -104,6 +109,8 @@ class Project(Base):
     retrain_min_new: Mapped[int] = mapped_column(Integer, default=20)
     activation_policy: Mapped[str] = mapped_column(String(20), default="auto")  # auto | manual
     next_policy: Mapped[str] = mapped_column(String(20), default="sequential")
+    # Why beat's periodic retraining could not start a run here (bad stored options, ...); None when fine.
+    retrain_error: Mapped[str | None] = mapped_column(Text, default=None)
     # Reading studies (issue 12): readers wanted per image, and blind reading (None: on when k > 1).
     readers_per_image: Mapped[int] = mapped_column(Integer, default=1)
     blind_mode: Mapped[bool | None] = mapped_column(Boolean, default=None)

@@ -252,7 +252,7 @@ def login_submit(
             return again(f"Too many failed attempts: {exc.detail}.", 429)
         return again("Wrong username or password.", 401)
     response = RedirectResponse(target, status_code=303)
-    security.login_session(response, user, settings)
+    security.login_session(response, user, settings, request)
     return response
 
 
@@ -264,11 +264,20 @@ def logout_page(request: Request, user: OptionalUser):
 
 
 @router.post("/logout")
-def logout_submit(request: Request, settings: SettingsDep, csrf_token: str = Form("")):
+def logout_submit(
+    request: Request,
+    settings: SettingsDep,
+    user: OptionalUser,
+    session: SessionDep,
+    csrf_token: str = Form(""),
+):
     if not security.verify_csrf(request, csrf_token):
         return RedirectResponse("/logout", status_code=303)
+    if user is not None:  # end the session server side too: a copied cookie stops working
+        security.end_sessions(session, user)
+        session.commit()
     response = RedirectResponse("/login", status_code=303)
-    security.logout_session(response, settings)
+    security.logout_session(response, settings, request)
     return response
 
 

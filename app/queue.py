@@ -19,6 +19,7 @@ TASK_PREDICT = "sage.predict"
 TASK_PREDICT_PROJECT = "sage.predict_project"
 TASK_REAP_STALE = "sage.reap_stale_runs"
 TASK_RETRAIN_CHECK = "sage.retrain_check"
+TASK_SWEEP_OBJECTS = "sage.sweep_objects"
 TASK_EXPORT_MODEL = "sage.export_model"
 TASK_PREDICT_BATCH = "sage.predict_batch"
 TASK_SANITY_CHECK = "sage.sanity_check"
@@ -31,6 +32,7 @@ TASK_ROUTES = {
     TASK_PREDICT: {"queue": PREDICT_QUEUE},
     TASK_REAP_STALE: {"queue": PREDICT_QUEUE},
     TASK_RETRAIN_CHECK: {"queue": PREDICT_QUEUE},
+    TASK_SWEEP_OBJECTS: {"queue": PREDICT_QUEUE},
     TASK_EXPORT_MODEL: {"queue": PREDICT_QUEUE},
     TASK_PREDICT_BATCH: {"queue": TRAIN_QUEUE},
     TASK_SANITY_CHECK: {"queue": PREDICT_QUEUE},

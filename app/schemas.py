@@ -5,7 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
+
+from app.models import as_utc
+from sage.config import BACKBONES
+
+# The backbones sage.models registers (sage.config is torch-free).
+Backbone = Literal[BACKBONES]  # type: ignore[valid-type]
+
+# Every timestamp an answer carries is in UTC with its offset (SQLite hands back naive values).
+UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 def _no_control_chars(value: str) -> str:
@@ -15,14 +32,17 @@ def _no_control_chars(value: str) -> str:
 
 
 # Text that goes into the database: no NUL or other control characters (PostgreSQL refuses NUL).
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # in the schema too, so clients know before they send
+# ... and at least one visible character (names are stripped of surrounding white space)
+VISIBLE_TEXT = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
 Name = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=VISIBLE_TEXT),
     AfterValidator(_no_control_chars),
 ]
 LabelName = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=VISIBLE_TEXT),
     AfterValidator(_no_control_chars),
 ]
 Description = Annotated[
@@ -53,29 +73,35 @@ class UserOut(BaseModel):
     username: str
     is_admin: bool
     is_active: bool
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class UserCreate(Strict):
     username: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     password: Annotated[str, StringConstraints(min_length=8, max_length=1024)]
-    is_admin: bool = False
+    is_admin: StrictBool = False
 
 
 class UserUpdate(Strict):
     password: Annotated[str, StringConstraints(min_length=8, max_length=1024)] | None = None
-    is_admin: bool | None = None
-    is_active: bool | None = None
+    is_admin: StrictBool | None = None
+    is_active: StrictBool | None = None
 
 
 class PasswordChange(Strict):
     current_password: Annotated[str, StringConstraints(max_length=1024)]
     new_password: Annotated[str, StringConstraints(min_length=8, max_length=1024)]
+    keep_api_tokens: StrictBool = Field(
+        default=False, description="keep your personal API tokens (by default they are revoked)"
+    )
 
 
 class ApiTokenCreate(Strict):
     name: Annotated[Name, StringConstraints(max_length=100)]
-    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    expires_in_days: int | None = Field(
+        default=None, ge=1, le=3650, description="default: the server's SAGE_API_TOKEN_DEFAULT_TTL_DAYS"
+    )
+    scope: Literal["read", "write"] = Field(default="write", description="read: GET requests only")
 
 
 class ApiTokenOut(BaseModel):
@@ -84,10 +110,11 @@ class ApiTokenOut(BaseModel):
     id: int
     name: str
     prefix: str
-    created_at: datetime
-    last_used_at: datetime | None
-    expires_at: datetime | None
-    revoked_at: datetime | None
+    created_at: UtcDateTime
+    last_used_at: UtcDateTime | None
+    expires_at: UtcDateTime | None
+    revoked_at: UtcDateTime | None
+    scope: str
 
 
 class ApiTokenCreated(ApiTokenOut):
@@ -102,7 +129,7 @@ class TrainingOptions(BaseModel):
 
     Known keys are checked here; other keys pass through to the worker's TrainConfig."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # "1" is not an int here
 
     method: (
         Literal[
@@ -119,13 +146,10 @@ class TrainingOptions(BaseModel):
         ]
         | None
     ) = None
-    backbone: (
-        Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)]
-        | None
-    ) = None
+    backbone: Backbone | None = None
     image_size: int | None = Field(default=None, ge=8, le=1024)
-    epochs: int | None = Field(default=None, ge=1, le=10_000)
-    batch_size: int | None = Field(default=None, ge=1, le=4096)
+    epochs: int | None = Field(default=None, ge=1, le=10_000)  # the default SAGE_MAX_TRAIN_* bounds
+    batch_size: int | None = Field(default=None, ge=1, le=1024)
     lr: float | None = Field(default=None, gt=0, le=10)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     weights: str | None = Field(
@@ -163,7 +187,11 @@ def _unique_labels(labels: list[str]) -> list[str]:
     return labels
 
 
-Labels = Annotated[list[LabelName], Field(min_length=1, max_length=1000), AfterValidator(_unique_labels)]
+Labels = Annotated[
+    list[LabelName],
+    Field(min_length=1, max_length=1000, json_schema_extra={"uniqueItems": True}),
+    AfterValidator(_unique_labels),
+]
 
 
 BlindMode = Annotated[
@@ -184,14 +212,12 @@ class ProjectCreate(Strict):
     name: Name
     description: Description = ""
     labels: Labels
-    backbone: Annotated[
-        str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)
-    ] = "tiny"
+    backbone: Backbone = "tiny"
     image_size: int | None = Field(
         default=None, ge=8, le=1024, description="default by backbone: 224 (ImageNet CNNs, ViT), 64 (tiny)"
     )
     training: TrainingOptions = Field(default_factory=TrainingOptions)
-    retrain_enabled: bool = True
+    retrain_enabled: StrictBool = True
     retrain_min_new: int = Field(default=20, ge=1, le=1_000_000)
     activation_policy: Literal["auto", "manual"] = "auto"
     next_policy: NextPolicy = "sequential"
@@ -203,13 +229,10 @@ class ProjectUpdate(Strict):
     name: Name | None = None
     description: Description | None = None
     labels: Labels | None = None
-    backbone: (
-        Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_chars)]
-        | None
-    ) = None
+    backbone: Backbone | None = None
     image_size: int | None = Field(default=None, ge=8, le=1024)
     training: TrainingOptions | None = None
-    retrain_enabled: bool | None = None
+    retrain_enabled: StrictBool | None = None
     retrain_min_new: int | None = Field(default=None, ge=1, le=1_000_000)
     activation_policy: Literal["auto", "manual"] | None = None
     next_policy: NextPolicy | None = None
@@ -260,15 +283,20 @@ class ProjectOut(BaseModel):
     )
     blind_mode: str = Field(default="auto", description="auto | on | off (the setting)")
     blind: bool = Field(default=False, description="whether blind reading is in force (the effect)")
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
     role: RoleName = Field(description="the caller's role (site admins: manager)")
+    retrain_error: str | None = Field(
+        default=None, description="why scheduled retraining could not start a run (None when fine)"
+    )
     summary: ProjectSummary
 
 
 class MemberIn(Strict):
     username: Annotated[
-        str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_control_chars)
+        str,
+        StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROL),
+        AfterValidator(_no_control_chars),
     ]
     role: RoleName
     adjudicator: bool | None = Field(
@@ -282,7 +310,7 @@ class MemberOut(BaseModel):
     username: str
     role: RoleName
     adjudicator: bool = False
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -327,7 +355,7 @@ class ImageOut(BaseModel):
     annotation_count: int
     has_import_saliency: bool
     agreement: Agreement
-    created_at: datetime
+    created_at: UtcDateTime
     file_url: str
     pixels: PixelInfo = Field(description="the decoded pixels: depth, photometric, windows")
     display_url: str = Field(description="8-bit PNG rendering through the default window")
@@ -377,7 +405,7 @@ class ImagePage(BaseModel):
 class ImageUpdate(Strict):
     split: Split | None = None
     import_label: LabelName | None = None
-    clear_import_label: bool = False
+    clear_import_label: StrictBool = False
 
 
 class NextImage(BaseModel):
@@ -401,8 +429,8 @@ class AnnotationOut(BaseModel):
     saliency_url: str | None
     status: str = Field(description="done | skipped | unsure | flagged")
     comment: str | None = None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 class RevisionOut(BaseModel):
@@ -413,7 +441,7 @@ class RevisionOut(BaseModel):
     status: str = "done"
     comment: str | None = None
     author_id: int
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class Consensus(BaseModel):
@@ -535,8 +563,9 @@ def project_out(project: Any, role: str, summary: dict[str, Any]) -> ProjectOut:
         retired_labels=list(project.retired_labels or []),
         blind_mode=blind_mode_name(project.blind_mode),
         blind=project.blind,
-        created_at=project.created_at,
-        updated_at=project.updated_at,
+        created_at=as_utc(project.created_at),
+        updated_at=as_utc(project.updated_at),
         role=role,
+        retrain_error=getattr(project, "retrain_error", None),
         summary=ProjectSummary(**summary),
     )

@@ -43,8 +43,18 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 # argon2-cffi's defaults (RFC 9106 low-memory profile). Tests swap in a cheaper hasher.
 password_hasher = PasswordHasher()
-# Verified against when the username does not exist, so a failed login takes the same time either way.
-_DUMMY_HASH = password_hasher.hash(secrets.token_urlsafe(16))
+# Verified against when the username does not exist, so a failed login takes the same time either
+# way: made with the current hasher's parameters (re-made if they change), so it costs what a real
+# account's check costs.
+_dummy_hashes: dict[tuple, str] = {}
+
+
+def _dummy_hash() -> str:
+    hasher = password_hasher
+    params = (hasher.time_cost, hasher.memory_cost, hasher.parallelism, hasher.hash_len, hasher.salt_len)
+    if params not in _dummy_hashes:
+        _dummy_hashes[params] = hasher.hash(secrets.token_urlsafe(16))
+    return _dummy_hashes[params]
 
 
 def hash_password(password: str) -> str:
@@ -67,7 +77,7 @@ def password_needs_rehash(password_hash: str) -> bool:
 
 def burn_password_check(password: str) -> None:
     """Spend the time of one verification (for unknown usernames)."""
-    verify_password(_DUMMY_HASH, password)
+    verify_password(_dummy_hash(), password)
 
 
 def password_fingerprint(password_hash: str) -> str:
@@ -121,43 +131,81 @@ class BrowserSession:
     user_id: int
     password_fingerprint: str
     csrf: str
+    epoch: int = 0
 
 
-def _csrf_cookie(settings: Settings) -> str:
-    return settings.session_cookie + "_csrf"
+HOST_PREFIX = "__Host-"
 
 
-def _set_cookie(response: Response, name: str, value: str, settings: Settings, max_age: int) -> None:
+def is_https(request: Request | None) -> bool:
+    return request is not None and request.scope.get("scheme") == "https"
+
+
+def session_cookie_name(settings: Settings, https: bool) -> str:
+    """Over HTTPS the cookie is `__Host-<name>`: the browser then only accepts it Secure, for this
+    exact host and path /, so a sibling subdomain cannot plant or overwrite it."""
+    return HOST_PREFIX + settings.session_cookie if https else settings.session_cookie
+
+
+def _csrf_cookie(settings: Settings, https: bool = False) -> str:
+    return session_cookie_name(settings, https) + "_csrf"
+
+
+def _set_cookie(
+    response: Response, name: str, value: str, settings: Settings, max_age: int, https: bool = False
+) -> None:
     response.set_cookie(
         name,
         value,
         max_age=max_age,
         httponly=True,
         samesite="lax",
-        secure=settings.env == "production",
+        secure=https or settings.env == "production",
         path="/",
     )
 
 
-def login_session(response: Response, user: User, settings: Settings) -> str:
-    """Start a browser session for `user` on `response` (a fresh CSRF nonce); returns that nonce."""
+def login_session(response: Response, user: User, settings: Settings, request: Request | None = None) -> str:
+    """Start a browser session for `user` on `response` (a fresh CSRF nonce); returns that nonce.
+    The session carries the user's session epoch: logout and password change end it server side."""
+    https = is_https(request)
     csrf = secrets.token_urlsafe(24)
     value = _serializer(settings, "sage-session").dumps(
-        {"uid": user.id, "pw": password_fingerprint(user.password_hash), "csrf": csrf}
+        {
+            "uid": user.id,
+            "pw": password_fingerprint(user.password_hash),
+            "csrf": csrf,
+            "ep": user.session_epoch or 0,
+        }
     )
-    _set_cookie(response, settings.session_cookie, value, settings, settings.session_max_age_s)
-    response.delete_cookie(_csrf_cookie(settings), path="/")
+    _set_cookie(
+        response, session_cookie_name(settings, https), value, settings, settings.session_max_age_s, https
+    )
+    response.delete_cookie(_csrf_cookie(settings, https), path="/", secure=https)
     return csrf
 
 
-def logout_session(response: Response, settings: Settings) -> None:
-    response.delete_cookie(settings.session_cookie, path="/")
-    response.delete_cookie(_csrf_cookie(settings), path="/")
+def logout_session(response: Response, settings: Settings, request: Request | None = None) -> None:
+    https = is_https(request)
+    response.delete_cookie(session_cookie_name(settings, https), path="/", secure=https, httponly=True)
+    response.delete_cookie(_csrf_cookie(settings, https), path="/", secure=https, httponly=True)
+
+
+def end_sessions(session: Session, user: User) -> None:
+    """End every browser session of `user` issued so far (bumps the epoch; the caller commits)."""
+    from app.models import User as UserRow
+
+    session.execute(
+        UserRow.__table__.update()
+        .where(UserRow.id == user.id)
+        .values(session_epoch=UserRow.session_epoch + 1)
+    )
+    session.expire(user, ["session_epoch"])
 
 
 def read_session(request: Request, settings: Settings) -> BrowserSession | None:
     """The signed session in the request's cookie, or None (absent, forged or expired)."""
-    raw = request.cookies.get(settings.session_cookie)
+    raw = request.cookies.get(session_cookie_name(settings, is_https(request)))
     if not raw:
         return None
     try:
@@ -166,8 +214,12 @@ def read_session(request: Request, settings: Settings) -> BrowserSession | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("uid"), int):
         return None
+    epoch = data.get("ep", 0)
     return BrowserSession(
-        user_id=data["uid"], password_fingerprint=str(data.get("pw", "")), csrf=str(data.get("csrf", ""))
+        user_id=data["uid"],
+        password_fingerprint=str(data.get("pw", "")),
+        csrf=str(data.get("csrf", "")),
+        epoch=epoch if isinstance(epoch, int) else -1,
     )
 
 
@@ -186,7 +238,7 @@ def csrf_token(request: Request) -> str:
     session = read_session(request, settings)
     if session:
         return session.csrf
-    existing = request.cookies.get(_csrf_cookie(settings))
+    existing = request.cookies.get(_csrf_cookie(settings, is_https(request)))
     if existing:
         try:
             return _serializer(settings, "sage-csrf").loads(existing, max_age=settings.session_max_age_s)
@@ -206,7 +258,8 @@ def attach_csrf_cookie(request: Request, response: Response) -> None:
         return
     settings = _settings_of(request)
     value = _serializer(settings, "sage-csrf").dumps(nonce)
-    _set_cookie(response, _csrf_cookie(settings), value, settings, settings.session_max_age_s)
+    https = is_https(request)
+    _set_cookie(response, _csrf_cookie(settings, https), value, settings, settings.session_max_age_s, https)
 
 
 def verify_csrf(request: Request, token: str | None) -> bool:
@@ -218,7 +271,7 @@ def verify_csrf(request: Request, token: str | None) -> bool:
     if session:
         expected = session.csrf
     else:
-        raw = request.cookies.get(_csrf_cookie(settings))
+        raw = request.cookies.get(_csrf_cookie(settings, is_https(request)))
         if not raw:
             return False
         try:
@@ -231,23 +284,90 @@ def verify_csrf(request: Request, token: str | None) -> bool:
 # --- login rate limiting --------------------------------------------------------------------------
 
 
-class LoginRateLimiter:
-    """Failed login attempts per (username, client address) in a sliding window, in the database.
+class TooManyAttempts(Exception):
+    def __init__(self, wait_s: int) -> None:
+        super().__init__(wait_s)
+        self.wait_s = wait_s
 
-    Every web process (and host) sees the same count, and a restart does not reset it. Rows older
-    than the window are pruned as failures are recorded; a successful login clears its key.
+
+class LoginRateLimiter:
+    """Password attempts in a sliding window, kept in the database (`login_failures`), with three
+    limits: per (username, client address), per client address across usernames (one address
+    guessing many accounts), and per username across addresses (many addresses guessing one).
+
+    Race-free without locks: an attempt first inserts and commits its rows (one per key), then
+    counts them; the k-th attempt to commit sees at least k rows, so no burst of parallel requests
+    gets more password checks than the limit. A refused attempt removes its rows again (it checked
+    no password), a successful one removes its own rows and the (username, address) history.
+    Keys are SHA-256 digests, so a password typed into the username field is never stored.
     """
 
-    def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
+    def __init__(
+        self, per_minute: int, per_address: int = 0, per_username: int = 0, window_s: float = 60.0
+    ) -> None:
         self.per_minute = per_minute
+        self.per_address = per_address or per_minute * 3
+        self.per_username = per_username or per_minute * 3
         self.window_s = window_s
 
     @staticmethod
     def _key(username: str, client: str) -> str:
         return hashlib.sha256(f"{username.lower()}\0{client}".encode()).hexdigest()
 
+    @staticmethod
+    def _address_key(client: str) -> str:
+        return hashlib.sha256(f"address\0{client}".encode()).hexdigest()
+
+    @staticmethod
+    def _username_key(username: str) -> str:
+        return hashlib.sha256(f"username\0{username.lower()}".encode()).hexdigest()
+
+    def _limits(self, username: str, client: str) -> dict[str, int]:
+        return {
+            self._key(username, client): self.per_minute,
+            self._address_key(client): self.per_address,
+            self._username_key(username): self.per_username,
+        }
+
+    def begin(self, session: Session, username: str, client: str) -> list[int]:
+        """Count this attempt; returns its row ids. Raises TooManyAttempts (with the wait) when any
+        limit is passed; then nothing of this attempt stays counted."""
+        now = utcnow()
+        since = now - timedelta(seconds=self.window_s)
+        limits = self._limits(username, client)
+        session.execute(delete(LoginFailure).where(LoginFailure.at <= since))
+        rows = [LoginFailure(key=key, at=now) for key in limits]
+        session.add_all(rows)
+        session.commit()
+        ids = [row.id for row in rows]
+        counts = session.execute(
+            select(LoginFailure.key, func.count(), func.min(LoginFailure.at))
+            .where(LoginFailure.key.in_(list(limits)), LoginFailure.at > since)
+            .group_by(LoginFailure.key)
+        ).all()
+        wait = 0
+        for key, count, oldest in counts:
+            if count > limits[key]:
+                wait = max(wait, max(1, int(self.window_s - (now - as_utc(oldest)).total_seconds()) + 1))
+        if wait:
+            self._forget(session, ids)
+            raise TooManyAttempts(wait)
+        return ids
+
+    def _forget(self, session: Session, ids: list[int]) -> None:
+        session.execute(delete(LoginFailure).where(LoginFailure.id.in_(ids)))
+        session.commit()
+
+    def succeeded(self, session: Session, ids: list[int], username: str, client: str) -> None:
+        session.execute(
+            delete(LoginFailure).where(
+                LoginFailure.id.in_(ids) | (LoginFailure.key == self._key(username, client))
+            )
+        )
+        session.commit()
+
     def retry_after(self, session: Session, username: str, client: str) -> int:
-        """Seconds until another attempt is allowed; 0 when allowed now."""
+        """Seconds until the (username, address) pair may try again; 0 when allowed now."""
         now = utcnow()
         since = now - timedelta(seconds=self.window_s)
         count, oldest = session.execute(
@@ -259,26 +379,47 @@ class LoginRateLimiter:
             return 0
         return max(1, int(self.window_s - (now - as_utc(oldest)).total_seconds()) + 1)
 
-    def record_failure(self, session: Session, username: str, client: str) -> None:
-        """Record a failure (committed at once: the request goes on to fail)."""
-        now = utcnow()
-        session.execute(delete(LoginFailure).where(LoginFailure.at <= now - timedelta(seconds=self.window_s)))
-        session.add(LoginFailure(key=self._key(username, client), at=now))
-        session.commit()
-
-    def reset(self, session: Session, username: str, client: str) -> None:
-        session.execute(delete(LoginFailure).where(LoginFailure.key == self._key(username, client)))
-        session.commit()
-
 
 def login_limiter(request: Request) -> LoginRateLimiter:
     """The app's limiter (created on first use and kept on app.state)."""
     state = request.app.state
     limiter = getattr(state, "login_limiter", None)
     if limiter is None:
-        limiter = LoginRateLimiter(_settings_of(request).login_attempts_per_minute)
+        settings = _settings_of(request)
+        limiter = LoginRateLimiter(
+            settings.login_attempts_per_minute,
+            settings.login_attempts_per_address_per_minute,
+            settings.login_attempts_per_username_per_minute,
+        )
         state.login_limiter = limiter
     return limiter
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _too_many(wait: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=f"too many failed password attempts; try again in {wait} s",
+        headers={"Retry-After": str(wait)},
+    )
+
+
+def check_password_throttled(request: Request, session: Session, user: User, password: str) -> bool:
+    """The password check of a signed-in user (password change), under the same limits as login.
+    Raises 429 when over a limit; returns whether the password is right."""
+    limiter = login_limiter(request)
+    client = client_address(request)
+    try:
+        ids = limiter.begin(session, user.username, client)
+    except TooManyAttempts as exc:
+        raise _too_many(exc.wait_s) from None
+    ok = verify_password(user.password_hash, password)
+    if ok:
+        limiter.succeeded(session, ids, user.username, client)
+    return ok
 
 
 def login_with_password(request: Request, session: Session, username: str, password: str) -> User:
@@ -290,21 +431,17 @@ def login_with_password(request: Request, session: Session, username: str, passw
     from app.services.users import authenticate
 
     limiter = login_limiter(request)
-    client = request.client.host if request.client else "unknown"
-    wait = limiter.retry_after(session, username, client)
-    if wait:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"too many failed login attempts; try again in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
+    client = client_address(request)
+    try:
+        ids = limiter.begin(session, username, client)
+    except TooManyAttempts as exc:
+        raise _too_many(exc.wait_s) from None
     user = authenticate(session, username, password)
     if user is None:
-        limiter.record_failure(session, username, client)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="wrong username or password",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    limiter.reset(session, username, client)
+    limiter.succeeded(session, ids, username, client)
     return user

@@ -50,12 +50,36 @@ class Settings(BaseSettings):
     max_import_uncompressed_bytes: int = Field(default=8 * 1024 * 1024 * 1024, gt=0)
     max_import_files: int = Field(default=500_000, gt=0)
     max_zip_ratio: float = Field(default=200.0, gt=1)
+    # Request bodies (checked while they stream, before authentication; see app.hardening):
+    # JSON and url-encoded forms, and any body sent without credentials.
+    max_json_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_anonymous_body_bytes: int = Field(default=64 * 1024, gt=0)
+    # Heavy renders (overlays, consensus, agreement, synchronous predict) running at once per web
+    # process; a request waits up to render_wait_s for a slot, then answers 503 with Retry-After.
+    render_slots: int = Field(default=4, ge=1)
+    render_wait_s: float = Field(default=10.0, ge=0)
+    # Synchronous predicts waiting for a worker at once per web process (they hold no thread).
+    predict_max_waiting: int = Field(default=64, ge=1)
+    # Longest side of an image rendered for display (overlays): bigger images are downscaled first.
+    display_max_side: int = Field(default=1024, ge=64)
+    # /metrics: when set, scrapes must send `Authorization: Bearer <metrics_token>`.
+    metrics_token: str = ""
+
+    # Training options: upper bounds checked before anything is queued.
+    max_train_epochs: int = Field(default=10_000, ge=1)
+    max_train_image_size: int = Field(default=1024, ge=8)
+    max_train_batch_size: int = Field(default=1024, ge=1)
 
     # Auth
     session_cookie: str = "sage_session"
     session_max_age_s: int = 14 * 24 * 3600
     access_token_ttl_s: int = 24 * 3600
     login_attempts_per_minute: int = 10
+    # Failed logins per client address (any usernames) and per username (any addresses) a minute.
+    login_attempts_per_address_per_minute: int = 30
+    login_attempts_per_username_per_minute: int = 30
+    # Personal API tokens created without an expiry get this many days (0 = never expire).
+    api_token_default_ttl_days: int = Field(default=90, ge=0)
 
     # Worker
     broker_polling_interval_s: float = 0.05
@@ -72,6 +96,10 @@ class Settings(BaseSettings):
     # finished (the job then answers 410); export archives are kept while their model version exists.
     job_result_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     job_result_sweep_interval_s: float = Field(default=3600.0, gt=0)  # beat: how often they are swept
+    # Beat: how often stored objects no row uses are swept, and how old (untouched) they must be.
+    orphan_sweep_interval_s: float = Field(default=3600.0, gt=0)
+    orphan_grace_s: float = Field(default=6 * 3600.0, ge=0)
+    orphan_sweep_dry_run: bool = False  # only count orphans (in /metrics and the log)
     # beat: how often images without a prediction of their project's active model (and changed
     # alignments) are swept up; bounds how stale the review orderings get if an event was lost.
     fresh_predictions_interval_s: float = Field(default=60.0, gt=0)

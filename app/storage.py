@@ -7,9 +7,16 @@ temporary file and renaming it into place. `S3Storage` keeps them in an S3-compa
 (SAGE_STORAGE_URL=`s3://bucket/prefix`) with the same rules: write to a temporary key, verify,
 then publish under the content-addressed key.
 
-Writes that belong to a database transaction go through `Storage.staging()`: files are staged
-while the transaction is built and moved into place only when the block ends without error, that
-is after the commit at its end; on error they are removed and nothing is left behind.
+Writes that belong to a database transaction go through `Storage.staging()`: every file is in
+place (written, fsynced, renamed) before the rows that point to it commit, so a committed row never
+points at a missing file, even after a crash. When the block fails, the files it created are
+removed again unless another writer of the same bytes has used them meanwhile; a crash between
+the write and the commit leaves a file no row uses, which the periodic sweep removes after a grace
+period (`app.services.objects`).
+
+Removing an object never races with a writer of the same content: every writer refreshes the
+file's mtime when it reuses an existing object, and `remove_if_unused` moves the file aside,
+re-checks that nobody touched it and that no row uses it, and puts it back otherwise.
 """
 
 from __future__ import annotations
@@ -19,13 +26,11 @@ import hashlib
 import io
 import os
 import re
-import shutil
 import tempfile
 import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
@@ -125,9 +130,22 @@ class Storage(ABC):
     @abstractmethod
     def new_staging(self) -> Staging: ...
 
+    def remove_if_unused(
+        self, key: str, in_use: Callable[[], bool], expected_mtime_ns: int | None = None
+    ) -> bool:
+        """Remove the object unless a writer touched it or `in_use()` says a row needs it; True
+        when removed. Backends without the move-aside protocol keep the object (the sweep retries)."""
+        return False
+
+    def iter_objects(self) -> Iterator[tuple[str, int]]:
+        """(key, last modified in ns) of every published object (for the orphan sweep)."""
+        for key, modified in self.list_objects():
+            yield key, int(modified * 1e9)
+
     @contextlib.contextmanager
     def staging(self) -> Iterator[Staging]:
-        """Stage writes; promote them when the block succeeds (after the commit inside it)."""
+        """Writes for one transaction: in place at once (before the commit inside the block);
+        removed again when the block fails, unless another writer used them meanwhile."""
         staged = self.new_staging()
         try:
             yield staged
@@ -148,6 +166,8 @@ class LocalStorage(Storage):
         self.root = Path(root).resolve()
         self.tmp_dir = self.root / ".tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.trash_dir = self.root / ".trash"  # objects being removed (same file system: renames)
+        self.trash_dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
         if not _KEY_RE.match(key):
@@ -174,9 +194,62 @@ class LocalStorage(Storage):
 
     def put_bytes(self, data: bytes, suffix: str = "") -> str:
         key = make_key(sha256_hex(data), suffix)
-        if not self.exists(key):
+        if not self._touch(key):
             self._place(self._write_temp(data), key)
         return key
+
+    def _touch(self, key: str) -> bool:
+        """Refresh an existing object's mtime (this writer uses it now); False when it is absent."""
+        try:
+            os.utime(self.path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def mtime_ns(self, key: str) -> int | None:
+        try:
+            return self.path(key).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def remove_if_unused(
+        self, key: str, in_use: Callable[[], bool], expected_mtime_ns: int | None = None
+    ) -> bool:
+        """Move the object aside, then remove it only if its mtime is still `expected_mtime_ns`
+        (default: what it was just before) and `in_use()` is False; otherwise put it back.
+
+        A writer that reuses the object before the move refreshed its mtime (so it is put back);
+        one that comes after finds no file and writes a fresh copy. Either way no committed row is
+        left pointing at a removed file."""
+        target = self.path(key)
+        if expected_mtime_ns is None:
+            expected_mtime_ns = self.mtime_ns(key)
+            if expected_mtime_ns is None:
+                return False
+        aside = self.trash_dir / f"{key}.{uuid.uuid4().hex}"
+        try:
+            os.rename(target, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            keep = aside.stat().st_mtime_ns != expected_mtime_ns or in_use()
+        except BaseException:
+            os.replace(aside, target)
+            raise
+        if keep:
+            os.replace(aside, target)  # same bytes as any fresher copy: replacing it is harmless
+            return False
+        aside.unlink(missing_ok=True)
+        return True
+
+    def iter_objects(self) -> Iterator[tuple[str, int]]:
+        for first in self.root.iterdir():
+            if first.name.startswith(".") or not first.is_dir():
+                continue
+            for path in first.glob("*/*"):
+                if _KEY_RE.match(path.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        yield path.name, path.stat().st_mtime_ns
 
     def put_file(self, src: BinaryIO, suffix: str = "") -> str:
         """Store a stream without holding it in memory."""
@@ -205,11 +278,8 @@ class LocalStorage(Storage):
         return self.path(key).stat().st_size
 
     def list_objects(self) -> Iterator[tuple[str, float]]:
-        for shard in sorted(self.root.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]")):
-            for entry in os.scandir(shard):
-                if entry.is_file() and _KEY_RE.match(entry.name):
-                    with contextlib.suppress(FileNotFoundError):
-                        yield entry.name, entry.stat().st_mtime
+        for key, mtime_ns in self.iter_objects():
+            yield key, mtime_ns / 1e9
 
     def __repr__(self) -> str:
         return f"LocalStorage({self.root})"
@@ -223,35 +293,41 @@ class LocalStorage(Storage):
 
 
 class LocalStaging(Staging):
+    """Objects of one transaction, written into place at once. `discard` (the transaction failed)
+    removes those this staging created, unless another writer touched them since."""
+
     def __init__(self, storage: LocalStorage) -> None:
         self.storage = storage
-        self._dir = Path(tempfile.mkdtemp(prefix="staging-", dir=storage.tmp_dir))
-        self._files: dict[str, Path] = {}
+        self._created: dict[str, int] = {}  # key -> mtime_ns right after this staging wrote it
+        self._keys: list[str] = []
 
     def put_bytes(self, data: bytes, suffix: str = "") -> str:
         key = make_key(sha256_hex(data), suffix)
-        if key not in self._files:
-            path = self._dir / key
-            with open(path, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            self._files[key] = path
+        if key in self._keys:
+            return key
+        if not self.storage._touch(key):
+            self.storage._place(self.storage._write_temp(data), key)
+            mtime = self.storage.mtime_ns(key)
+            if mtime is not None:
+                self._created[key] = mtime
+        self._keys.append(key)
         return key
 
     @property
     def keys(self) -> list[str]:
-        return list(self._files)
+        return list(self._keys)
 
     def promote(self) -> None:
-        for key, path in self._files.items():
-            self.storage._place(path, key)
-        self._files.clear()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        """Nothing to move: the files went into place before the commit."""
+        self._created.clear()
+        self._keys.clear()
 
     def discard(self) -> None:
-        self._files.clear()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        # Nobody else touched a file this staging created => no row can point at it.
+        for key, mtime in self._created.items():
+            self.storage.remove_if_unused(key, lambda: False, expected_mtime_ns=mtime)
+        self._created.clear()
+        self._keys.clear()
 
 
 # --- S3-compatible object storage -----------------------------------------------------------------
@@ -488,11 +564,54 @@ class S3Storage(Storage):
 
     def put_bytes(self, data: bytes, suffix: str = "") -> str:
         key = make_key(sha256_hex(data), suffix)
-        if not self.exists(key):
+        if not self._touch(key):
             tmp = self._tmp_name(uuid.uuid4().hex)
             self._put_small(tmp, data)
             self._publish(tmp, key)
         return key
+
+    def _touch(self, key: str) -> bool:
+        """Refresh an existing object's LastModified (this writer uses it now, so the orphan sweep's
+        grace period starts again); False when it is absent."""
+        name = self._name(key)
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=name,
+                CopySource={"Bucket": self.bucket, "Key": name},
+                MetadataDirective="REPLACE",
+            )
+        except Exception as exc:  # noqa: BLE001 - botocore's ClientError
+            if self._missing(exc):
+                return False
+            raise
+        return True
+
+    def modified_ns(self, key: str) -> int | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._name(key))
+        except Exception as exc:  # noqa: BLE001
+            if self._missing(exc):
+                return None
+            raise
+        return int(head["LastModified"].timestamp() * 1e9)
+
+    def remove_if_unused(
+        self, key: str, in_use: Callable[[], bool], expected_mtime_ns: int | None = None
+    ) -> bool:
+        """Remove the object when its LastModified is still `expected_mtime_ns` (default: what it is
+        now) and `in_use()` is False, both checked just before the delete. S3 has no atomic
+        move-aside, so unlike the local folder a writer that reuses the object in the moment
+        between that check and the delete can lose it; every writer refreshes LastModified when it
+        reuses an object (`_touch`), and the sweep only considers objects older than its grace
+        period, which keeps that moment to objects nobody has written for that long."""
+        current = self.modified_ns(key)
+        if current is None or (expected_mtime_ns is not None and current != expected_mtime_ns):
+            return False
+        if in_use():
+            return False
+        self.delete(key)
+        return True
 
     def _put_small(self, name: str, data: bytes) -> None:
         if len(data) >= self.transfer.multipart_threshold:
@@ -577,37 +696,41 @@ class S3Storage(Storage):
 
 
 class S3Staging(Staging):
-    """Staged objects go to `<prefix>/.tmp/<staging id>/<key>`; `promote` publishes each one."""
+    """Objects of one transaction, published at once (verified, under their content-addressed key)
+    so they exist before the rows that point to them commit. `discard` (the transaction failed)
+    removes the ones this staging created, unless a writer has used them since."""
 
     def __init__(self, storage: S3Storage) -> None:
         self.storage = storage
-        self._id = uuid.uuid4().hex
-        self._names: dict[str, str] = {}
+        self._created: dict[str, int] = {}  # key -> LastModified (ns) right after our write
+        self._keys: set[str] = set()
 
     def put_bytes(self, data: bytes, suffix: str = "") -> str:
         key = make_key(sha256_hex(data), suffix)
-        if key not in self._names:
-            name = self.storage._tmp_name(self._id, key)
-            self.storage._put_small(name, data)
-            self._names[key] = name
+        if key not in self._keys:
+            existed = self.storage.exists(key)
+            self.storage.put_bytes(data, suffix)
+            self._keys.add(key)
+            modified = None if existed else self.storage.modified_ns(key)
+            if modified is not None:
+                self._created[key] = modified
         return key
 
     @property
     def keys(self) -> list[str]:
-        return list(self._names)
+        return list(self._keys)
 
     def promote(self) -> None:
-        # Each publish is a server-side copy and a delete: run several at once.
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            for _ in pool.map(lambda item: self.storage._publish(item[1], item[0]), self._names.items()):
-                pass
-        self._names.clear()
+        """Nothing to publish: the objects went into place before the commit."""
+        self._created.clear()
+        self._keys.clear()
 
     def discard(self) -> None:
-        for name in self._names.values():
+        for key, modified in self._created.items():
             with contextlib.suppress(Exception):
-                self.storage.client.delete_object(Bucket=self.storage.bucket, Key=name)
-        self._names.clear()
+                self.storage.remove_if_unused(key, lambda: False, expected_mtime_ns=modified)
+        self._created.clear()
+        self._keys.clear()
 
 
 def storage_for_url(url: str, settings: Settings) -> Storage:

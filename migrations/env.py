@@ -34,7 +34,14 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     url = _url()
     engine = make_engine(url, poolclass=pool.NullPool)
+    sqlite = url.startswith("sqlite")
     with engine.connect() as connection:
+        if sqlite:
+            # Batch operations rebuild a table by copying it and dropping the original: with foreign
+            # keys on, dropping a parent table would cascade-delete its children's rows. The pragma
+            # only takes effect outside a transaction, so it is set before the migration's BEGIN.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
@@ -43,6 +50,11 @@ def run_migrations_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            if problems:
+                raise RuntimeError(f"migration left rows breaking foreign keys: {problems[:10]}")
     engine.dispose()
 
 

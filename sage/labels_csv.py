@@ -101,6 +101,21 @@ class LabelsCsvError(ValueError):
         super().__init__(f"{len(self.problems)} problem(s) in {path}:\n  {shown}{more}")
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: str) -> str:
+    """A cell safe to open in a spreadsheet: a leading formula character gets a `'` before it
+    (the OWASP rule); `csv_value` undoes it when parsing, so write -> parse round-trips."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def csv_value(cell: str) -> str:
+    """Undo `csv_cell`."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START) else cell
+
+
 def image_name_problem(name: str) -> str | None:
     """Why `name` is not a plain file name inside images/, or None when it is."""
     if not name:
@@ -163,7 +178,7 @@ def parse_labels_csv(
             if len(cells) > len(columns):
                 result.problems.append(Problem(line, f"expected {len(columns)} columns, got {len(cells)}"))
                 continue
-            cells = [c.strip() for c in cells] + [""] * (len(columns) - len(cells))
+            cells = [csv_value(c.strip()) for c in cells] + [""] * (len(columns) - len(cells))
             problem, row = _row(line, cells, at, known, allow_unlabelled, seen, group_split)
             if problem:
                 result.problems.append(Problem(line, problem))
@@ -224,7 +239,8 @@ def read_labels_csv(
 
 
 def format_labels_csv(rows: Iterable[LabelRow]) -> str:
-    """labels.csv text for `rows`: image,label,split, plus group and subtype when any row has one."""
+    """labels.csv text for `rows`: image,label,split, plus group and subtype when any row has one.
+    Cells that a spreadsheet would run as a formula are escaped (`csv_cell`)."""
     rows = list(rows)
     columns = ["image", "label", "split"]
     columns += [c for c in ("group", "subtype") if any(getattr(r, c) for r in rows)]
@@ -232,5 +248,5 @@ def format_labels_csv(rows: Iterable[LabelRow]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for r in rows:
-        writer.writerow([getattr(r, c) or "" for c in columns])
+        writer.writerow([csv_cell(getattr(r, c) or "") for c in columns])
     return buf.getvalue()

@@ -50,13 +50,16 @@ def predictor_cache(ctx: WorkerContext) -> registry.PredictorCache:
 
 def predict_image(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]:
     """Body of `sage.predict`. `request`: model_id, model_version, artifact_key, checksum,
-    project_id, image_b64, heatmap (bool: the overlay), raw_heatmap (bool: the 8-bit grayscale
+    project_id, image_key (the upload in storage; older messages carry image_b64), heatmap (bool: the overlay), raw_heatmap (bool: the 8-bit grayscale
     map at the image's size). Answers label, probabilities, model id and version, and the asked
     heatmaps as base64 PNGs."""
     from sage.heatmaps import heatmap_png, overlay_png
 
     started = time.perf_counter()
-    data = base64.b64decode(request["image_b64"])
+    if request.get("image_key"):
+        data = ctx.storage.read_bytes(request["image_key"])
+    else:
+        data = base64.b64decode(request["image_b64"])
     decoded = decode_image(data, max_pixels=ctx.settings.max_image_pixels)
     batcher = predictor_cache(ctx).get(request["model_id"], request["artifact_key"], request["checksum"])
     result = batcher.predict(decoded, timeout=ctx.settings.predict_timeout_s)

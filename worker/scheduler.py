@@ -1,5 +1,5 @@
 """Beat's schedule and its periodic jobs: reap runs whose heartbeat went stale, start retraining,
-expire old job results.
+sweep stored objects no row uses, expire old job results.
 
 Both jobs are idempotent (conditional updates, at most one queued or running run per project), so
 two beat processes by mistake, or a job delivered twice, do no harm. They expire after one period
@@ -22,9 +22,11 @@ from app.queue import (
     TASK_PREDICT_MISSING,
     TASK_REAP_STALE,
     TASK_RETRAIN_CHECK,
+    TASK_SWEEP_OBJECTS,
     TRAIN_QUEUE,
 )
 from app.services import jobs as job_service
+from app.services import objects
 from app.services import training as runs
 from app.settings import Settings
 from worker import registry
@@ -52,6 +54,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.retrain_check_interval_s,
             "options": {"queue": PREDICT_QUEUE, "expires": settings.retrain_check_interval_s},
         },
+        "sweep-objects": {
+            "task": TASK_SWEEP_OBJECTS,
+            "schedule": settings.orphan_sweep_interval_s,
+            "options": {"queue": PREDICT_QUEUE, "expires": settings.orphan_sweep_interval_s},
+        },
         "fresh-predictions": {
             "task": TASK_PREDICT_MISSING,
             "schedule": settings.fresh_predictions_interval_s,
@@ -63,6 +70,19 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"queue": PREDICT_QUEUE, "expires": settings.job_result_sweep_interval_s},
         },
     }
+
+
+def sweep(ctx: WorkerContext) -> dict[str, Any]:
+    """Remove stored objects no row uses that are older than the grace period (or count them)."""
+    settings = ctx.settings
+    with ctx.session() as session:
+        report = objects.sweep_orphans(
+            session, ctx.storage, settings.orphan_grace_s, dry_run=settings.orphan_sweep_dry_run
+        )
+    objects.write_report(settings.resolved_data_dir, report)
+    if report.orphans:
+        log.warning("orphan sweep: %s", report)
+    return {"orphans": report.orphans, "removed": report.removed, "kept": report.kept}
 
 
 def reap(ctx: WorkerContext, celery: runs.TaskSender) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from app.queue import (
     TASK_REALIGN,
     TASK_REAP_STALE,
     TASK_RETRAIN_CHECK,
+    TASK_SWEEP_OBJECTS,
     TASK_TRAIN,
 )
 from worker import jobs, prediction, scheduler, training
@@ -84,3 +85,7 @@ def register_tasks(celery: Celery) -> None:
     @celery.task(name=TASK_RETRAIN_CHECK, bind=True, ignore_result=True)
     def retrain_check(self) -> dict[str, Any]:
         return scheduler.retrain(_ctx(self), self.app)
+
+    @celery.task(name=TASK_SWEEP_OBJECTS, bind=True, ignore_result=True)
+    def sweep_objects(self) -> dict[str, Any]:
+        return scheduler.sweep(_ctx(self))

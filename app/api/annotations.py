@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from app.api.images import NoControl, read_upload
 from app.deps import (
@@ -142,13 +143,20 @@ def list_annotations(image: ImageViewer, user: CurrentUser, session: SessionDep)
     )
 
 
-@router.get("/images/{iid}/saliency.png", response_class=Response, responses={200: PNG, **BLIND})
-def consensus_png(
-    image: ImageViewer, user: CurrentUser, session: SessionDep, storage: StorageDep
+@router.get(
+    "/images/{iid}/saliency.png",
+    response_class=Response,
+    responses={200: PNG, 503: {"description": "too many renders at once; retry after Retry-After"}, **BLIND},
+)
+async def consensus_png(
+    request: Request, image: ImageViewer, user: CurrentUser, session: SessionDep, storage: StorageDep
 ) -> Response:
-    """The consensus saliency map (mean of the annotators' maps, else the imported map); 404 if none."""
-    reading.check_can_see_others(session, image, user)
-    png = annotation_service.consensus_png(session, storage, image)
+    """The consensus saliency map (mean of the annotators' maps, else the imported map); 404 if none.
+    Computed a bounded number at a time (503 with Retry-After when the server stays busy)."""
+    await run_in_threadpool(reading.check_can_see_others, session, image, user)
+    png = await request.app.state.render_limiter.run(
+        annotation_service.consensus_png, session, storage, image
+    )
     if png is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no saliency map for this image yet")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-cache"})

@@ -31,10 +31,14 @@ def issue_access_token(
 
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
-def logout(response: Response, settings: SettingsDep) -> Response:
-    """End the browser session (clears the session cookie; bearer tokens are unaffected)."""
+def logout(request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
+    """End your browser sessions server side (every session cookie issued so far stops working)
+    and clear the cookie. With the cookie, send the CSRF token like any other write. Bearer
+    tokens are unaffected."""
+    security.end_sessions(session, user)
+    session.commit()
     out = Response(status_code=status.HTTP_204_NO_CONTENT)
-    security.logout_session(out, settings)
+    security.logout_session(out, settings, request)
     return out
 
 
@@ -44,11 +48,14 @@ def me(user: CurrentUser) -> User:
 
 
 @router.post("/users/me/password", status_code=status.HTTP_204_NO_CONTENT)
-def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep) -> Response:
-    """Change your password; every session and access token issued before ends (API tokens stay)."""
-    if not security.verify_password(user.password_hash, body.current_password):
+def change_password(
+    request: Request, body: PasswordChange, user: CurrentUser, session: SessionDep
+) -> Response:
+    """Change your password; every session and access token issued before ends (API tokens stay).
+    The current-password check is throttled like sign-in (429 with Retry-After)."""
+    if not security.check_password_throttled(request, session, user, body.current_password):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="the current password is wrong")
-    user_service.update_user(session, user, password=body.new_password)
+    user_service.update_user(session, user, password=body.new_password, keep_api_tokens=body.keep_api_tokens)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -64,7 +71,7 @@ def create_user(body: UserCreate, admin: AdminUser, session: SessionDep) -> User
     return user_service.create_user(session, body.username, body.password, is_admin=body.is_admin)
 
 
-@router.patch("/users/{uid}", response_model=UserOut)
+@router.patch("/users/{uid:int}", response_model=UserOut)
 def update_user(
     uid: Annotated[int, Path(ge=1, le=MAX_ID)], body: UserUpdate, admin: AdminUser, session: SessionDep
 ) -> User:

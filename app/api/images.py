@@ -49,6 +49,17 @@ def check_content_length(request: Request, limit: int) -> None:
         raise TooLarge(f"the request is {int(length):,} bytes, over the limit of {limit:,}")
 
 
+def spooled(upload: UploadFile, limit: int, what: str):
+    """The upload's file object after checking its size (413 when over `limit`)."""
+    size = upload.size
+    if size is None:
+        upload.file.seek(0, 2)
+        size = upload.file.tell()
+    if size > limit:
+        raise TooLarge(f"{what} is {size:,} bytes, over the limit of {limit:,}; make it smaller")
+    return upload.file
+
+
 def read_upload(upload: UploadFile, limit: int, what: str) -> bytes:
     """An uploaded file's bytes, or 413 when it is over `limit`."""
     if upload.size is not None and upload.size > limit:
@@ -91,9 +102,10 @@ def upload_images(
     422 unknown label). Bytes already in the project answer their existing row (`created: false`)."""
     check_content_length(request, settings.max_import_bytes)
     uploads = list(files or []) + ([file] if file is not None else [])
+    # Starlette spooled each file to disk as it streamed (over 1 MiB); the service reads one at a time.
     payload = [
         image_service.UploadedFile(
-            u.filename or "", read_upload(u, settings.max_upload_bytes, f"file {u.filename!r}")
+            u.filename or "", source=spooled(u, settings.max_upload_bytes, f"file {u.filename!r}")
         )
         for u in uploads
     ]

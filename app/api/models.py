@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
@@ -20,6 +19,7 @@ from app.deps import (
     check_project_access,
 )
 from app.models import ModelVersion
+from app.schemas import UtcDateTime
 from app.services import models as model_service
 from app.storage import CHUNK, LocalStorage, make_key
 
@@ -40,8 +40,8 @@ class ModelOut(BaseModel):
     metrics: dict[str, Any]
     config: dict[str, Any]
     checksum: str
-    created_at: datetime
-    activated_at: datetime | None
+    created_at: UtcDateTime
+    activated_at: UtcDateTime | None
 
 
 def model_out(model: ModelVersion) -> ModelOut:

@@ -8,10 +8,10 @@ heatmaps, the review gallery).
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import io
 import logging
-from datetime import datetime
+import time
 from typing import Annotated, Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from celery.result import AsyncResult
 from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile, status
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import (
     CurrentUser,
@@ -33,9 +34,10 @@ from app.deps import (
 from app.imaging import ImageError, decode_image
 from app.models import Image, ModelVersion, Prediction
 from app.queue import TASK_PREDICT
-from app.schemas import API
+from app.schemas import API, UtcDateTime
 from app.services import models as model_service
 from app.services import predictions as prediction_service
+from app.storage import Storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["predictions"])
@@ -80,7 +82,7 @@ class StoredPrediction(BaseModel):
     overlay_url: str | None
     image_url: str
     image_label: str | None = None
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 def stored_out(p: Prediction, model: ModelVersion, image: Image) -> StoredPrediction:
@@ -113,13 +115,15 @@ def _active_model_or_409(session: Session, project_id: int) -> ModelVersion:
     responses={
         202: {"model": PredictJob},
         409: {"description": "no active model"},
+        503: {"description": "too many predictions waiting; retry after Retry-After"},
         504: {"model": PredictJob},
     },
 )
-def predict(
+async def predict(
     project: ProjectViewer,
     session: SessionDep,
     settings: SettingsDep,
+    storage: StorageDep,
     request: Request,
     response: Response,
     file: Annotated[UploadFile, File(description="the image (PNG, JPEG, TIFF, BMP or DICOM)")],
@@ -134,8 +138,28 @@ def predict(
     ] = "overlay",
 ) -> PredictAnswer | PredictJob:
     """Label, probabilities, model version and id, and the heatmap (base64 PNG) for one image:
-    blended over the image (`heatmap_png`), raw (`raw_heatmap_png`), both or none."""
-    model = _active_model_or_409(session, project.id)
+    blended over the image (`heatmap_png`), raw (`raw_heatmap_png`), both or none.
+
+    The image goes to the predict worker by storage key (the message stays small); the wait for
+    the answer holds no request thread. A bounded number of synchronous predicts wait at once
+    (503 with Retry-After beyond)."""
+    job = await run_in_threadpool(_prepare_job, session, storage, settings, project.id, file, heatmap)
+    celery = request.app.state.celery
+    expires = ASYNC_JOB_EXPIRES_S if run_async else settings.predict_timeout_s
+    result: AsyncResult = await run_in_threadpool(celery.send_task, TASK_PREDICT, args=[job], expires=expires)
+    if run_async:
+        response.status_code = status.HTTP_202_ACCEPTED
+        return PredictJob(job_id=result.id, status="pending", poll_url=f"{API}/predict-jobs/{result.id}")
+    answer = await request.app.state.predict_limiter.hold(_wait_for(result, settings.predict_timeout_s))
+    return PredictAnswer(**answer)
+
+
+def _prepare_job(
+    session: Session, storage: Storage, settings: Any, project_id: int, file: UploadFile, heatmap: str
+) -> dict[str, Any]:
+    """Check the upload, store it (content-addressed; unreferenced, so the orphan sweep removes it
+    after its grace period) and build the worker's message."""
+    model = _active_model_or_409(session, project_id)
     data = file.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(
@@ -143,41 +167,47 @@ def predict(
             detail=f"the image is over {settings.max_upload_bytes} bytes",
         )
     try:
-        decode_image(data, max_pixels=settings.max_image_pixels, what=file.filename or "the file")
+        decoded = decode_image(data, max_pixels=settings.max_image_pixels, what=file.filename or "the file")
     except ImageError as exc:
         raise HTTPException(exc.status_code, detail=exc.detail) from None
+    key = storage.put_bytes(data, decoded.suffix)
     job = {
-        "project_id": project.id,
+        "project_id": project_id,
         "model_id": model.id,
         "model_version": model.version,
         "artifact_key": model.artifact_key,
         "checksum": model.checksum,
-        "image_b64": base64.b64encode(data).decode(),
+        "image_key": key,
         "heatmap": heatmap in ("overlay", "both"),
         "raw_heatmap": heatmap in ("raw", "both"),
     }
     session.close()  # do not hold a connection while waiting for the worker
-    celery = request.app.state.celery
-    expires = ASYNC_JOB_EXPIRES_S if run_async else settings.predict_timeout_s
-    result: AsyncResult = celery.send_task(TASK_PREDICT, args=[job], expires=expires)
-    if run_async:
-        response.status_code = status.HTTP_202_ACCEPTED
-        return PredictJob(job_id=result.id, status="pending", poll_url=f"{API}/predict-jobs/{result.id}")
+    return job
+
+
+async def _wait_for(result: AsyncResult, timeout_s: float) -> dict[str, Any]:
+    """The worker's answer, polled with backoff from the event loop (no thread held meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.01
+    while not await run_in_threadpool(result.ready):
+        if time.monotonic() >= deadline:
+            raise HTTPException(
+                status.HTTP_504_GATEWAY_TIMEOUT,
+                detail={
+                    "message": f"no predict worker answered within {timeout_s:.0f} s; "
+                    "poll the job later or check that a worker consumes the `predict` queue",
+                    "job_id": result.id,
+                    "poll_url": f"{API}/predict-jobs/{result.id}",
+                },
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, 0.2)
     try:
-        answer = result.get(timeout=settings.predict_timeout_s, interval=0.01, propagate=True)
+        return await run_in_threadpool(lambda: result.get(timeout=5, propagate=True))
     except CeleryTimeout:
-        raise HTTPException(
-            status.HTTP_504_GATEWAY_TIMEOUT,
-            detail={
-                "message": f"no predict worker answered within {settings.predict_timeout_s:.0f} s; "
-                "poll the job later or check that a worker consumes the `predict` queue",
-                "job_id": result.id,
-                "poll_url": f"{API}/predict-jobs/{result.id}",
-            },
-        ) from None
+        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, detail="the answer could not be read") from None
     except Exception as exc:  # noqa: BLE001 - the worker's error, re-raised by Celery
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"prediction failed: {exc}") from None
-    return PredictAnswer(**answer)
 
 
 @router.get("/predict-jobs/{job_id}", response_model=PredictJob)
@@ -233,27 +263,48 @@ def image_prediction_heatmap(image: ImageViewer, session: SessionDep, storage: S
     )
 
 
-@router.get("/images/{iid}/prediction/overlay.png", response_class=Response, responses=PNG)
-def image_prediction_overlay(image: ImageViewer, session: SessionDep, storage: StorageDep) -> Response:
-    """The heatmap colour-mapped and blended over the image (PNG)."""
+def render_overlay(
+    session: Session, storage: Storage, image: Image, heatmap_key: str, max_side: int
+) -> bytes:
+    """The heatmap colour-mapped and blended over the image in its default display window (DICOM
+    and 16-bit images too), downscaled to at most `max_side` pixels on its longest side before
+    blending, so the colour map and blend never run at a huge image's full size."""
     from PIL import Image as PILImage
 
-    from sage.heatmaps import overlay_png
-
-    row, _ = _stored_for_image(session, image)
-    if not row.heatmap_key:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this prediction has no heatmap")
     from app.services.images import display_window, pixel_array
+    from sage.heatmaps import overlay_png
     from sage.imageio import render_8bit
 
     pixels = pixel_array(session, storage, image)
     picture = PILImage.fromarray(render_8bit(pixels, *display_window(image)))
-    heat = (
-        np.asarray(PILImage.open(io.BytesIO(storage.read_bytes(row.heatmap_key))), dtype=np.float32) / 255.0
+    del pixels
+    if max(picture.size) > max_side:
+        picture.thumbnail((max_side, max_side), PILImage.Resampling.BILINEAR)
+    heat_image = PILImage.open(io.BytesIO(storage.read_bytes(heatmap_key)))
+    if max(heat_image.size) > max(picture.size):
+        heat_image = heat_image.resize(picture.size, PILImage.Resampling.BILINEAR)
+    heat = np.asarray(heat_image, dtype=np.float32) / 255.0
+    return overlay_png(picture, heat)
+
+
+@router.get(
+    "/images/{iid}/prediction/overlay.png",
+    response_class=Response,
+    responses={**PNG, 503: {"description": "too many renders at once; retry after Retry-After"}},
+)
+async def image_prediction_overlay(
+    request: Request, image: ImageViewer, session: SessionDep, storage: StorageDep, settings: SettingsDep
+) -> Response:
+    """The heatmap colour-mapped and blended over the image (PNG, at most `SAGE_DISPLAY_MAX_SIDE`
+    pixels on its longest side). Renders run a bounded number at a time (503 with Retry-After
+    when the server stays busy)."""
+    row, _ = await run_in_threadpool(_stored_for_image, session, image)
+    if not row.heatmap_key:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this prediction has no heatmap")
+    png = await request.app.state.render_limiter.run(
+        render_overlay, session, storage, image, row.heatmap_key, settings.display_max_side
     )
-    return Response(
-        overlay_png(picture, heat), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
-    )
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/projects/{pid}/predictions", response_model=list[StoredPrediction])

@@ -36,6 +36,7 @@ from app.services import datasets, reading
 from app.services import images as image_service
 from app.services import models as model_service
 from app.services import projects as project_service
+from app.services import training as training_service
 from app.services.errors import TooLarge
 
 router = APIRouter(tags=["projects"])
@@ -54,10 +55,14 @@ def list_projects(user: CurrentUser, session: SessionDep) -> list[ProjectOut]:
 
 
 @router.post("/projects", response_model=ProjectOut, status_code=status.HTTP_201_CREATED)
-def create_project(body: ProjectCreate, user: CurrentUser, session: SessionDep) -> ProjectOut:
-    """Create a project; you become its manager. 409 when the name is taken."""
+def create_project(
+    body: ProjectCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> ProjectOut:
+    """Create a project; you become its manager. 409 when the name is taken; 422 for unknown or
+    out-of-bounds training options."""
     fields = body.model_dump()
     fields["training"] = body.training.as_dict()
+    training_service.check_project_training(fields, settings)
     fields["blind_mode"] = BLIND_MODE_VALUES[body.blind_mode]
     project = project_service.create_project(session, user, **fields)
     return _out(session, project, "manager")
@@ -91,7 +96,11 @@ def _check_training(project, fields: dict) -> None:
 
 @router.patch("/projects/{pid}", response_model=ProjectOut)
 def update_project(
-    body: ProjectUpdate, project: ProjectManager, user: CurrentUser, session: SessionDep
+    body: ProjectUpdate,
+    project: ProjectManager,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> ProjectOut:
     """Change settings (managers). Removing a label that is still used answers 409; training
     options that a training run would refuse answer 422."""
@@ -103,6 +112,14 @@ def update_project(
         fields["blind_mode"] = BLIND_MODE_VALUES[fields["blind_mode"]]
     if {"training", "backbone", "image_size"} & set(fields):
         _check_training(project, fields)
+        training_service.check_project_training(  # and the server's upper bounds
+            {
+                "backbone": fields.get("backbone", project.backbone),
+                "image_size": fields.get("image_size", project.image_size),
+                "training": fields.get("training", project.training),
+            },
+            settings,
+        )
     project_service.update_project(session, project, **fields)
     return _out(session, project, member_role(session, user, project.id))
 

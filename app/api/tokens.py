@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
-from app.deps import MAX_ID, CurrentUser, SessionDep
+from app.deps import MAX_ID, CurrentUser, SessionDep, SettingsDep
 from app.models import ApiToken
 from app.schemas import ApiTokenCreate, ApiTokenCreated, ApiTokenOut
 from app.services import users as user_service
@@ -15,11 +15,22 @@ router = APIRouter(tags=["tokens"])
 
 
 @router.post("/tokens", response_model=ApiTokenCreated, status_code=status.HTTP_201_CREATED)
-def create_token(body: ApiTokenCreate, user: CurrentUser, session: SessionDep) -> ApiTokenCreated:
+def create_token(
+    body: ApiTokenCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> ApiTokenCreated:
     """A new personal API token for scripts: send it as `Authorization: Bearer <token>`.
 
-    The token is in this answer only; the server keeps its SHA-256."""
-    row, token = user_service.create_token(session, user, body.name, body.expires_in_days)
+    The token is in this answer only; the server keeps its SHA-256. `scope: read` tokens may only
+    read; tokens expire after `expires_in_days` (default set by the server) and are revoked when
+    the password changes unless the change keeps them."""
+    row, token = user_service.create_token(
+        session,
+        user,
+        body.name,
+        body.expires_in_days,
+        scope=body.scope,
+        default_ttl_days=settings.api_token_default_ttl_days,
+    )
     return ApiTokenCreated(**ApiTokenOut.model_validate(row).model_dump(), token=token)
 
 

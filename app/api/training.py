@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from datetime import datetime
+import time
 from typing import Annotated, Any
 
 import anyio
@@ -14,17 +13,34 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
-from app.deps import MAX_ID, CurrentUser, ProjectManager, ProjectViewer, SessionDep, check_project_access
+from app.deps import (
+    MAX_ID,
+    CurrentUser,
+    ProjectManager,
+    ProjectViewer,
+    SessionDep,
+    SettingsDep,
+    check_project_access,
+)
 from app.models import TrainingRun, User
-from app.schemas import API
+from app.run_events import RunEventHub
+from app.schemas import API, UtcDateTime
 from app.services import training as training_service
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["training"])
 
 RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="training run id")]
-SSE_POLL_S = 0.25
+SSE_RECHECK_S = 5.0  # a stream re-reads its run on its own at least this often
 SSE_KEEPALIVE_S = 15.0
+SSE_BATCH = 500  # events read per query
+
+
+def run_event_hub(app) -> RunEventHub:
+    hub = getattr(app.state, "run_event_hub", None)
+    if hub is None:
+        hub = app.state.run_event_hub = RunEventHub(app.state.session_factory)
+    return hub
 
 
 class TrainingRequest(BaseModel):
@@ -46,10 +62,10 @@ class TrainingRunOut(BaseModel):
     model_id: int | None
     worker_id: str | None
     created_by_id: int | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    heartbeat_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
+    heartbeat_at: UtcDateTime | None
     lineage: dict[str, Any] | None = None  # only in the single-run answers
     joined: bool | None = None  # POST: true when an existing queued or running run was joined
     events_url: str
@@ -101,13 +117,20 @@ def start_training(
     user: CurrentUser,
     session: SessionDep,
     request: Request,
+    settings: SettingsDep,
     body: Annotated[TrainingRequest | None, Body()] = None,
 ) -> TrainingRunOut:
     """Train the project's model now ("train now"). Options override the project's defaults for
     this run only and are validated before anything is queued (422). When a run is already queued
     or running, it is returned instead (`joined: true`)."""
     result = training_service.create_or_join_run(
-        session, project, user, body.training if body else None, force=True, reason="manual"
+        session,
+        project,
+        user,
+        body.training if body else None,
+        force=True,
+        reason="manual",
+        settings=settings,
     )
     if result.created:
         try:
@@ -177,8 +200,12 @@ def training_run_events(
             # read is final, the events read next include the last one.
             run = s.get(TrainingRun, rid)
             run_status = run.status if run else "cancelled"
-            events = [(e.id, e.kind, e.data) for e in training_service.events_after(s, rid, after_id)]
+            events = [
+                (e.id, e.kind, e.data) for e in training_service.events_after(s, rid, after_id, SSE_BATCH)
+            ]
             return events, run_status
+
+    hub = run_event_hub(request.app)
 
     async def stream():
         after_id = start
@@ -191,14 +218,18 @@ def training_run_events(
                 yield _sse(event_id, kind, data)
             if events:
                 idle = 0.0
-                continue  # drain a backlog before sleeping
+                if len(events) >= SSE_BATCH:
+                    continue  # drain a backlog before waiting
             if run_status in training_service.FINISHED_STATUSES:
                 yield _sse(None, "end", {"status": run_status})
                 return
             if await request.is_disconnected():
                 return
-            await asyncio.sleep(SSE_POLL_S)
-            idle += SSE_POLL_S
+            # Wait for the shared poller to see a new event of this run (one database query per
+            # interval for all streams), or re-check on our own now and then.
+            waited = time.monotonic()
+            await hub.wait(rid, SSE_RECHECK_S)
+            idle += time.monotonic() - waited
             if idle >= SSE_KEEPALIVE_S:
                 idle = 0.0
                 yield ": keep-alive\n\n"

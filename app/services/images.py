@@ -13,9 +13,11 @@ import hashlib
 import random
 import re
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from sqlalchemy import and_, exists, func, not_, or_, select
@@ -45,14 +47,25 @@ NEXT_POLICIES = ("sequential", "random", "uncertainty", "misalignment")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
+MAX_NAME_BYTES = 255  # what every common file system allows for one name
+
+
 def safe_name(name: str | None) -> str:
-    """A file name reduced to its last path component, without control characters (for display
-    and export only: files are stored under their content hash, never under this name)."""
-    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    """A file name reduced to its last path component, Unicode NFC, without control characters,
+    at most 255 UTF-8 bytes (the extension kept). For display and export only: files are stored
+    under their content hash, never under this name."""
+    name = unicodedata.normalize("NFC", (name or "").replace("\\", "/").rsplit("/", 1)[-1])
     name = _UNSAFE_NAME.sub("_", name).strip()
     if name in ("", ".", ".."):
         return ""
-    return name[-255:]
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext.encode()) > 16:
+        stem, ext = name, ""
+    room = MAX_NAME_BYTES - (len(ext.encode()) + 1 if ext else 0)
+    stem = stem.encode()[:room].decode(errors="ignore")
+    return f"{stem}.{ext}" if ext else stem
 
 
 def check_label(project: Project, label: str | None) -> str | None:
@@ -73,8 +86,18 @@ def check_split(split: str | None) -> str | None:
 
 @dataclass
 class UploadedFile:
+    """One uploaded file: its bytes, or `source`, a file object (a spooled upload) read only
+    when needed, so a batch is never held in memory all at once."""
+
     name: str
-    data: bytes
+    data: bytes = b""
+    source: BinaryIO | None = None
+
+    def read(self) -> bytes:
+        if self.source is None:
+            return self.data
+        self.source.seek(0)
+        return self.source.read()
 
 
 def upload_images(
@@ -101,9 +124,11 @@ def upload_images(
     label = check_label(project, label)
     split = check_split(split)
     decoded = []
-    for f in files:
-        image = decode_image(f.data, max_pixels=max_pixels, what=f"file {safe_name(f.name) or '(unnamed)'!r}")
-        decoded.append((f, image, hashlib.sha256(f.data).hexdigest()))
+    for f in files:  # one file's bytes in memory at a time
+        data = f.read()
+        image = decode_image(data, max_pixels=max_pixels, what=f"file {safe_name(f.name) or '(unnamed)'!r}")
+        decoded.append((f, image, hashlib.sha256(data).hexdigest()))
+        del data
     for attempt in range(2):
         try:
             return _insert_images(session, storage, project, uploader, decoded, label, split, group, subtype)
@@ -135,7 +160,8 @@ def _insert_images(
             if sha in new:
                 results.append((new[sha], False))
                 continue
-            key = staging.put_bytes(f.data, image.suffix)
+            data = f.read()
+            key = staging.put_bytes(data, image.suffix)
             row = Image(
                 **pixel_fields(image, staging),
                 project_id=project.id,
@@ -145,7 +171,7 @@ def _insert_images(
                 format=image.format,
                 width=image.width,
                 height=image.height,
-                size_bytes=len(f.data),
+                size_bytes=len(data),
                 split=split,
                 group=group,
                 subtype=subtype,
@@ -564,19 +590,31 @@ def referenced_keys(session: Session, keys: Sequence[str]) -> set[str]:
 
 
 def delete_unreferenced(session: Session, storage: Storage, keys: Iterable[str]) -> int:
-    """Delete the files of `keys` that no row uses any more (call after the commit); returns the count."""
+    """Delete the files of `keys` that no row uses any more (call after the commit); returns the count.
+
+    Race-free against a writer of the same bytes: each file is moved aside, then kept if a writer
+    touched it meanwhile or a row uses it now (`Storage.remove_if_unused`)."""
     keys = [k for k in set(keys) if k]
     if not keys:
         return 0
     used = referenced_keys(session, keys)
     session.rollback()  # end the read transaction: nothing to keep
-    doomed = [k for k in keys if k not in used]
-    for key in doomed:
+    removed = 0
+    for key in keys:
+        if key in used:
+            continue
+
+        def in_use(key: str = key) -> bool:
+            try:
+                return bool(referenced_keys(session, [key]))
+            finally:
+                session.rollback()
+
         try:
-            storage.delete(key)
+            removed += storage.remove_if_unused(key, in_use)
         except ValueError:
             continue  # not one of our keys (e.g. a model artifact path): not ours to delete
-    return len(doomed)
+    return removed
 
 
 def _chunks(items: list, size: int):

@@ -81,7 +81,7 @@ def expire_results(
     """Retention of job results. A succeeded batch prediction whose job finished more than `ttl_s`
     seconds ago, and an export whose model version no longer exists (archives are cached while
     their model exists), is marked `expired` and loses its `result_key`; its object is then deleted
-    unless another job row still references the same content-addressed key. Commits; returns
+    unless a row still references the same content-addressed key (or a writer just stored it again). Commits; returns
     {"expired": job ids, "deleted": keys}. Idempotent (a second sweep finds nothing)."""
     from app.models import as_utc
 
@@ -105,10 +105,20 @@ def expire_results(
         job.status, job.result_key = "expired", None
         job.result = {**(job.result or {}), "expired_at": now.isoformat()}
     session.commit()
-    still = set(session.scalars(select(Job.result_key).where(Job.result_key.in_(keys)))) if keys else set()
-    deleted = sorted(k for k in keys if k not in still)
-    for key in deleted:
-        storage.delete(key)
+    from app.services.objects import used_keys
+
+    deleted = []
+    for key in sorted(keys):
+
+        def in_use(key: str = key) -> bool:
+            try:
+                return bool(used_keys(session, [key]))
+            finally:
+                session.rollback()
+
+        # kept when any row still references it, or a writer stored the same bytes meanwhile
+        if storage.remove_if_unused(key, in_use):
+            deleted.append(key)
     return {"expired": sorted(j.id for j in expired), "deleted": deleted}
 
 

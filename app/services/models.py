@@ -121,9 +121,18 @@ def register_model(
     if activate:
         _activate_locked(session, project.id, model)
     if not finish_run(
-        session, run_id, worker_id, "succeeded", metrics=metrics, model_id=model.id, commit=False
+        session,
+        run_id,
+        worker_id,
+        "succeeded",
+        metrics=metrics,
+        model_id=model.id,
+        commit=False,
+        unless_cancelled=True,
     ):
+        # Reaped, or a cancel arrived while publishing: the cancel wins, nothing is activated.
         session.rollback()
+        finish_run(session, run_id, worker_id, "cancelled", error="cancelled while publishing")
         return None
     add_event(
         session,

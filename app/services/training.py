@@ -74,8 +74,44 @@ def project_defaults(project: Project) -> dict[str, Any]:
     return base
 
 
+def check_bounds(config: Any, settings: Settings | None) -> None:
+    """Upper bounds on the knobs that size a run (epochs, image size, batch size): a request
+    cannot queue a run that would hold a training worker for days or exhaust its memory."""
+    limits = settings or Settings()
+    for name, bound in (
+        ("epochs", limits.max_train_epochs),
+        ("image_size", limits.max_train_image_size),
+        ("batch_size", limits.max_train_batch_size),
+    ):
+        value = getattr(config, name)
+        if value > bound:
+            raise InvalidTrainingOptions(
+                f"invalid training options: {name} is {value}, over this server's limit of {bound}"
+            )
+
+
+def check_project_training(fields: dict[str, Any], settings: Settings | None = None) -> None:
+    """Validate a project's stored training defaults as a run would use them (422 naming an
+    unknown key or a bad value), so a project can never hold options no run can train with."""
+    merged = {
+        "backbone": fields.get("backbone", "tiny"),
+        "image_size": fields.get("image_size", 64),
+        **(fields.get("training") or {}),
+    }
+    from sage.config import TrainConfig
+
+    try:
+        config = TrainConfig.from_dict(merged)
+    except (ValueError, TypeError) as exc:
+        raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
+    check_bounds(config, settings)
+
+
 def resolve_options(
-    project: Project, options: dict[str, Any] | None, session: Session | None = None
+    project: Project,
+    options: dict[str, Any] | None,
+    settings: Settings | None = None,
+    session: Session | None = None,
 ) -> dict[str, Any]:
     """Project defaults overridden by a run's options, validated by `sage.config.TrainConfig`.
 
@@ -110,8 +146,9 @@ def resolve_options(
                 raise InvalidTrainingOptions(f"invalid training options: {other}") from other
             if not known:
                 raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
-    if len(config.labels) < 2:
-        raise InvalidTrainingOptions(
+    check_bounds(config, settings)
+    if len(config.labels) < 2:  # the project's state, not the request: 409
+        raise TrainingError(
             f"project {project.id} has {len(config.labels)} label(s); a classifier needs at least two: "
             "set the project's labels first"
         )
@@ -181,7 +218,7 @@ def create_or_join_run(
     nothing was due. Commits; the caller then enqueues with `enqueue_run` (after the commit, so a
     fast worker never looks for a row that is not there yet).
     """
-    resolved = resolve_options(project, options, session)
+    resolved = resolve_options(project, options, settings, session)
     lock_project(session, project.id)
     existing = active_run(session, project.id)
     if existing is not None:
@@ -234,9 +271,11 @@ def request_cancel(session: Session, run: TrainingRun) -> TrainingRun:
         if result.rowcount == 1:
             add_event(session, run.id, "log", {"message": "cancel requested"})
         else:
+            # The run finished (or published its model) first: the cancel is refused, never
+            # acknowledged and then ignored (publishing only succeeds while no cancel is set).
             session.rollback()
             session.refresh(run)
-            raise TrainingError(f"training run {run.id} is already {run.status}; nothing to cancel")
+            raise TrainingError(f"training run {run.id} already finished ({run.status}); nothing to cancel")
     session.commit()
     session.refresh(run)
     return run
@@ -362,20 +401,22 @@ def finish_run(
     error: str | None = None,
     model_id: int | None = None,
     commit: bool = True,
+    unless_cancelled: bool = False,
 ) -> bool:
     """Move an owned run to a final status. False (and nothing written) when the run was taken
-    away from this worker meanwhile (reaped): the caller must then discard what it produced."""
+    away from this worker meanwhile (reaped), or, with `unless_cancelled`, when a cancel was
+    requested: the caller must then discard what it produced."""
     assert status in FINISHED_STATUSES, status
+    owned = _owned(run_id, worker_id)
+    if unless_cancelled:
+        owned = (*owned, TrainingRun.cancel_requested.is_(False))
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
     if metrics is not None:
         values["metrics"] = metrics
     if model_id is not None:
         values["model_id"] = model_id
     result = session.execute(
-        update(TrainingRun)
-        .where(*_owned(run_id, worker_id))
-        .values(**values)
-        .execution_options(synchronize_session=False)
+        update(TrainingRun).where(*owned).values(**values).execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         session.rollback()
@@ -564,17 +605,44 @@ def retrain_check(session: Session, celery: TaskSender) -> list[int]:
     project_ids = session.scalars(select(Project.id).where(Project.retrain_enabled.is_(True))).all()
     session.rollback()
     for project_id in project_ids:
-        project = session.get(Project, project_id)
-        if project is None or not retrain_due(session, project):
-            session.rollback()
-            continue
         try:
-            request = create_or_join_run(session, project, None, None, force=False, reason="scheduled")
-        except TrainingError as exc:
+            run_id = _retrain_one(session, celery, project_id)
+        except Exception as exc:  # noqa: BLE001 - one project's problem must not stop the others
             session.rollback()
-            log.warning("retrain check: project %s not started: %s", project_id, exc.detail)
+            detail = getattr(exc, "detail", None) or f"{exc.__class__.__name__}: {exc}"
+            log.warning("retrain check: project %s not started: %s", project_id, detail)
+            _set_retrain_error(session, project_id, f"scheduled retraining could not start: {detail}")
             continue
-        if request is not None and request.created:
-            enqueue_run(celery, request.run.id)
-            started.append(request.run.id)
+        if run_id is not None:
+            started.append(run_id)
     return started
+
+
+def _retrain_one(session: Session, celery: TaskSender, project_id: int) -> int | None:
+    project = session.get(Project, project_id)
+    if project is None or not retrain_due(session, project):
+        session.rollback()
+        return None
+    request = create_or_join_run(session, project, None, None, force=False, reason="scheduled")
+    if project.retrain_error is not None:
+        _set_retrain_error(session, project_id, None)
+    if request is not None and request.created:
+        enqueue_run(celery, request.run.id)
+        return request.run.id
+    return None
+
+
+def _set_retrain_error(session: Session, project_id: int, error: str | None) -> None:
+    """Record (or clear) why scheduled retraining of a project could not start; the project page
+    and `GET /projects/{pid}` show it."""
+    try:
+        session.execute(
+            update(Project)
+            .where(Project.id == project_id)
+            .values(retrain_error=error[:2000] if error else None)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    except Exception:  # noqa: BLE001
+        session.rollback()
+        log.exception("retrain check: could not record the error of project %s", project_id)

@@ -67,10 +67,15 @@ def update_user(
     password: str | None = None,
     is_admin: bool | None = None,
     is_active: bool | None = None,
+    keep_api_tokens: bool = False,
 ) -> User:
-    """Change a password or flags (commits). A password change ends sessions and access tokens."""
+    """Change a password or flags (commits). A password change ends every browser session and
+    access token, and revokes the user's personal API tokens unless `keep_api_tokens`."""
     if password is not None:
         user.password_hash = security.hash_password(check_password(password))
+        security.end_sessions(session, user)
+        if not keep_api_tokens:
+            revoke_all_tokens(session, user)
     if is_admin is not None:
         user.is_admin = is_admin
     if is_active is not None:
@@ -116,21 +121,37 @@ def list_users(session: Session) -> list[User]:
 # --- personal API tokens ---------------------------------------------------------------------------
 
 
+TOKEN_SCOPES = ("read", "write")
+
+
 def create_token(
-    session: Session, user: User, name: str, expires_in_days: int | None = None
+    session: Session,
+    user: User,
+    name: str,
+    expires_in_days: int | None = None,
+    *,
+    scope: str = "write",
+    default_ttl_days: int = 0,
 ) -> tuple[ApiToken, str]:
-    """A new personal API token (commits). Returns the row and the token, which is never stored."""
+    """A new personal API token (commits). Returns the row and the token, which is never stored.
+
+    `scope` "read" allows only safe methods. Without `expires_in_days` the token lives
+    `default_ttl_days` (0: until revoked)."""
     name = name.strip()
     if not name:
         raise Invalid("a token needs a name (what or where it is used)")
+    if scope not in TOKEN_SCOPES:
+        raise Invalid(f"scope must be one of {TOKEN_SCOPES}")
     token = security.new_api_token()
-    expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+    days = expires_in_days or default_ttl_days
+    expires_at = datetime.now(UTC) + timedelta(days=days) if days else None
     row = ApiToken(
         user_id=user.id,
         name=name,
         prefix=token[:12],
         token_hash=security.hash_api_token(token),
         expires_at=expires_at,
+        scope=scope,
     )
     session.add(row)
     session.commit()
@@ -152,8 +173,24 @@ def revoke_token(session: Session, user: User, token_id: int) -> ApiToken:
     return row
 
 
+def revoke_all_tokens(session: Session, user: User) -> int:
+    """Revoke every live token of `user` (the caller commits); returns how many."""
+    result = session.execute(
+        ApiToken.__table__.update()
+        .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+    return result.rowcount or 0
+
+
 def user_for_api_token(session: Session, token: str) -> User | None:
-    """The active owner of a valid (not revoked, not expired) token; records last use (no commit)."""
+    """The active owner of a valid (not revoked, not expired) token; records last use."""
+    found = api_token_owner(session, token)
+    return found[0] if found else None
+
+
+def api_token_owner(session: Session, token: str) -> tuple[User, ApiToken] | None:
+    """(owner, token row) of a valid (not revoked, not expired) token of an active user, else None."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == security.hash_api_token(token)))
     if row is None or row.revoked_at is not None:
         return None
@@ -169,4 +206,4 @@ def user_for_api_token(session: Session, token: str) -> User | None:
     if last is None or (now - last).total_seconds() > 60:
         session.execute(ApiToken.__table__.update().where(ApiToken.id == row.id).values(last_used_at=now))
         session.commit()
-    return user
+    return user, row

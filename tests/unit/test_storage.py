@@ -93,10 +93,10 @@ def test_large_files_stream_in_verified_parts(storage, tmp_path):
     assert digest.hexdigest() == key[:64]
 
 
-def test_staging_publishes_on_success_and_leaves_nothing_on_error(storage):
+def test_staging_is_in_place_before_the_commit_and_leaves_nothing_on_error(storage):
     with storage.staging() as staged:
         kept = staged.put_bytes(b"kept", ".png")
-        assert not storage.exists(kept), "invisible until promoted"
+        assert storage.exists(kept), "in place before the rows that point to it commit"
     assert storage.read_bytes(kept) == b"kept"
     with pytest.raises(RuntimeError), storage.staging() as staged:
         dropped = staged.put_bytes(b"dropped", ".png")
