@@ -81,8 +81,8 @@ def expire_results(
     """Retention of job results. A succeeded batch prediction whose job finished more than `ttl_s`
     seconds ago, and an export whose model version no longer exists (archives are cached while
     their model exists), is marked `expired` and loses its `result_key`; its object is then deleted
-    unless a row still references the same content-addressed key (or a writer just stored it again). Commits; returns
-    {"expired": job ids, "deleted": keys}. Idempotent (a second sweep finds nothing)."""
+    unless a row still references the same content-addressed key (or a writer just stored it
+    again). Commits; returns {"expired": job ids, "deleted": keys}. Idempotent."""
     from app.models import as_utc
 
     now = now or utcnow()
