@@ -378,7 +378,7 @@ class _S3Reader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # noqa: ANN001
+    def readinto(self, b) -> int:
         data = self._body.read(len(b))
         b[: len(data)] = data
         return len(data)
@@ -581,7 +581,7 @@ class S3Storage(Storage):
                 CopySource={"Bucket": self.bucket, "Key": name},
                 MetadataDirective="REPLACE",
             )
-        except Exception as exc:  # noqa: BLE001 - botocore's ClientError
+        except Exception as exc:
             if self._missing(exc):
                 return False
             raise
@@ -590,7 +590,7 @@ class S3Storage(Storage):
     def modified_ns(self, key: str) -> int | None:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._name(key))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if self._missing(exc):
                 return None
             raise
@@ -658,7 +658,7 @@ class S3Storage(Storage):
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._name(key))
-        except Exception as exc:  # noqa: BLE001 - botocore's ClientError
+        except Exception as exc:
             if self._missing(exc):
                 return False
             raise
@@ -667,7 +667,7 @@ class S3Storage(Storage):
     def size(self, key: str) -> int:
         try:
             return int(self.client.head_object(Bucket=self.bucket, Key=self._name(key))["ContentLength"])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if self._missing(exc):
                 raise FileNotFoundError(key) from exc
             raise
