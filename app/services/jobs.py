@@ -97,17 +97,18 @@ def expire_results(
         if job.kind == "export":
             gone = (job.params or {}).get("model_id") not in models
         else:
-            gone = as_utc(job.updated_at) <= cutoff
+            finished = as_utc(job.updated_at)
+            gone = finished is not None and finished <= cutoff
         if gone:
             expired.append(job)
-    keys = {job.result_key for job in expired}
+    keys = {job.result_key for job in expired if job.result_key}
     for job in expired:
         job.status, job.result_key = "expired", None
         job.result = {**(job.result or {}), "expired_at": now.isoformat()}
     session.commit()
     from app.services.objects import used_keys
 
-    deleted = []
+    deleted: list[str] = []
     for key in sorted(keys):
 
         def in_use(key: str = key) -> bool:
