@@ -251,13 +251,24 @@ def cmd_model_export(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_add(args: argparse.Namespace) -> int:
-    from sage.weights import WeightsError, add_weights
+    """Copy the file into SAGE_WEIGHTS_DIR and store it in the object storage (recorded in the
+    database), so that train workers on other machines fetch it when they need it."""
+    from app.services.weights import publish
+    from app.storage import get_storage
+    from sage.weights import WeightsError, add_weights, weights_dir
 
     try:
         entry = add_weights(Path(args.file), args.name, args.backbone)
     except WeightsError as exc:
         return _fail(str(exc))
-    print(f"added {entry.name} ({entry.backbone}) as {entry.file}")
+    settings = get_settings()
+    try:
+        with _database(settings) as session:
+            row = publish(session, get_storage(settings), entry, weights_dir())
+            key = row.storage_key
+    except Exception as exc:  # noqa: BLE001 - the local copy stands; say why the fleet cannot see it
+        return _fail(f"added {entry.name} to {weights_dir()} but could not store it for other workers: {exc}")
+    print(f"added {entry.name} ({entry.backbone}) as {entry.file}; stored as {key} for every worker")
     return 0
 
 

@@ -206,12 +206,17 @@ def add_weights(
         raise WeightsError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}")
     file = f"{backbone}-{digest[:8]}.pth"
     _copy(source, folder / file)
+    register_custom(folder, name, backbone, file, digest)
+    return WeightsEntry(name, backbone, file, "custom", True)
+
+
+def register_custom(folder: Path, name: str, backbone: str, file: str, digest: str) -> None:
+    """Record custom weights `name` (file `file` in `folder`) in the folder's registry.json."""
     registry = _custom(folder)
     registry[name] = {"backbone": backbone, "file": file, "sha256": digest}
     tmp = folder / (REGISTRY_FILE + ".tmp")
     tmp.write_text(json.dumps(registry, indent=1, sort_keys=True))
     os.replace(tmp, folder / REGISTRY_FILE)
-    return WeightsEntry(name, backbone, file, "custom", True)
 
 
 def _copy(source: Path, target: Path) -> None:

@@ -235,6 +235,12 @@ def _train_claimed(
         with ctx.session() as session:
             runs.record_lineage(session, run_id, worker_id, lineage)
         config = build_config(options)
+        if config.weights:  # registered on another machine: fetch it into this worker's folder
+            from app.services.weights import ensure_local
+            from sage.weights import weights_dir
+
+            with ctx.session() as session:
+                ensure_local(session, ctx.storage, config.weights, weights_dir())
         if heartbeat.should_stop():
             raise Cancelled("cancelled before training started")
         recorder.record(

@@ -253,9 +253,20 @@ class WeightsOut(BaseModel):
     response_model=list[WeightsOut],
     responses={401: {"description": "not signed in"}},
 )
-def list_weights(user: CurrentUser) -> list[WeightsOut]:
-    """Pretrained weights a training run may name in `weights` (the registry folder SAGE_WEIGHTS_DIR)."""
+def list_weights(user: CurrentUser, session: SessionDep) -> list[WeightsOut]:
+    """Pretrained weights a training run may name in `weights`: the registry folder SAGE_WEIGHTS_DIR
+    and the files `sage-studio weights add` stored in the object storage (workers fetch those)."""
+    from app.services.weights import registered as stored
     from sage.weights import as_dicts
     from sage.weights import list_weights as registered
 
-    return [WeightsOut(**e) for e in as_dicts(registered())]
+    out = [WeightsOut(**e) for e in as_dicts(registered())]
+    names = {w.name for w in out}
+    for row in stored(session):
+        if row.name not in names:
+            out.append(
+                WeightsOut(
+                    name=row.name, backbone=row.backbone, file=row.file, source=row.source, present=True
+                )
+            )
+    return out

@@ -108,7 +108,10 @@ def check_project_training(fields: dict[str, Any], settings: Settings | None = N
 
 
 def resolve_options(
-    project: Project, options: dict[str, Any] | None, settings: Settings | None = None
+    project: Project,
+    options: dict[str, Any] | None,
+    settings: Settings | None = None,
+    session: Session | None = None,
 ) -> dict[str, Any]:
     """Project defaults overridden by a run's options, validated by `sage.config.TrainConfig`.
 
@@ -134,7 +137,15 @@ def resolve_options(
         try:
             resolve(config.weights, config.backbone)
         except WeightsError as exc:
-            raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
+            # registered in the object storage by a `weights add` on another machine: workers fetch it
+            from app.services.weights import check_registered
+
+            try:
+                known = session is not None and check_registered(session, config.weights, config.backbone)
+            except WeightsError as other:
+                raise InvalidTrainingOptions(f"invalid training options: {other}") from other
+            if not known:
+                raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
     check_bounds(config, settings)
     if len(config.labels) < 2:  # the project's state, not the request: 409
         raise TrainingError(
@@ -207,7 +218,7 @@ def create_or_join_run(
     nothing was due. Commits; the caller then enqueues with `enqueue_run` (after the commit, so a
     fast worker never looks for a row that is not there yet).
     """
-    resolved = resolve_options(project, options, settings)
+    resolved = resolve_options(project, options, settings, session)
     lock_project(session, project.id)
     existing = active_run(session, project.id)
     if existing is not None:
