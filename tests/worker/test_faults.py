@@ -1,0 +1,156 @@
+"""Fault tests: kill -9 a real web process (uvicorn) or worker in the middle of a write, then check
+that every acknowledged write survived, nothing half-written is referenced, `sage-studio sweep`
+leaves no orphan file, and the restarted system carries on without manual steps."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import func, select
+
+from tests.worker.conftest import ROOT, Stack, build_world, tiny_image, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_web(stack: Stack) -> tuple[subprocess.Popen, str]:
+    """A real web process (uvicorn, as `serve --web-only` runs it) on a free port."""
+    port = _free_port()
+    log = stack.log_dir / f"web-{len(stack.procs)}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=stack.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    stack.procs.append(("web", proc, log))
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"web exited:\n{log.read_text(errors='replace')[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        return False
+
+    wait_for(up, 60, "the web process to answer /healthz", interval=0.2)
+    return proc, base
+
+
+def sweep(stack: Stack) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "sweep", "--grace-s", "0"],
+        cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout[out.stdout.index("{") :])
+
+
+def assert_no_orphans(stack: Stack, session_factory) -> None:
+    """Every stored object is used by a row, and no temporary upload file is left behind."""
+    from app.services.objects import used_keys
+    from app.storage import get_storage
+
+    storage = get_storage(stack.settings)
+    keys = [k for k, _ in storage.iter_objects()]
+    with session_factory() as s:
+        used = used_keys(s, keys)
+    assert set(keys) - set(used) == set(), "unreferenced objects left after the sweep"
+    leftovers = [p for p in Path(stack.settings.data_dir).rglob("*.part")]
+    assert leftovers == [], f"temporary files left after the sweep: {leftovers[:5]}"
+
+
+def big_zip(n: int, size: int = 256) -> bytes:
+    rng = np.random.default_rng(7)
+    buf = io.BytesIO()
+    lines = "image,label,split\n"
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(n):
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            img = io.BytesIO()
+            PILImage.fromarray(arr).save(img, format="PNG")
+            zf.writestr(f"images/big{i:04d}.png", img.getvalue())
+            lines += f"big{i:04d}.png,{'left' if i % 2 else 'right'},train\n"
+        zf.writestr("labels.csv", lines)
+    return buf.getvalue()
+
+
+def image_count(world, project_id: int) -> int:
+    from app.models import Image
+
+    with world.session() as s:
+        return s.scalar(select(func.count(Image.id)).where(Image.project_id == project_id))
+
+
+def test_kill_web_during_import_is_all_or_nothing_and_sweep_leaves_no_orphan(embedded_stack):
+    stack = embedded_stack
+    for world in build_world(stack, n=4):
+        proc, base = start_web(stack)
+        data = big_zip(300)
+        before = image_count(world, world.project_id)
+        objects_root = Path(stack.settings.data_dir)
+        start_files = sum(1 for _ in objects_root.rglob("*") if _.is_file())
+        result: dict = {}
+
+        def post() -> None:
+            try:
+                result["r"] = httpx.post(
+                    f"{base}/api/v1/projects/{world.project_id}/import",
+                    headers=world.headers,
+                    files={"file": ("data.zip", data, "application/zip")},
+                    timeout=120,
+                )
+            except httpx.HTTPError as exc:
+                result["error"] = exc
+
+        t = threading.Thread(target=post)
+        t.start()
+        # kill once the import has started writing files (the body is in, images are being stored)
+        wait_for(
+            lambda: sum(1 for _ in objects_root.rglob("*") if _.is_file()) > start_files + 20 or not t.is_alive(),
+            60,
+            "the import to start storing files",
+            interval=0.02,
+        )
+        assert t.is_alive(), f"the import finished before the kill: {result}"
+        stack.kill(proc)
+        t.join(30)
+        assert "error" in result, f"the request was answered despite the kill: {result}"
+        after = image_count(world, world.project_id)
+        assert after in (before, before + 300), f"partial import: {after - before} of 300 images"
+
+        # the restarted web process answers, the sweep removes what the dead import left
+        _, base = start_web(stack)
+        assert httpx.get(f"{base}/api/v1/projects/{world.project_id}", headers=world.headers).status_code == 200
+        report = sweep(stack)
+        assert report["removed"] >= 0
+        assert_no_orphans(stack, world.session_factory)
+        # and the same import now succeeds in full
+        r = httpx.post(
+            f"{base}/api/v1/projects/{world.project_id}/import",
+            headers=world.headers,
+            files={"file": ("data.zip", data, "application/zip")},
+            timeout=120,
+        )
+        assert r.status_code == 201, r.text
+        assert image_count(world, world.project_id) == before + 300
