@@ -7,13 +7,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -23,7 +20,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
-from tests.worker.conftest import ROOT, Stack, build_world, tiny_image, wait_for
+from tests.worker.conftest import ROOT, Stack, build_world, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -102,55 +99,60 @@ def image_count(world, project_id: int) -> int:
         return s.scalar(select(func.count(Image.id)).where(Image.project_id == project_id))
 
 
-def test_kill_web_during_import_is_all_or_nothing_and_sweep_leaves_no_orphan(embedded_stack):
-    stack = embedded_stack
-    for world in build_world(stack, n=4):
-        proc, base = start_web(stack)
-        data = big_zip(300)
-        before = image_count(world, world.project_id)
-        objects_root = Path(stack.settings.data_dir)
-        start_files = sum(1 for _ in objects_root.rglob("*") if _.is_file())
-        result: dict = {}
+@pytest.fixture
+def small_world(embedded_stack):
+    yield from build_world(embedded_stack, n=4)
 
-        def post() -> None:
-            try:
-                result["r"] = httpx.post(
-                    f"{base}/api/v1/projects/{world.project_id}/import",
-                    headers=world.headers,
-                    files={"file": ("data.zip", data, "application/zip")},
-                    timeout=120,
-                )
-            except httpx.HTTPError as exc:
-                result["error"] = exc
 
-        t = threading.Thread(target=post)
-        t.start()
-        # kill once the import has started writing files (the body is in, images are being stored)
-        wait_for(
-            lambda: sum(1 for _ in objects_root.rglob("*") if _.is_file()) > start_files + 20 or not t.is_alive(),
-            60,
-            "the import to start storing files",
-            interval=0.02,
-        )
-        assert t.is_alive(), f"the import finished before the kill: {result}"
-        stack.kill(proc)
-        t.join(30)
-        assert "error" in result, f"the request was answered despite the kill: {result}"
-        after = image_count(world, world.project_id)
-        assert after in (before, before + 300), f"partial import: {after - before} of 300 images"
+def test_kill_web_during_import_is_all_or_nothing_and_sweep_leaves_no_orphan(small_world):
+    world = small_world
+    stack = world.stack
+    proc, base = start_web(stack)
+    data = big_zip(300)
+    before = image_count(world, world.project_id)
+    objects_root = Path(stack.settings.data_dir)
+    start_files = sum(1 for _ in objects_root.rglob("*") if _.is_file())
+    result: dict = {}
 
-        # the restarted web process answers, the sweep removes what the dead import left
-        _, base = start_web(stack)
-        assert httpx.get(f"{base}/api/v1/projects/{world.project_id}", headers=world.headers).status_code == 200
-        report = sweep(stack)
-        assert report["removed"] >= 0
-        assert_no_orphans(stack, world.session_factory)
-        # and the same import now succeeds in full
-        r = httpx.post(
-            f"{base}/api/v1/projects/{world.project_id}/import",
-            headers=world.headers,
-            files={"file": ("data.zip", data, "application/zip")},
-            timeout=120,
-        )
-        assert r.status_code == 201, r.text
-        assert image_count(world, world.project_id) == before + 300
+    def post() -> None:
+        try:
+            result["r"] = httpx.post(
+                f"{base}/api/v1/projects/{world.project_id}/import",
+                headers=world.headers,
+                files={"file": ("data.zip", data, "application/zip")},
+                timeout=120,
+            )
+        except httpx.HTTPError as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=post)
+    t.start()
+    # kill once the import has started writing files (the body is in, images are being stored)
+    wait_for(
+        lambda: sum(1 for _ in objects_root.rglob("*") if _.is_file()) > start_files + 20 or not t.is_alive(),
+        60,
+        "the import to start storing files",
+        interval=0.02,
+    )
+    assert t.is_alive(), f"the import finished before the kill: {result}"
+    stack.kill(proc)
+    t.join(30)
+    assert "error" in result, f"the request was answered despite the kill: {result}"
+    after = image_count(world, world.project_id)
+    assert after in (before, before + 300), f"partial import: {after - before} of 300 images"
+
+    # the restarted web process answers, the sweep removes what the dead import left
+    _, base = start_web(stack)
+    assert httpx.get(f"{base}/api/v1/projects/{world.project_id}", headers=world.headers).status_code == 200
+    report = sweep(stack)
+    assert report["removed"] >= 0
+    assert_no_orphans(stack, world.session_factory)
+    # and the same import now succeeds in full
+    r = httpx.post(
+        f"{base}/api/v1/projects/{world.project_id}/import",
+        headers=world.headers,
+        files={"file": ("data.zip", data, "application/zip")},
+        timeout=120,
+    )
+    assert r.status_code == 201, r.text
+    assert image_count(world, world.project_id) == before + 300
