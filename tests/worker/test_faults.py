@@ -156,3 +156,73 @@ def test_kill_web_during_import_is_all_or_nothing_and_sweep_leaves_no_orphan(sma
     )
     assert r.status_code == 201, r.text
     assert image_count(world, world.project_id) == before + 300
+
+
+def random_map(rng: np.random.Generator) -> bytes:
+    arr = rng.integers(1, 255, (32, 32), dtype=np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(arr, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_kill_web_during_annotation_saves_loses_no_acknowledged_save(small_world):
+    world = small_world
+    stack = world.stack
+    proc, base = start_web(stack)
+    acked: dict[int, list[tuple[int, str, bytes]]] = {iid: [] for iid in world.image_ids}
+    stop = threading.Event()
+
+    def annotate(iid: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(base_url=base, headers=world.headers, timeout=30) as c:
+            etag = c.get(f"/api/v1/images/{iid}/annotation").headers["ETag"]
+            while not stop.is_set():
+                label = ["left", "right"][int(rng.integers(2))]
+                png_bytes = random_map(rng)
+                try:
+                    r = c.put(
+                        f"/api/v1/images/{iid}/annotation",
+                        headers={"If-Match": etag},
+                        data={"label": label},
+                        files={"saliency": ("map.png", png_bytes, "image/png")},
+                    )
+                except httpx.HTTPError:
+                    return  # the server died: this save is not acknowledged
+                assert r.status_code in (200, 201), r.text
+                acked[iid].append((r.json()["revision"], label, png_bytes))
+                etag = r.headers["ETag"]
+
+    threads = [threading.Thread(target=annotate, args=(iid, i)) for i, iid in enumerate(world.image_ids)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: sum(map(len, acked.values())) >= 20, 60, "20 acknowledged saves", interval=0.01)
+    stack.kill(proc)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert sum(map(len, acked.values())) >= 20
+
+    _, base = start_web(stack)
+    with httpx.Client(base_url=base, headers=world.headers, timeout=30) as c:
+        for iid, saves in acked.items():
+            current = c.get(f"/api/v1/images/{iid}/annotation").json()
+            assert current["revision"] >= saves[-1][0]
+            revisions = {
+                rev["revision"]: rev for rev in c.get(f"/api/v1/annotations/{current['id']}/revisions").json()
+            }
+            for revision, label, png_bytes in saves:
+                assert revision in revisions, f"acknowledged revision {revision} of image {iid} lost"
+                assert revisions[revision]["label"] == label
+                stored = c.get(revisions[revision]["saliency_url"])
+                assert stored.status_code == 200
+                assert stored.content == png_bytes, f"revision {revision} of image {iid}: other bytes"
+            # the system carries on: a save on the current revision is accepted
+            r = c.put(
+                f"/api/v1/images/{iid}/annotation",
+                headers={"If-Match": f'"{current["revision"]}"'},
+                data={"label": "left"},
+                files={"saliency": ("map.png", random_map(np.random.default_rng(iid)), "image/png")},
+            )
+            assert r.status_code == 200, r.text
+    sweep(stack)
+    assert_no_orphans(stack, world.session_factory)
