@@ -226,3 +226,42 @@ def test_kill_web_during_annotation_saves_loses_no_acknowledged_save(small_world
             assert r.status_code == 200, r.text
     sweep(stack)
     assert_no_orphans(stack, world.session_factory)
+
+
+def test_kill_worker_while_publishing_the_artifact(small_world, monkeypatch):
+    from app.models import ModelVersion, TrainingRun
+    from app.storage import get_storage
+    from tests.worker.conftest import wait_run
+    from worker.registry import verified_model_file
+
+    world = small_world
+    stack = world.stack
+    stack.beat()
+    stack.worker("predict")  # consumes beat's reaper jobs
+    monkeypatch.setenv("SAGE_TEST_PUBLISH_PAUSE_S", "60")
+    trainer = stack.worker("train")
+    monkeypatch.delenv("SAGE_TEST_PUBLISH_PAUSE_S")
+    run = world.post(f"/api/v1/projects/{world.project_id}/training-runs", json={}).json()
+    wait_for(lambda: "publishing paused" in stack.log(trainer), 90, "the worker to start publishing")
+    assert list((Path(stack.settings.data_dir) / "objects" / ".tmp").glob("*.part")), "half-written artifact"
+    stack.kill(trainer)  # kill -9 the worker and its pool process, mid-publish
+
+    # the reaper sees the heartbeat go stale (3 s here) and re-queues the run; nothing was activated
+    requeued = wait_run(world, run["id"], ("queued", "failed"), timeout=30)
+    assert requeued["status"] == "queued", requeued
+    with world.session() as s:
+        assert s.scalar(select(func.count(ModelVersion.id))) == 0, "a model of a half-published artifact"
+
+    # a fresh worker finishes the run without manual steps; the active model is complete
+    stack.worker("train")
+    done = wait_run(world, run["id"], ("succeeded", "failed"), timeout=120)
+    assert done["status"] == "succeeded", done
+    storage = get_storage(stack.settings)
+    with world.session() as s:
+        active = s.scalars(select(ModelVersion).where(ModelVersion.active.is_(True))).all()
+        assert len(active) == 1 and s.get(TrainingRun, run["id"]).model_id in (None, active[0].id)
+        assert verified_model_file(
+            storage, Path(stack.settings.resolved_data_dir), active[0].artifact_key, active[0].checksum
+        )
+    sweep(stack)
+    assert_no_orphans(stack, world.session_factory)
