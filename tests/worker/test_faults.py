@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -265,3 +266,121 @@ def test_kill_worker_while_publishing_the_artifact(small_world, monkeypatch):
         )
     sweep(stack)
     assert_no_orphans(stack, world.session_factory)
+
+
+class PausableProxy:
+    """A TCP proxy on a free 127.0.0.1 port in front of a real server. `pause()` cuts every open
+    connection and refuses new ones (accepted and closed at once) until `resume()`: an outage of
+    the server as its clients see it, without touching the server other tests use."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.paused = threading.Event()
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+        self.conns: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.paused.is_set():
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns |= {client, server}
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            with self.lock:
+                self.conns -= {src, dst}
+
+    def pause(self) -> None:
+        self.paused.set()
+        with self.lock:
+            conns = list(self.conns)
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def resume(self) -> None:
+        self.paused.clear()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.pause()
+        self.listener.close()
+
+
+@pytest.fixture
+def proxied_stack(redis_stack):
+    """The PostgreSQL + Redis stack, every process reaching both servers through a pausable proxy."""
+    from sqlalchemy.engine import make_url
+
+    stack = redis_stack
+    db_url = make_url(stack.settings.database_url)
+    broker_url = httpx.URL(stack.settings.broker_url)
+    pg = PausableProxy(db_url.host or "127.0.0.1", db_url.port or 5432)
+    rd = PausableProxy(broker_url.host, broker_url.port or 6379)
+    stack.settings = stack.settings.model_copy(
+        update={
+            "database_url": db_url.set(host="127.0.0.1", port=pg.port).render_as_string(hide_password=False),
+            "broker_url": str(broker_url.copy_with(host="127.0.0.1", port=rd.port)),
+        }
+    )
+    stack.proxies = (pg, rd)
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+        pg.close()
+        rd.close()
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_postgres_and_redis_outage_during_a_run(proxied_stack):
+    from tests.worker.conftest import wait_run
+
+    stack = proxied_stack
+    for world in build_world(stack, n=8):
+        stack.beat()
+        stack.worker("predict")
+        stack.worker("train")
+        run = world.post(
+            f"/api/v1/projects/{world.project_id}/training-runs",
+            json={"training": {"epochs": 60, "progress_every": 1}},
+        ).json()
+        wait_run(world, run["id"], ("running",), timeout=60)
+        time.sleep(1.0)
+        assert world.get(f"/api/v1/training-runs/{run['id']}").json()["status"] == "running"
+        for proxy in stack.proxies:
+            proxy.pause()
+        time.sleep(10)
+        for proxy in stack.proxies:
+            proxy.resume()
+        done = wait_run(world, run["id"], ("succeeded", "failed", "cancelled"), timeout=150)
+        assert done["status"] == "succeeded", f"{done}\n{stack.dump_logs()}"
+        assert world.get(f"/api/v1/projects/{world.project_id}/models").json()[0]["active"] is True
