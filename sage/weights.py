@@ -181,7 +181,9 @@ def add_weights(
     folder.mkdir(parents=True, exist_ok=True)
     if name in TORCHVISION_WEIGHTS:
         expected_backbone, file = TORCHVISION_WEIGHTS[name]
-        expected = HASHED_NAME.match(file)["hash"]
+        matched = HASHED_NAME.match(file)
+        assert matched is not None  # every TORCHVISION_WEIGHTS file name carries its hash
+        expected = matched["hash"]
         if not digest.startswith(expected):
             raise WeightsError(
                 f"{source} is not torchvision's {name}: SHA-256 starts {digest[: len(expected)]}, expected {expected}"

@@ -40,7 +40,7 @@ def export_model(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
             built = job_service.build_export(
                 session, ctx.storage, ctx.settings.resolved_data_dir, model, params["format"]
             )
-        except Exception as exc:  # noqa: BLE001 - any failure fails the job, with the reason shown
+        except Exception as exc:
             log.exception("export job %s failed", job_id)
             session.rollback()
             job_service.finish(session, job_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
@@ -125,7 +125,7 @@ def predict_batch(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
                         zf.write(path, path.relative_to(out).as_posix())
             data = buf.getvalue()
         result_key = ctx.storage.put_bytes(data, ".zip")
-    except Exception as exc:  # noqa: BLE001 - any failure fails the job, with the reason shown
+    except Exception as exc:
         log.exception("batch prediction job %s failed", job_id)
         _drop_input(ctx, job_id, params["input_key"])
         with ctx.session() as session:

@@ -125,7 +125,7 @@ def download_model(
     session: SessionDep,
     storage: StorageDep,
     request: Request,
-    format: Annotated[str, Query(pattern="^(torchscript|onnx|state_dict)$")] = "onnx",  # noqa: A002
+    format: Annotated[str, Query(pattern="^(torchscript|onnx|state_dict)$")] = "onnx",
     retry: Annotated[bool, Query(description="build again after a failed export")] = False,
 ) -> Response:
     """The model version as a self-contained archive (managers). The first request for a format

@@ -78,7 +78,8 @@ def get_job(session: Session, job_id: int) -> Job:
 def is_stale(job: Job) -> bool:
     from app.models import as_utc
 
-    return job.status in ("queued", "running") and utcnow() - as_utc(job.updated_at) > STALE_AFTER
+    updated = as_utc(job.updated_at)
+    return job.status in ("queued", "running") and updated is not None and utcnow() - updated > STALE_AFTER
 
 
 # --- worker side -------------------------------------------------------------------------------------
@@ -93,7 +94,7 @@ def claim(session: Session, job_id: int) -> Job | None:
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    if done.rowcount != 1:
+    if done.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
         return None
     return session.get(Job, job_id)
 
@@ -275,7 +276,7 @@ def start_sanity_check(session: Session, model: ModelVersion, user: User | None)
             f"the sanity check trains SAGE with inverted maps; model version {model.version} was trained "
             f"with {method!r}, which has no inverted variant"
         )
-    project = session.get(Project, model.project_id)
+    project = session.get_one(Project, model.project_id)
     # the options the model's run was given (the full config also holds values only the worker
     # sets, such as resolved paths), with the maps inverted
     run = session.get(TrainingRun, model.run_id) if model.run_id else None
@@ -286,6 +287,7 @@ def start_sanity_check(session: Session, model: ModelVersion, user: User | None)
     )
     options = {**given, "method": "sage-inverted"}
     request = create_or_join_run(session, project, user, options, reason=SANITY_CHECK_REASON)
+    assert request is not None  # force=True (the default) always starts or joins a run
     if not request.created:
         raise Conflict(
             f"training run {request.run.id} is {request.run.status}; start the sanity check when it has finished"

@@ -178,7 +178,7 @@ def workers(world):
     """Celery workers for both queues (`sage-studio worker`), started on first use."""
     log = open(world.settings.data_dir.parent / "workers.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--queues", "train,predict"],
+        [sys.executable, "-m", "worker", "worker", "--queues", "train,predict"],
         cwd=ROOT,
         env=server_env(world.settings),
         stdout=log,
