@@ -28,7 +28,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from app.storage import Storage, StorageIntegrityError, make_key
 
@@ -73,7 +73,9 @@ def publish_artifact(
     del config, metrics
     with open(model_file, "rb") as f:
         pause = float(os.environ.get("SAGE_TEST_PUBLISH_PAUSE_S") or 0)
-        object_key = storage.put_file(_PausingReader(f, pause) if pause > 0 else f, MODEL_SUFFIX)
+        object_key = storage.put_file(
+            cast(BinaryIO, _PausingReader(f, pause)) if pause > 0 else f, MODEL_SUFFIX
+        )
     name = f"{MODELS_DIR}/project-{project_id}/run-{run_id}-{uuid.uuid4().hex[:8]}"
     return Artifact(key=name, checksum=object_key[:64], object_key=object_key)
 
