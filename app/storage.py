@@ -138,6 +138,11 @@ class Storage(ABC):
         when removed. Backends without the move-aside protocol keep the object (the sweep retries)."""
         return False
 
+    def remove_stale_temp(self, cutoff_ns: int) -> int:
+        """Remove temporary files of writes that died (a killed process) and were last touched
+        before `cutoff_ns`; the count removed. Backends without local temporary files have none."""
+        return 0
+
     def iter_objects(self) -> Iterator[tuple[str, int]]:
         """(key, last modified in ns) of every published object (for the orphan sweep)."""
         for key, modified in self.list_objects():
@@ -242,6 +247,15 @@ class LocalStorage(Storage):
             return False
         aside.unlink(missing_ok=True)
         return True
+
+    def remove_stale_temp(self, cutoff_ns: int) -> int:
+        removed = 0
+        for path in self.tmp_dir.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime_ns < cutoff_ns:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def iter_objects(self) -> Iterator[tuple[str, int]]:
         for first in self.root.iterdir():
