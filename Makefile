@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The browser tests (tests/e2e) drive Debian's chromium; SAGE_CHROMIUM points them elsewhere.
+CHROMIUM ?= $(or $(SAGE_CHROMIUM),/usr/bin/chromium)
+FAST_MARKERS := not postgres and not redis and not browser and not slow
 
-.PHONY: setup run test lint fmt bench load clean
+.PHONY: setup run test test-fast lint browser-deps fmt bench load clean
 
 setup: $(STAMP)
 
@@ -22,13 +25,40 @@ run: setup
 	$(BIN)/sage-studio demo --if-missing
 	$(BIN)/sage-studio serve --host $(HOST) --port $(PORT)
 
-test: setup
+# The whole suite, after the checks CI enforces (lint, format, layering contracts).
+test: setup browser-deps
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Unit and API tests on SQLite only: no PostgreSQL, Redis, browser or slow test, and not the
+# OpenAPI fuzzer (property-based, ~40 s alone; it runs in make test). Under a minute.
+test-fast: setup
+	$(BIN)/pytest -q -m "$(FAST_MARKERS)" --ignore=tests/api/test_fuzz.py tests/unit tests/api $(PYTEST_ARGS)
+
+# .pre-commit-config.yaml runs the same four commands.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+# Debian's chromium for tests/e2e: installed when missing and we are root, else the exact commands.
+browser-deps:
+	@if [ -d tests/e2e ] && [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make: installing Debian's chromium for the browser tests (tests/e2e)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "make: the browser tests (tests/e2e) need Debian's chromium at $(CHROMIUM), which is missing." >&2; \
+	    echo "  install it:  sudo apt-get update && sudo apt-get install -y chromium" >&2; \
+	    echo "  or point to another build:  make test SAGE_CHROMIUM=/path/to/chromium" >&2; \
+	    echo "  or run everything else:  make test-fast  (unit and API tests on SQLite)" >&2; \
+	    exit 1; \
+	  fi; \
+	  test -x "$(CHROMIUM)" || { echo "make: chromium is still missing at $(CHROMIUM)" >&2; exit 1; }; \
+	fi
 
 fmt: setup
 	$(BIN)/ruff check --fix .
@@ -47,4 +77,4 @@ load: setup
 	$(BIN)/python bench/load_bench.py --users $(LOAD_USERS) --seconds $(LOAD_SECONDS) --out bench/load.md
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

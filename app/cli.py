@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from app.settings import get_settings
+from app.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -24,37 +30,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(get_settings(), args.host, args.port, web_only=args.web_only)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    from app.processes import run_worker
-
-    settings = get_settings()
-    if args.gpus is not None:
-        from app.processes import apply_gpus
-
-        try:
-            settings = apply_gpus(settings, args.gpus)
-        except ValueError as exc:
-            return _fail(str(exc))
-    return run_worker(settings, args.queues.split(","), args.concurrency)
-
-
-def cmd_beat(args: argparse.Namespace) -> int:
-    from app.processes import run_beat
-
-    return run_beat(get_settings())
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import seed_demo
 
     return seed_demo(get_settings(), if_missing=args.if_missing)
 
 
-def _session(settings):
-    from app.db import make_engine, make_session_factory
+@contextmanager
+def _database(settings: Settings) -> Iterator[Session]:
+    """A session in app.db's session scope (commit on success, rollback on error); the engine is
+    disposed of afterwards."""
+    from app.db import make_engine, make_session_factory, session_scope
 
     engine = make_engine(settings.resolved_database_url)
-    return engine, make_session_factory(engine)()
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def _fail(message: str) -> int:
@@ -69,14 +62,11 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     from app.services.users import create_user
 
     password = args.password or getpass.getpass("password: ")
-    engine, session = _session(get_settings())
-    try:
-        user = create_user(session, args.username, password, is_admin=args.admin)
-    except ServiceError as exc:
-        return _fail(str(exc))
-    finally:
-        session.close()
-        engine.dispose()
+    with _database(get_settings()) as session:
+        try:
+            user = create_user(session, args.username, password, is_admin=args.admin)
+        except ServiceError as exc:
+            return _fail(str(exc))
     print(f"created {'site admin' if user.is_admin else 'user'} {user.username!r} (id {user.id})")
     return 0
 
@@ -85,17 +75,14 @@ def cmd_create_token(args: argparse.Namespace) -> int:
     from app.services.errors import ServiceError
     from app.services.users import create_token, get_by_username
 
-    engine, session = _session(get_settings())
-    try:
-        user = get_by_username(session, args.username)
-        if user is None:
-            return _fail(f"no user named {args.username!r}")
-        _, token = create_token(session, user, args.name, args.expires_in_days)
-    except ServiceError as exc:
-        return _fail(str(exc))
-    finally:
-        session.close()
-        engine.dispose()
+    with _database(get_settings()) as session:
+        try:
+            user = get_by_username(session, args.username)
+            if user is None:
+                return _fail(f"no user named {args.username!r}")
+            _, token = create_token(session, user, args.name, args.expires_in_days)
+        except ServiceError as exc:
+            return _fail(str(exc))
     print(token)  # alone on stdout, for scripts: TOKEN=$(sage-studio create-token ...)
     print("store this token now: it is not shown again", file=sys.stderr)
     return 0
@@ -113,42 +100,42 @@ def cmd_import(args: argparse.Namespace) -> int:
     from sage.labels_csv import parse_labels_csv
 
     settings = get_settings()
-    engine, session = _session(settings)
-    try:
-        user = None
-        if args.user:
-            user = get_by_username(session, args.user)
-            if user is None:
-                return _fail(f"no user named {args.user!r}")
-        source = datasets.open_source(Path(args.source), settings)
+    with _database(settings) as session:
         try:
-            project = find_project(session, args.project)
-        except NotFound:
-            if not args.create:
-                return _fail(f"no project {args.project!r}; pass --create to make it from labels.csv")
-            parsed = parse_labels_csv(datasets.read_labels(source), allow_unlabelled=True)
-            for problem in parsed.problems:
-                print(f"  {problem}", file=sys.stderr)
-            if parsed.problems:
-                return _fail("import rejected; nothing was imported (the project was not created)")
-            labels = parsed.labels
-            if not labels:
-                return _fail("labels.csv names no label; create the project with its labels first")
-            project = create_project(session, user, name=args.project, labels=labels)
-            print(f"created project {project.name!r} (id {project.id}) with labels {labels}", file=sys.stderr)
-        report = datasets.import_dataset(session, get_storage(settings), settings, project, user, source)
-    except datasets.ImportRejected as exc:
-        for e in exc.errors:
-            print(
-                f"  {e['file']}" + (f":{e['line']}" if e.get("line") else "") + f": {e['error']}",
-                file=sys.stderr,
-            )
-        return _fail("import rejected; nothing was imported")
-    except (ServiceError, FileNotFoundError) as exc:
-        return _fail(str(exc))
-    finally:
-        session.close()
-        engine.dispose()
+            user = None
+            if args.user:
+                user = get_by_username(session, args.user)
+                if user is None:
+                    return _fail(f"no user named {args.user!r}")
+            source = datasets.open_source(Path(args.source), settings)
+            try:
+                project = find_project(session, args.project)
+            except NotFound:
+                if not args.create:
+                    return _fail(f"no project {args.project!r}; pass --create to make it from labels.csv")
+                parsed = parse_labels_csv(datasets.read_labels(source), allow_unlabelled=True)
+                for problem in parsed.problems:
+                    print(f"  {problem}", file=sys.stderr)
+                if parsed.problems:
+                    return _fail("import rejected; nothing was imported (the project was not created)")
+                labels = parsed.labels
+                if not labels:
+                    return _fail("labels.csv names no label; create the project with its labels first")
+                project = create_project(session, user, name=args.project, labels=labels)
+                print(
+                    f"created project {project.name!r} (id {project.id}) with labels {labels}",
+                    file=sys.stderr,
+                )
+            report = datasets.import_dataset(session, get_storage(settings), settings, project, user, source)
+        except datasets.ImportRejected as exc:
+            for e in exc.errors:
+                print(
+                    f"  {e['file']}" + (f":{e['line']}" if e.get("line") else "") + f": {e['error']}",
+                    file=sys.stderr,
+                )
+            return _fail("import rejected; nothing was imported")
+        except (ServiceError, FileNotFoundError) as exc:
+            return _fail(str(exc))
     report.pop("image_ids", None)
     print(json.dumps(report, indent=2))
     return 0
@@ -166,26 +153,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     storage = get_storage(settings)
-    engine, session = _session(settings)
-    out = Path(args.out)
-    try:
-        project = find_project(session, args.project)
-        if out.suffix.lower() == ".zip":
-            entries, lineage = datasets.dataset_entries(session, project, only_labelled=args.only_labelled)
-            tmp = out.with_name(out.name + ".part")
-            with open(tmp, "wb") as f:
-                for chunk in datasets.export_zip_stream(storage, entries, folder=out.stem):
-                    f.write(chunk)
-            os.replace(tmp, out)
-        else:
-            lineage = datasets.write_dataset_folder(
-                session, storage, project, out, only_labelled=args.only_labelled, study=True
-            )
-    except ServiceError as exc:
-        return _fail(str(exc))
-    finally:
-        session.close()
-        engine.dispose()
+    with _database(settings) as session:
+        out = Path(args.out)
+        try:
+            project = find_project(session, args.project)
+            if out.suffix.lower() == ".zip":
+                entries, lineage = datasets.dataset_entries(
+                    session, project, only_labelled=args.only_labelled
+                )
+                tmp = out.with_name(out.name + ".part")
+                with open(tmp, "wb") as f:
+                    for chunk in datasets.export_zip_stream(storage, entries, folder=out.stem):
+                        f.write(chunk)
+                os.replace(tmp, out)
+            else:
+                lineage = datasets.write_dataset_folder(
+                    session, storage, project, out, only_labelled=args.only_labelled, study=True
+                )
+        except ServiceError as exc:
+            return _fail(str(exc))
     lineage.pop("annotations", None)
     lineage.pop("adjudications", None)
     print(json.dumps({"out": str(out), **lineage}, indent=2))
@@ -232,13 +218,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from app.storage import get_storage
 
     settings = get_settings()
-    engine, session = _session(settings)
     grace = settings.orphan_grace_s if args.grace_s is None else args.grace_s
-    try:
+    with _database(settings) as session:
         report = objects.sweep_orphans(session, get_storage(settings), grace, dry_run=args.dry_run)
-    finally:
-        session.close()
-        engine.dispose()
     objects.write_report(settings.resolved_data_dir, report)
     print(json.dumps(asdict(report), indent=2))
     return 0
@@ -246,7 +228,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_model_export(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from app.models import ModelVersion
     from app.services import jobs
@@ -254,8 +235,7 @@ def cmd_model_export(args: argparse.Namespace) -> int:
     from app.storage import get_storage
 
     settings = get_settings()
-    engine, session = _session(settings)
-    try:
+    with _database(settings) as session:
         model = session.get(ModelVersion, args.mid)
         if model is None:
             return _fail(f"no model {args.mid}; `GET /api/v1/projects/{{pid}}/models` lists them")
@@ -265,22 +245,30 @@ def cmd_model_export(args: argparse.Namespace) -> int:
             )
         except (ServiceError, ValueError, FileNotFoundError) as exc:
             return _fail(str(exc))
-    finally:
-        session.close()
-        engine.dispose()
     print(json.dumps({"out": args.out, "format": args.format, "sha256": card["archive_sha256"],
                       "bytes": card["archive_bytes"], "model_version": model.version}))  # fmt: skip
     return 0
 
 
 def cmd_weights_add(args: argparse.Namespace) -> int:
-    from sage.weights import WeightsError, add_weights
+    """Copy the file into SAGE_WEIGHTS_DIR and store it in the object storage (recorded in the
+    database), so that train workers on other machines fetch it when they need it."""
+    from app.services.weights import publish
+    from app.storage import get_storage
+    from sage.weights import WeightsError, add_weights, weights_dir
 
     try:
         entry = add_weights(Path(args.file), args.name, args.backbone)
     except WeightsError as exc:
         return _fail(str(exc))
-    print(f"added {entry.name} ({entry.backbone}) as {entry.file}")
+    settings = get_settings()
+    try:
+        with _database(settings) as session:
+            row = publish(session, get_storage(settings), entry, weights_dir())
+            key = row.storage_key
+    except Exception as exc:  # noqa: BLE001 - the local copy stands; say why the fleet cannot see it
+        return _fail(f"added {entry.name} to {weights_dir()} but could not store it for other workers: {exc}")
+    print(f"added {entry.name} ({entry.backbone}) as {entry.file}; stored as {key} for every worker")
     return 0
 
 
@@ -300,7 +288,14 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Started by the composition root (worker/__main__.py, the `sage-studio` entry point), not here:
+# app/ never imports worker/.
+WORKER_COMMANDS = ("worker", "beat")
+
+
+def build_parser(add_worker_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
+    """The `sage-studio` parser: the app's commands, plus `worker` and `beat` when the composition
+    root passes `add_worker_commands` (it receives the subparsers object)."""
     parser = argparse.ArgumentParser(prog="sage-studio", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -315,19 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("worker", help="start a Celery worker")
-    p.add_argument("--queues", default="train,predict", help="comma-separated: train, predict")
-    p.add_argument("--concurrency", type=int, default=1)
-    p.add_argument(
-        "--gpus",
-        default=None,
-        help="train worker: GPU indices it owns, e.g. 0 (one worker per GPU) or 0,1 (one worker "
-        "training each run on both GPUs with DistributedDataParallel)",
-    )
-    p.set_defaults(func=cmd_worker)
-
-    p = sub.add_parser("beat", help="start the periodic scheduler (stale-run reaper, retraining)")
-    p.set_defaults(func=cmd_beat)
+    if add_worker_commands is not None:
+        add_worker_commands(sub)
 
     p = sub.add_parser("create-user", help="create an account (--admin: a site admin)")
     p.add_argument("--username", required=True)
@@ -401,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The app's commands (`python -m app.cli ...`); `sage-studio` (worker/__main__.py) adds
+    `worker` and `beat`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in WORKER_COMMANDS:
+        return _fail(f"start {argv[0]} with `sage-studio {argv[0]}` or `python -m worker {argv[0]}`")
     args = build_parser().parse_args(argv)
     return args.func(args) or 0
 

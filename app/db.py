@@ -21,7 +21,7 @@ def make_engine(url: str, **kwargs) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _sqlite_pragmas(dbapi_conn, _record):
             # Python's sqlite3 opens transactions lazily; take control so BEGIN IMMEDIATE works.
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app import security
 from app.models import Annotation, Image, Project, ProjectMember, User
+from app.services.lookups import get_or_404
 from app.services.users import api_token_owner
 from app.settings import Settings
 from app.storage import Storage, get_storage
@@ -203,9 +204,7 @@ def image_for(role: Role) -> Callable[..., Image]:
     (404 for images of projects the caller is not a member of)."""
 
     def dependency(iid: ImageId, user: CurrentUser, session: SessionDep) -> Image:
-        image = session.get(Image, iid)
-        if image is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no image {iid}")
+        image = get_or_404(session, Image, iid, "image")
         try:
             check_project_access(session, user, image.project_id, role)
         except HTTPException as exc:
@@ -232,9 +231,7 @@ def annotation_for_viewer(
     session: SessionDep,
 ) -> Annotation:
     """The annotation `{aid}` if the caller may view its project (404 otherwise)."""
-    annotation = session.get(Annotation, aid)
-    if annotation is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no annotation {aid}")
+    annotation = get_or_404(session, Annotation, aid, "annotation")
     try:
         check_project_access(session, user, annotation.project_id, "viewer")
     except HTTPException:

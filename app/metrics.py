@@ -40,7 +40,7 @@ class _RunsCollector:
                 "Stored objects in the last orphan sweep, by outcome",
                 labels=["outcome"],
             )
-            for outcome in ("scanned", "orphans", "removed", "kept"):
+            for outcome in ("scanned", "orphans", "removed", "kept", "temp_removed"):
                 sweep.add_metric([outcome], getattr(report, outcome))
             yield sweep
             yield GaugeMetricFamily(

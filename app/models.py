@@ -396,3 +396,19 @@ class Job(Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WeightsFile(Base):
+    """A pretrained weights file registered with `sage-studio weights add`, kept in the object
+    storage under its content-addressed key so that a worker on any machine can fetch it into its
+    own `SAGE_WEIGHTS_DIR` (see app.services.weights)."""
+
+    __tablename__ = "weights_files"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)  # training option `weights`
+    backbone: Mapped[str] = mapped_column(String(40))
+    file: Mapped[str] = mapped_column(String(120))  # torchvision-style name: <stem>-<sha256 prefix>.pth
+    source: Mapped[str] = mapped_column(String(20))  # torchvision | custom
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -31,6 +31,8 @@ from app.services import adjudication as adjudication_service
 from app.services import projects as project_service
 from app.services import reading
 from app.services.images import next_image
+from app.services.login import login_with_password
+from app.services.lookups import active_model
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
@@ -151,12 +153,6 @@ def project_counts(session: Session, project_id: int, user: User | None = None) 
     return counts
 
 
-def active_model(session: Session, project_id: int) -> ModelVersion | None:
-    return session.scalar(
-        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active.is_(True))
-    )
-
-
 def latest_run(session: Session, project_id: int) -> TrainingRun | None:
     return session.scalar(
         select(TrainingRun)
@@ -246,7 +242,7 @@ def login_submit(
     if not username or not password:
         return again("Enter your username and password.", 422)
     try:
-        user = security.login_with_password(request, session, username, password)
+        user = login_with_password(request, session, username, password)
     except HTTPException as exc:
         if exc.status_code == 429:
             return again(f"Too many failed attempts: {exc.detail}.", 429)

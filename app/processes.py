@@ -1,4 +1,4 @@
-"""Process management for `sage-studio serve`, `worker` and `beat`.
+"""Process management for `sage-studio serve`: the web server and its supervised children.
 
 `serve` in embedded mode (or with SAGE_SERVE_WORKERS=1) starts the web server plus one Celery
 worker per queue and beat as child processes, restarts a child that dies, and stops them all on
@@ -6,11 +6,10 @@ Ctrl-C or SIGTERM. Children run in sessions of their own (a terminal's Ctrl-C re
 parent, which stops them in order) and get SIGTERM from the kernel if the parent dies without
 cleaning up (Linux PR_SET_PDEATHSIG), so no orphan survives even a SIGKILL of the parent.
 
-The web process never imports worker/ nor torch: workers are separate processes. A training worker
-uses the prefork pool with one process that is replaced after every run, so CUDA is initialised
-only in that short-lived child, never in a process that forks. The predict worker runs a thread
-pool in its own process: concurrent requests are batched into one forward pass of a model that
-stays loaded.
+The web process never imports worker/ nor torch (import-linter contracts in pyproject.toml):
+workers are separate processes, started as `python -m worker worker ...` command lines. How a
+worker and beat start (pools, CUDA, niceness) is worker/start.py; `Supervisor` and `child_env` here
+are reused by it for `sage-studio worker` with several queues.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from app.queue import PREDICT_QUEUE, TRAIN_QUEUE
 from app.settings import Settings
@@ -33,7 +31,7 @@ log = logging.getLogger("sage.processes")
 QUEUES = (TRAIN_QUEUE, PREDICT_QUEUE)
 
 
-class Stop(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Stop(Exception):  # a control-flow signal, not an error
     """SIGTERM / SIGINT received: stop the children, then exit."""
 
 
@@ -145,7 +143,9 @@ class Supervisor:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "app.cli", *args]
+    """A `sage-studio` command line run by this interpreter (the worker package is the entry point
+    that knows every command; this module starts it as a process and never imports it)."""
+    return [sys.executable, "-m", "worker", *args]
 
 
 def apply_gpus(settings: Settings, gpus: str) -> Settings:
@@ -168,7 +168,7 @@ def worker_children(settings: Settings, queues: list[str], concurrency: int = 1)
     ]
 
 
-def _install_stop_handlers() -> None:
+def install_stop_handlers() -> None:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
 
@@ -191,7 +191,7 @@ def serve(settings: Settings, host: str, port: int, *, web_only: bool = False) -
         supervisor = Supervisor(children, settings.shutdown_grace_s)
     # uvicorn restores these handlers after its graceful shutdown and re-raises the signal it got,
     # which then raises Stop here, so the children are always stopped.
-    _install_stop_handlers()
+    install_stop_handlers()
     try:
         if supervisor is not None:
             supervisor.start()
@@ -202,91 +202,4 @@ def serve(settings: Settings, host: str, port: int, *, web_only: bool = False) -
     finally:
         if supervisor is not None:
             supervisor.stop()
-    return 0
-
-
-def _check_queues(queues: list[str]) -> list[str]:
-    queues = [q.strip() for q in queues if q.strip()]
-    unknown = sorted(set(queues) - set(QUEUES))
-    if unknown or not queues:
-        raise SystemExit(
-            f"sage-studio worker: unknown queue(s) {unknown or queues}; choose from {', '.join(QUEUES)}"
-        )
-    return list(dict.fromkeys(queues))
-
-
-def run_worker(settings: Settings, queues: list[str], concurrency: int = 1) -> int:
-    """One Celery worker per queue: the queues have different pools, so several queues given at
-    once are served by one child process each under a supervisor."""
-    queues = _check_queues(queues)
-    if len(queues) > 1:
-        supervisor = Supervisor(worker_children(settings, queues, concurrency), settings.shutdown_grace_s)
-        _install_stop_handlers()
-        try:
-            supervisor.start()
-            supervisor.wait()
-        except (Stop, KeyboardInterrupt):
-            pass
-        finally:
-            supervisor.stop()
-        return 0
-    return _run_single_worker(settings, queues[0], concurrency)
-
-
-def worker_argv(settings: Settings, queue: str, concurrency: int) -> list[str]:
-    argv = [
-        "worker",
-        "--queues",
-        queue,
-        "--hostname",
-        f"{queue}-{os.getpid()}@%h",
-        "--loglevel",
-        os.environ.get("SAGE_LOG_LEVEL", "INFO"),
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    if queue == TRAIN_QUEUE:
-        # A fresh pool process per run: CUDA lives only in that child; nothing leaks between runs.
-        # Prefork (worker.pool, set as the app's `worker_pool`: the command line takes aliases only).
-        argv += ["--concurrency", str(max(1, concurrency)), "--max-tasks-per-child", "1"]
-    else:
-        argv += ["--pool", "threads", "--concurrency", str(max(concurrency, settings.predict_concurrency))]
-    return argv
-
-
-def _run_single_worker(settings: Settings, queue: str, concurrency: int) -> int:
-    if settings.torch_threads:
-        # Before torch is imported, so this process and its pool processes start with it.
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(settings.torch_threads)
-    if queue == TRAIN_QUEUE:
-        if settings.train_nice:
-            os.nice(settings.train_nice)  # inherited by the pool processes that train
-        # Import torch and the training code once in the parent (this does not touch CUDA), so
-        # each forked run starts in milliseconds instead of re-importing for seconds.
-        import sage.training  # noqa: F401
-        import worker.training  # noqa: F401
-    else:
-        import sage.inference  # noqa: F401
-
-    from worker.celery_app import create_worker_app
-
-    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-    celery = create_worker_app(settings)
-    if queue == TRAIN_QUEUE:
-        from worker.pool import POOL
-
-        celery.conf.worker_pool = POOL
-    celery.worker_main(worker_argv(settings, queue, concurrency))
-    return 0
-
-
-def run_beat(settings: Settings) -> int:
-    from worker.celery_app import create_worker_app
-
-    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-    celery = create_worker_app(settings)
-    schedule = Path(celery.conf.beat_schedule_filename)
-    celery.start(
-        ["beat", "--schedule", str(schedule), "--loglevel", os.environ.get("SAGE_LOG_LEVEL", "INFO")]
-    )
     return 0

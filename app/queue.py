@@ -25,6 +25,7 @@ TASK_PREDICT_BATCH = "sage.predict_batch"
 TASK_SANITY_CHECK = "sage.sanity_check"
 TASK_PREDICT_MISSING = "sage.predict_missing"
 TASK_REALIGN = "sage.realign"
+TASK_EXPIRE_RESULTS = "sage.expire_job_results"
 TASK_ROUTES = {
     TASK_TRAIN: {"queue": TRAIN_QUEUE},
     TASK_PREDICT_PROJECT: {"queue": TRAIN_QUEUE},
@@ -37,6 +38,7 @@ TASK_ROUTES = {
     TASK_SANITY_CHECK: {"queue": PREDICT_QUEUE},
     TASK_PREDICT_MISSING: {"queue": TRAIN_QUEUE},
     TASK_REALIGN: {"queue": PREDICT_QUEUE},
+    TASK_EXPIRE_RESULTS: {"queue": PREDICT_QUEUE},
 }
 
 

@@ -50,7 +50,7 @@ class RunEventHub:
             try:
                 self._last_id, runs = await anyio.to_thread.run_sync(self._latest, self._last_id)
                 self.polls += 1
-            except Exception:  # noqa: BLE001 - a database hiccup: streams fall back to their timeout
+            except Exception:
                 log.warning("run event poll failed", exc_info=True)
                 runs = set()
             for run_id in runs:

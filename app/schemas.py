@@ -124,6 +124,21 @@ class ApiTokenCreated(ApiTokenOut):
 # --- projects ------------------------------------------------------------------------------------
 
 
+def _registered_weights_schema(schema: dict[str, Any]) -> None:
+    """The schema of `weights`: one of the names registered when the schema is built, or null."""
+    from sage.weights import WeightsError, list_weights  # torch-free
+
+    try:
+        names = [e.name for e in list_weights()]
+    except (WeightsError, OSError):
+        names = []
+    description = schema.get("description")
+    schema.clear()
+    schema.update({"anyOf": [{"enum": names}, {"type": "null"}]} if names else {"type": "null"})
+    if description:
+        schema["description"] = description
+
+
 class TrainingOptions(BaseModel):
     """Overrides of the default training configuration (the worker validates the full set).
 
@@ -156,6 +171,7 @@ class TrainingOptions(BaseModel):
         default=None,
         max_length=100,
         description="pretrained weights by registered name (GET /api/v1/weights)",
+        json_schema_extra=_registered_weights_schema,
     )
 
     @model_validator(mode="after")

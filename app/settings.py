@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     # how long `POST /training-runs/{rid}/cancel` takes to stop a run (plus one training step).
     cancel_poll_interval_s: float = Field(default=1.0, gt=0)
     reap_interval_s: float = Field(default=15.0, gt=0)  # beat: how often stale runs are reaped
+    # Results of finished batch predictions are deleted from storage this long after the job
+    # finished (the job then answers 410); export archives are kept while their model version exists.
+    job_result_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    job_result_sweep_interval_s: float = Field(default=3600.0, gt=0)  # beat: how often they are swept
     # Beat: how often stored objects no row uses are swept, and how old (untouched) they must be.
     orphan_sweep_interval_s: float = Field(default=3600.0, gt=0)
     orphan_grace_s: float = Field(default=6 * 3600.0, ge=0)

@@ -22,6 +22,7 @@ re-checks that nobody touched it and that no row uses it, and puts it back other
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -32,7 +33,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import unquote, urlparse
 
 from app.settings import Settings
@@ -136,6 +137,11 @@ class Storage(ABC):
         """Remove the object unless a writer touched it or `in_use()` says a row needs it; True
         when removed. Backends without the move-aside protocol keep the object (the sweep retries)."""
         return False
+
+    def remove_stale_temp(self, cutoff_ns: int) -> int:
+        """Remove temporary files of writes that died (a killed process) and were last touched
+        before `cutoff_ns`; the count removed. Backends without local temporary files have none."""
+        return 0
 
     def iter_objects(self) -> Iterator[tuple[str, int]]:
         """(key, last modified in ns) of every published object (for the orphan sweep)."""
@@ -241,6 +247,15 @@ class LocalStorage(Storage):
             return False
         aside.unlink(missing_ok=True)
         return True
+
+    def remove_stale_temp(self, cutoff_ns: int) -> int:
+        removed = 0
+        for path in self.tmp_dir.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime_ns < cutoff_ns:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def iter_objects(self) -> Iterator[tuple[str, int]]:
         for first in self.root.iterdir():
@@ -378,7 +393,7 @@ class _S3Reader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # noqa: ANN001
+    def readinto(self, b) -> int:
         data = self._body.read(len(b))
         b[: len(data)] = data
         return len(data)
@@ -415,7 +430,7 @@ class ScratchCache:
         try:
             digest = hashlib.sha256()
             with open(tmp, "wb") as f:
-                fetch(_DigestWriter(f, digest))
+                fetch(cast(BinaryIO, _DigestWriter(f, digest)))
             if digest.hexdigest() != key[:64]:
                 raise StorageIntegrityError(
                     f"object {key} read back with SHA-256 {digest.hexdigest()[:12]}...: the stored copy is "
@@ -581,7 +596,7 @@ class S3Storage(Storage):
                 CopySource={"Bucket": self.bucket, "Key": name},
                 MetadataDirective="REPLACE",
             )
-        except Exception as exc:  # noqa: BLE001 - botocore's ClientError
+        except Exception as exc:
             if self._missing(exc):
                 return False
             raise
@@ -590,7 +605,7 @@ class S3Storage(Storage):
     def modified_ns(self, key: str) -> int | None:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._name(key))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if self._missing(exc):
                 return None
             raise
@@ -640,7 +655,7 @@ class S3Storage(Storage):
             body = self.client.get_object(Bucket=self.bucket, Key=self._name(key))["Body"]
         except self.client.exceptions.NoSuchKey as exc:
             raise FileNotFoundError(f"no object {key} in s3://{self.bucket}/{self.prefix}") from exc
-        return io.BufferedReader(_S3Reader(body), CHUNK)  # type: ignore[return-value]
+        return cast(BinaryIO, io.BufferedReader(_S3Reader(body), CHUNK))
 
     def path(self, key: str) -> Path:
         name = self._name(key)
@@ -658,7 +673,7 @@ class S3Storage(Storage):
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._name(key))
-        except Exception as exc:  # noqa: BLE001 - botocore's ClientError
+        except Exception as exc:
             if self._missing(exc):
                 return False
             raise
@@ -667,7 +682,7 @@ class S3Storage(Storage):
     def size(self, key: str) -> int:
         try:
             return int(self.client.head_object(Bucket=self.bucket, Key=self._name(key))["ContentLength"])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if self._missing(exc):
                 raise FileNotFoundError(key) from exc
             raise
@@ -731,6 +746,10 @@ class S3Staging(Staging):
                 self.storage.remove_if_unused(key, lambda: False, expected_mtime_ns=modified)
         self._created.clear()
         self._keys.clear()
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return path.open("rb")
 
 
 def storage_for_url(url: str, settings: Settings) -> Storage:
@@ -816,7 +835,7 @@ def migrate_objects(
 
     for key in source.iter_keys():
         try:
-            copy(lambda key=key: source.open(key), key)
+            copy(functools.partial(source.open, key), key)
         except (OSError, StorageKeyError) as exc:
             report["errors"].append({"key": key, "error": f"{exc.__class__.__name__}: {exc}"})
             say(f"{key}: {exc}")
@@ -826,7 +845,7 @@ def migrate_objects(
                 digest = hashlib.sha256()
                 while chunk := f.read(CHUNK):
                     digest.update(chunk)
-            copy(lambda path=path: open(path, "rb"), make_key(digest.hexdigest(), suffix))  # noqa: SIM115 - closed by copy()
+            copy(functools.partial(_open_binary, Path(path)), make_key(digest.hexdigest(), suffix))
         except OSError as exc:
             report["errors"].append({"key": str(path), "error": f"{exc.__class__.__name__}: {exc}"})
     return report

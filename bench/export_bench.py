@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import pct  # noqa: E402
-from sage.config import TrainConfig  # noqa: E402
-from sage.export import export_archive, read_archive  # noqa: E402
-from sage.models import create_model  # noqa: E402
-from sage.training import save_model  # noqa: E402
-from sage.transforms import normalize  # noqa: E402
+from bench.common import pct
+from sage.config import TrainConfig
+from sage.export import export_archive, read_archive
+from sage.models import create_model
+from sage.training import save_model
+from sage.transforms import normalize
 
 CASES = [("tiny", 64), ("resnet18", 224)]
 BATCHES = (1, 16)

@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sage.config import TrainConfig  # noqa: E402
-from sage.synthetic import make_dataset  # noqa: E402
-from sage.training import fit, resolve_device  # noqa: E402
-from sage.weights import add_weights  # noqa: E402
+from sage.config import TrainConfig
+from sage.synthetic import make_dataset
+from sage.training import fit, resolve_device
+from sage.weights import add_weights
 
 WEIGHTS_NAME = "bench-resnet18-synthetic-digits"
 

@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sage.config import TrainConfig  # noqa: E402
-from sage.methods import Batch, create_task  # noqa: E402
-from sage.models import create_model  # noqa: E402
-from sage.training import build_optimizer, seed_everything  # noqa: E402
+from sage.config import TrainConfig
+from sage.methods import Batch, create_task
+from sage.models import create_model
+from sage.training import build_optimizer, seed_everything
 
 
 def measure(

@@ -250,7 +250,7 @@ class Fleet:
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, stdout=out,
+                [sys.executable, "-m", "worker", *args], cwd=ROOT, env=env, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self.procs.append(proc)

@@ -80,7 +80,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):  # http.server's name
             if self.path == "/bench":
                 body = (PAGE % {"size": SIZE}).encode()
                 self.send_response(200)

@@ -102,7 +102,7 @@ class Mode:
         path = self.workdir / f"{log}.log"
         with open(path, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "worker", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         self.procs.append(proc)

@@ -12,6 +12,7 @@ produce the same result layout:
 from __future__ import annotations
 
 import csv
+import functools
 import sys
 import time
 import zipfile
@@ -50,7 +51,7 @@ def iter_inputs(source: str | Path) -> list[tuple[str, Callable[[], bytes]]]:
         return [(p.relative_to(source).as_posix(), p.read_bytes) for p in files]
     if source.is_file() and zipfile.is_zipfile(source):
         zf = zipfile.ZipFile(source)
-        out = []
+        out: list[tuple[str, Callable[[], bytes]]] = []
         for info in sorted(zf.infolist(), key=lambda i: i.filename):
             name = info.filename
             pure = PurePosixPath(name)
@@ -60,7 +61,7 @@ def iter_inputs(source: str | Path) -> list[tuple[str, Callable[[], bytes]]]:
                 continue
             if info.file_size > MAX_ZIP_MEMBER_BYTES:
                 raise BatchError(f"{source}: {name} is {info.file_size} bytes uncompressed; too large")
-            out.append((pure.as_posix(), lambda zf=zf, info=info: zf.read(info)))
+            out.append((pure.as_posix(), functools.partial(zf.read, info)))
         return out
     if not source.exists():
         raise FileNotFoundError(f"images not found: {source}")
@@ -114,6 +115,7 @@ def load_model(path: str | Path, device: str = "cpu") -> Any:
         if exported.fmt != "state_dict":
             return exported
         ckpt = exported.checkpoint
+        assert ckpt is not None  # a state_dict archive carries its checkpoint
         return Predictor(exported.runner, ckpt["labels"], ckpt["image_size"], _device(device), {
             k: ckpt[k] for k in ("backbone", "config", "metrics", "sage_version") if k in ckpt})  # fmt: skip
     return Predictor.load(path, device)
@@ -149,7 +151,7 @@ def _predict_chunk(model: Any, images: list[DecodedArray], heatmaps: bool) -> li
     if not images:
         return []
     if isinstance(model, Predictor):
-        return [(p.label, p.probabilities, p.heatmap) for p in model.predict(images, heatmaps=heatmaps)]
+        return [(p.label, p.probabilities, p.heatmap) for p in model.predict(list(images), heatmaps=heatmaps)]
     import torch
 
     window = str((model.card.get("training_config") or {}).get("window", "default"))

@@ -179,10 +179,18 @@ def choose_configs(settings: BenchSettings, records: list[dict]) -> dict[tuple[s
 
 
 def run_bench(
-    settings: BenchSettings, out_md: Path, work_dir: Path, fresh: bool = False, jobs: int = 1
+    settings: BenchSettings,
+    out_md: Path,
+    work_dir: Path,
+    fresh: bool = False,
+    jobs: int = 1,
+    report_only: bool = False,
 ) -> list[dict]:
     """Run (or resume) tuning then the report runs, and write the markdown report; returns the
     records (tuning and report).
+
+    report_only: train nothing; write the report from the runs already in WORK/results.json (the
+    tuning must be complete; report runs still missing are listed at the top of the report).
 
     jobs > 1 trains that many runs at once, each in its own process with one thread (the datasets
     are written first, by this process).
@@ -196,6 +204,8 @@ def run_bench(
     started = time.perf_counter()
 
     def execute(runs: list[RunSpec]) -> list[dict]:
+        if report_only:
+            return [done[s.key(fingerprint)] for s in runs if s.key(fingerprint) in done]
         todo = [(i, spec) for i, spec in enumerate(runs, start=1) if spec.key(fingerprint) not in done]
         for _, spec in todo:
             dataset_dir(settings, work_dir, spec.suite, spec.seed, spec.stage)
@@ -228,10 +238,22 @@ def run_bench(
         return [done[s.key(fingerprint)] for s in runs]
 
     tuning = execute(plan_tuning(settings))
+    if len(tuning) < len(plan_tuning(settings)):
+        raise ValueError(
+            f"{len(plan_tuning(settings)) - len(tuning)} tuning runs are missing; run the bench first"
+        )
     chosen = choose_configs(settings, tuning)
-    report = execute(plan_report(settings, chosen))
+    planned = plan_report(settings, chosen)
+    report = execute(planned)
+    text = render_report(settings, tuning, report, chosen)
+    if len(report) < len(planned):
+        missing = [f"{'ceiling' if s.stage == 'ceiling' else s.method} seed {s.seed}"
+                   for s in planned if s.key(fingerprint) not in done]  # fmt: skip
+        head, rest = text.split("\n", 1)
+        text = (f"{head}\n\n**Partial report: {len(missing)} of {len(planned)} report runs had not finished** "
+                f"({', '.join(missing)}); intervals use the seeds that had.\n{rest}")  # fmt: skip
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(render_report(settings, tuning, report, chosen))
+    out_md.write_text(text)
     return tuning + report
 
 
@@ -382,8 +404,17 @@ def render_report(
             if method != REFERENCE and diff:
                 mean, low, high = t_interval(diff)
                 if mean >= 0:
+                    support = (
+                        "the interval excludes 0: the seeds support it"
+                        if len(diff) > 1 and low > 0
+                        else "the interval includes 0"
+                    )
                     verdicts.append(f"{suite}: `{method}` is at or above `{REFERENCE}` on average "
-                                    f"({np.mean(accs) * 100:.1f} vs {ref_mean * 100:.1f}).")  # fmt: skip
+                                    f"({np.mean(accs) * 100:.1f} vs {ref_mean * 100:.1f}; paired difference "
+                                    f"{_ci(diff, signed=True)}, {support}).")  # fmt: skip
+                elif len(diff) < 2:
+                    verdicts.append(f"{suite}: `{REFERENCE}` is {-mean * 100:.1f} points above `{method}` on the one "
+                                    "seed that finished; no interval yet.")  # fmt: skip
                 elif not high < 0:
                     verdicts.append(f"{suite}: `{REFERENCE}` beats `{method}` by {-mean * 100:.1f} points on average, "
                                     "but the interval of the paired difference includes 0 (not supported by these seeds).")  # fmt: skip
@@ -398,13 +429,13 @@ def render_report(
     for suite in settings.suites:
         for method in settings.methods:
             cells = []
-            for i, config in enumerate(settings.space(method)):
+            for i, space_config in enumerate(settings.space(method)):
                 vals = [
                     r["val_accuracy"]
                     for r in tuning
                     if (r["suite"], r["method"], r["config"]) == (suite, method, i)
                 ]
-                text = f"`{json.dumps(config)}` {np.mean(vals) * 100:.1f}" if vals else "n/a"
+                text = f"`{json.dumps(space_config)}` {np.mean(vals) * 100:.1f}" if vals else "n/a"
                 cells.append(f"**{text}**" if chosen.get((suite, method)) == i else text)
             lines.append(f"| {suite} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

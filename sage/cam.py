@@ -47,11 +47,11 @@ def normalize_maps(maps: torch.Tensor, mode: str = "max", eps: float = 1e-8) -> 
     return (flat / (hi + eps)).clamp(0, 1).reshape(maps.shape)
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Bilinear resize of (B, h, w) maps to (B, *size)."""
     return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def saliency_at(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Human saliency (B, 1, H, W) averaged down to a CAM grid: (B, h, w)."""
-    return F.adaptive_avg_pool2d(saliency.float(), size)[:, 0]
+def saliency_at(saliency: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Human saliency (B, 1, H, W) averaged down to a CAM grid of size (..., h, w): (B, h, w)."""
+    return F.adaptive_avg_pool2d(saliency.float(), (size[-2], size[-1]))[:, 0]

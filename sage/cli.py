@@ -166,7 +166,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "n": args.n, "image_size": args.image_size, "backbone": args.backbone,
     }  # fmt: skip
     settings = settings.with_overrides({k: v for k, v in overrides.items() if v is not None})
-    run_bench(settings, out_md=Path(args.out), work_dir=Path(args.work), fresh=args.fresh, jobs=args.jobs)
+    run_bench(settings, out_md=Path(args.out), work_dir=Path(args.work), fresh=args.fresh, jobs=args.jobs,
+              report_only=args.report_only)  # fmt: skip
     print(f"wrote {args.out}")
     return 0
 
@@ -250,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench/ml.md")
     p.add_argument("--work", default="bench/out", help="datasets and the resumable results.json")
     p.add_argument("--fresh", action="store_true", help="ignore results already in WORK/results.json")
+    p.add_argument(
+        "--report-only", action="store_true", help="train nothing; report the runs in WORK/results.json"
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and thread each")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -299,6 +299,7 @@ class TrainConfig:
         _choice("recipe", self.recipe, RECIPES)
         _choice("class_balance", self.class_balance, CLASS_BALANCE)
         _choice("freeze_batchnorm", self.freeze_batchnorm, FREEZE_BATCHNORM)
+        assert self.image_size is not None  # __post_init__ sets it by backbone
         _at_least("image_size", self.image_size, 8)
         _choice("window", self.window, WINDOWS)
         if not self.allow_coarse_cam:

@@ -1,7 +1,10 @@
 """Reader for the dataset folder format (DESIGN.md section 3) and the tensors training reads.
 
 DATASET/labels.csv (image,label[,split][,group][,subtype], parsed by sage.labels_csv with the
-rules every reader shares), DATASET/images/<image>, DATASET/saliency/<stem>.png.
+rules every reader shares), DATASET/images/<image>, DATASET/saliency/<stem>.png, and optionally
+DATASET/pixels/<stem>.npy with pixels/<stem>.json ({"bit_depth", "header_window"}): the image
+already decoded (SAGE Studio's training snapshots carry the array stored at upload), read instead
+of decoding images/<image> again.
 `read_dataset` checks every row and raises one `DatasetError` listing each bad row with its file
 and line; nothing is dropped silently. `load_split` decodes a split once into uint8 tensors at the
 training size; an image without a saliency map gets an all-zero map and `has_saliency = False`,
@@ -10,6 +13,7 @@ which the methods use as a per-sample weight.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +89,9 @@ def read_dataset(root: str | Path, labels: list[str] | None = None, check_files:
                 problems.append((row.line, problem))
                 continue
         assert row.label is not None  # parsed without allow_unlabelled
-        samples.append(Sample(row.image, row.label, row.split, row.line, saliency, row.group, row.subtype))
+        samples.append(
+            Sample(row.image, row.label, row.split or "train", row.line, saliency, row.group, row.subtype)
+        )
     if problems:
         raise DatasetError([f"{csv_path}:{line}: {message}" for line, message in sorted(problems)])
     if not samples:
@@ -119,6 +125,24 @@ def _check_files(image_path: Path, saliency_path: Path | None) -> str | None:
 def load_image(path: str | Path) -> imageio.DecodedArray:
     """The one image decoder (sage.imageio): pixels at full precision with their metadata."""
     return imageio.decode_file(path)
+
+
+def load_pixels(root: str | Path, image: str) -> tuple[np.ndarray, int, tuple[float, float] | None]:
+    """(pixels, bit_depth, header_window) of images/<image>: from pixels/<stem>.npy and its .json
+    when the folder carries them (no decoding), else decoded from the file (sage.imageio)."""
+    root = Path(root)
+    stem = Path(image).stem
+    npy, meta_path = root / "pixels" / f"{stem}.npy", root / "pixels" / f"{stem}.json"
+    if npy.is_file() and meta_path.is_file():
+        pixels = imageio.npy_to_array(npy)
+        if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+            raise ValueError(f"{npy}: array of shape {pixels.shape}, expected (H, W) or (H, W, 3)")
+        meta = json.loads(meta_path.read_text())
+        header = meta.get("header_window")
+        bit_depth = meta.get("bit_depth") or (8 if pixels.dtype == np.uint8 else 16)
+        return pixels, int(bit_depth), (float(header[0]), float(header[1])) if header else None
+    decoded = load_image(root / "images" / image)
+    return decoded.pixels, decoded.bit_depth, decoded.header_window
 
 
 def load_saliency(path: str | Path) -> Image.Image:
@@ -175,11 +199,9 @@ def load_split(
     for i, s in enumerate(samples):
         where = f"{root / 'labels.csv'}:{s.line}"
         try:
-            decoded = load_image(root / "images" / s.image)
-            pixel_window = imageio.window_for(
-                window, decoded.pixels, decoded.bit_depth, decoded.header_window
-            )
-            images[i] = preprocess(decoded.pixels, image_size, pixel_window)[0]
+            pixels, bit_depth, header_window = load_pixels(root, s.image)
+            pixel_window = imageio.window_for(window, pixels, bit_depth, header_window)
+            images[i] = preprocess(pixels, image_size, pixel_window)[0]
         except (imageio.DecodeError, OSError, ValueError) as exc:
             errors.append(f"{where}: cannot decode image {s.image}: {exc}")
             continue

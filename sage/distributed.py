@@ -196,12 +196,12 @@ def fit_distributed(
         for rank in range(world_size):
             with open(control / f"rank-{rank}.log", "wb") as log:
                 procs.append(
-                    subprocess.Popen(  # noqa: PLW1509 - preexec only sets the parent-death signal
+                    subprocess.Popen(
                         [sys.executable, "-m", "sage.distributed", str(spec_path)],
                         env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                         stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
                         stderr=log,
-                        preexec_fn=_die_with_parent,
+                        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call runs in the child
                     )
                 )
         reader = threading.Thread(target=_read_events, args=(procs[0].stdout, events), daemon=True)
@@ -288,6 +288,7 @@ def fit_rank(
     data = prepare_data(config, data_dir)
     # The same set-up as `fit`: pretrained weights, the recipe's optimisation values.
     pretrained = pretrained_file(config)
+    assert config.image_size is not None  # TrainConfig.__post_init__ sets it by backbone
     model = create_model(config.backbone, len(data.labels), pretrained, config.image_size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -308,7 +309,7 @@ def fit_rank(
     optimizer, scheduler = build_optimizer(run_config, model, steps, plan.backbone_lr_scale)
     cancel_file = control_dir / CANCEL_FILE
     flag = torch.zeros(1, device=device)
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
+    state: dict[str, Any] = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
              "train_seconds": 0.0}  # fmt: skip
     best_weights = None
     amp = run_config.amp and device.type == "cuda"

@@ -58,6 +58,9 @@ class ExportedClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model.eval()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.temperature: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
@@ -75,7 +78,7 @@ def read_checkpoint(model_file: str | Path) -> dict[str, Any]:
         ckpt = torch.load(Path(model_file), map_location="cpu", weights_only=False)
     except FileNotFoundError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing
+    except Exception as exc:
         raise ExportError(f"cannot read model file {model_file}: {exc}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
         raise ExportError(f"{model_file} is not a SAGE model file (expected format {MODEL_FORMAT})")
@@ -168,7 +171,7 @@ def _torchscript_bytes(wrapper: ExportedClassifier, example: torch.Tensor) -> by
 def _onnx_bytes(wrapper: ExportedClassifier, example: torch.Tensor) -> tuple[bytes, str]:
     """ONNX through the torch.export-based exporter (dynamo); the TorchScript-based one is the
     fallback for graphs the former cannot capture. Both run offline. Returns (bytes, exporter)."""
-    names = {"input_names": ["pixels"], "output_names": ["logits", "probabilities"]}
+    names: dict[str, Any] = {"input_names": ["pixels"], "output_names": ["logits", "probabilities"]}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(tmp) / "model.onnx"
@@ -184,6 +187,7 @@ def _onnx_bytes(wrapper: ExportedClassifier, example: torch.Tensor) -> tuple[byt
                 external_data=False,
                 **names,
             )
+            assert program is not None  # the dynamo exporter returns its program
             program.save(str(path), external_data=False)
             exporter = "dynamo"
         except Exception:  # noqa: BLE001 - fall back to the TorchScript-based exporter

@@ -153,7 +153,7 @@ def probe_size(data: bytes) -> tuple[int, int] | None:
             import tifffile
 
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
-                page = tif.pages[0]
+                page = tif.pages.first
                 return int(page.imagewidth), int(page.imagelength)
         if fmt == "dicom":
             import pydicom
@@ -307,7 +307,7 @@ def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
 def _decode_pillow(data: bytes, fmt: str, max_pixels: int, what: str) -> DecodedArray:
     """PNG / JPEG / BMP with Pillow; the header's size is checked before decoding."""
     try:
-        img = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+        img: Image.Image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
     except Image.DecompressionBombError as exc:
         raise DecodeError(422, f"{what} has too many pixels: {exc}") from None
     except UnidentifiedImageError:
@@ -361,7 +361,7 @@ def _decode_tiff(data: bytes, max_pixels: int, what: str) -> DecodedArray:
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            page = tif.pages[0]
+            page = tif.pages.first
             _check_pixels(int(page.imagewidth), int(page.imagelength), max_pixels, what)
             frames = len(tif.pages)
             arr = page.asarray()

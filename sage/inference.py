@@ -56,7 +56,7 @@ class Predictor:
             raise FileNotFoundError(f"model file not found: {path}")
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing
+        except Exception as exc:  # any unpickling failure means the same thing
             raise ValueError(f"cannot read model file {path}: {exc}") from exc
         if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
             raise ValueError(f"{path} is not a SAGE model file (expected format {MODEL_FORMAT})")

@@ -17,7 +17,7 @@ decode is the caller's job. The rules:
   for an annotator); when the caller gives the known labels, it must be one of them.
 - split: `train`, `val` or `test` (case-insensitive); empty means `train`.
 - group (patient, subject, device) and subtype (for example an attack type): optional free text,
-  empty means none, at most 200 characters, no control characters. Splits never cut a group: a
+  empty means none, at most 100 characters, no control characters. Splits never cut a group: a
   row whose group already appeared in another split is a problem.
 - Line numbers are the file's (a quoted cell spanning lines counts each line). A CSV syntax error
   is a problem on its line and ends the reading.
@@ -42,19 +42,21 @@ OPTIONAL = ("split", "group", "subtype")
 SPLITS = ("train", "val", "test")
 HEADER_HELP = "image,label followed by any of split, group, subtype"
 MAX_NAME = 255
-MAX_TEXT = 200
+MAX_TEXT = 100  # the app's `images.group` column and upload field hold 100
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One good row of labels.csv; label is None only for an unlabelled row the caller allowed."""
+    """One good row of labels.csv; label is None only for an unlabelled row the caller allowed.
+    The parser always gives a split (`train` when empty); import sets None when the file has no
+    split column, so the project draws one at training time."""
 
     line: int
     image: str
     label: str | None
-    split: str = "train"
+    split: str | None = "train"
     group: str | None = None
     subtype: str | None = None
 

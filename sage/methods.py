@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -130,7 +131,8 @@ def normalised_with(model: nn.Module, stats: dict[nn.Module, tuple[torch.Tensor,
     saved = []
     model.eval()
     try:
-        for module, (mean, var) in (stats or {}).items():
+        for layer, (mean, var) in (stats or {}).items():
+            module: Any = layer  # a batch-norm layer (torch types its buffers as Tensor | Module)
             saved.append((module, module.running_mean, module.running_var))
             module.running_mean = mean.to(module.running_mean.dtype)
             module.running_var = var.to(module.running_var.dtype)
@@ -175,6 +177,7 @@ class RRRTask(Task):
     def __init__(self, model: Classifier, config: TrainConfig) -> None:
         super().__init__(model, config)
         given = config.baselines.rrr_lambda
+        self.rrr_lambda: torch.Tensor
         self.register_buffer("rrr_lambda", torch.tensor(float("nan") if given is None else float(given)))
 
     def forward(self, batch):
@@ -297,7 +300,7 @@ class SageTask(Task):
         xs, ys = x[rows], y[rows]
         s = self.saliency(batch)[rows].to(x.dtype)
         donors = (x, rows) if o.swap_from_batch else None  # swap may take any image, annotated or not
-        kw = dict(
+        kw: dict[str, Any] = dict(
             kind=o.degradation,
             strength_min=o.strength_min,
             strength_max=o.strength_max,

@@ -7,22 +7,21 @@ import math
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from sage import agreement
+
 
 def saliency_alignment(heatmap: np.ndarray, saliency: np.ndarray) -> dict[str, float]:
     """How well a model heatmap matches human saliency; both same-size float arrays in [0, 1].
 
-    soft_iou: sum(min(h, s)) / sum(max(h, s)) (1 = identical, 0 = disjoint).
-    pearson: correlation of the pixel values (0 when either map is constant).
+    soft_iou and pearson: `sage.agreement` (one definition, with its edge cases: two empty maps
+    have IoU 1; a constant map has r 0, or 1 when both maps are equal).
     pointing_game: 1.0 when the heatmap's peak falls where saliency >= half its maximum, else 0.0.
     """
     h = np.asarray(heatmap, dtype=np.float64)
     s = np.asarray(saliency, dtype=np.float64)
     if h.shape != s.shape:
         raise ValueError(f"heatmap {h.shape} and saliency {s.shape} must have the same shape")
-    union = np.maximum(h, s).sum()
-    soft_iou = float(np.minimum(h, s).sum() / union) if union > 0 else 0.0
-    hs, ss = h.std(), s.std()
-    pearson = float(((h - h.mean()) * (s - s.mean())).mean() / (hs * ss)) if hs > 0 and ss > 0 else 0.0
+    soft_iou, pearson = agreement.soft_iou(h, s), agreement.pearson(h, s)
     peak = np.unravel_index(int(np.argmax(h)), h.shape)
     pointing = float(s.max() > 0 and s[peak] >= 0.5 * s.max())
     return {"soft_iou": soft_iou, "pearson": pearson, "pointing_game": pointing}

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ class Classifier(nn.Module):
 
     def __init__(self, net: nn.Module, num_classes: int) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # a torchvision model: subclasses reach its parts by name
         self.num_classes = num_classes
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,7 +273,7 @@ def load_pretrained(model: Classifier, spec: ModelSpec, path: Path, name: str) -
         raise FileNotFoundError(f"pretrained weights not found: {path} (give a local file path)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing here
+    except Exception as exc:  # any unpickling failure means the same thing here
         raise ValueError(f"cannot read pretrained weights {path}: {exc}") from exc
     if isinstance(obj, dict) and "model_state" in obj:  # a SAGE model.pt
         obj = {k.removeprefix("net."): v for k, v in obj["model_state"].items()}
@@ -324,15 +325,19 @@ class ReferenceBatchNorm2d(nn.BatchNorm2d):
         if n is None or not self.training or n >= x.shape[0]:
             return super().forward(x)
         var, mean = torch.var_mean(x[:n], dim=(0, 2, 3), unbiased=False)
-        if self.track_running_stats and self.running_mean is not None:
+        running_mean, running_var, tracked = self.running_mean, self.running_var, self.num_batches_tracked
+        if (
+            self.track_running_stats
+            and running_mean is not None
+            and running_var is not None
+            and tracked is not None
+        ):
             with torch.no_grad():
-                self.num_batches_tracked += 1
-                momentum = (
-                    self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                )
+                tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(tracked)
                 count = n * x.shape[2] * x.shape[3]
-                self.running_mean.lerp_(mean.detach().float(), momentum)
-                self.running_var.lerp_(var.detach().float() * count / max(count - 1, 1), momentum)
+                running_mean.lerp_(mean.detach().float(), momentum)
+                running_var.lerp_(var.detach().float() * count / max(count - 1, 1), momentum)
         scale = torch.rsqrt(var + self.eps)
         shift = -mean * scale
         if self.affine:

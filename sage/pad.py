@@ -104,8 +104,10 @@ def _operating_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndar
     """Every distinct decision: thresholds (ascending, then +inf), APCER and BPCER at each."""
     thresholds = np.r_[np.unique(s), np.inf]
     pos, neg = np.sort(s[y]), np.sort(s[~y])
-    apcer = np.searchsorted(pos, thresholds, side="left") / len(pos)  # attacks with score < t
-    bpcer = 1.0 - np.searchsorted(neg, thresholds, side="left") / len(neg)  # bona fide with score >= t
+    apcer = np.asarray(np.searchsorted(pos, thresholds, side="left") / len(pos))  # attacks with score < t
+    bpcer = np.asarray(
+        1.0 - np.searchsorted(neg, thresholds, side="left") / len(neg)
+    )  # bona fide with score >= t
     return thresholds, apcer, bpcer
 
 

@@ -97,6 +97,7 @@ def make_dataset(
             file_name = f"{name}.dcm"
             (out / "images" / file_name).write_bytes(drawn.dicom)
         else:
+            assert drawn.image is not None  # a Drawn carries an image or DICOM bytes
             file_name = f"{name}.png"
             Image.fromarray(drawn.image).save(out / "images" / file_name)
         Image.fromarray(_human_saliency(drawn.mask, rng)).save(out / "saliency" / f"{name}.png")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from sage import __version__
 from sage.config import TrainConfig
-from sage.data import SplitTensors, limit_saliency, load_split, read_dataset, stratified_holdout
+from sage.data import Sample, SplitTensors, limit_saliency, load_split, read_dataset, stratified_holdout
 from sage.evaluation import evaluate, predict_probabilities
 from sage.methods import Batch, Task, create_task
 from sage.metrics import fit_temperature
@@ -40,7 +40,7 @@ MODEL_FORMAT = "sage-model/1"
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-class Cancelled(Exception):  # noqa: N818 - the name the worker catches
+class Cancelled(Exception):  # the name the worker catches
     """`should_cancel()` returned True; nothing was written."""
 
 
@@ -76,10 +76,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
     """Read and decode the dataset; hold out a stratified val split when labels.csv has none."""
+    assert config.image_size is not None  # TrainConfig.__post_init__ sets it by backbone
     index = read_dataset(data_dir, config.labels or None)
     if config.positive_label is not None and config.positive_label not in index.labels:
         raise ValueError(f"positive_label {config.positive_label!r} is not one of the labels {index.labels}")
-    unseen_samples = []
+    unseen_samples: list[Sample] = []
     if config.leave_out_subtype:  # removed from train and val before any split is drawn
         index, unseen_samples = leave_subtype_out(index, config.leave_out_subtype)
     train_samples, val_samples, test_samples = (index.split(s) for s in ("train", "val", "test"))
@@ -124,7 +125,7 @@ def build_optimizer(
     for p in model.parameters():
         if p.requires_grad:
             buckets.setdefault((id(p) in head_ids, p.ndim > 1), []).append(p)
-    groups = [
+    groups: list[dict[str, Any]] = [
         {
             "params": params,
             "weight_decay": config.weight_decay if decays else 0.0,
@@ -133,13 +134,15 @@ def build_optimizer(
         for (is_head, decays), params in sorted(buckets.items(), key=lambda kv: kv[0])
     ]
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=True
+        )
     else:
         optimizer = torch.optim.AdamW(groups, lr=config.lr)
     total = config.epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(total, 1)
         )
     else:
@@ -302,6 +305,7 @@ def fit(
     seed_everything(config.seed, config.deterministic)
     data = prepare_data(config, data_dir)
     pretrained = pretrained_file(config)
+    assert config.image_size is not None  # TrainConfig.__post_init__ sets it by backbone
     model = create_model(config.backbone, len(data.labels), pretrained, config.image_size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -315,7 +319,7 @@ def fit(
     steps = len(epoch_batches(data.train, run_config, 0))
     optimizer, scheduler = build_optimizer(run_config, model, steps, plan.backbone_lr_scale)
 
-    state = {
+    state: dict[str, Any] = {
         "epoch": 0,
         "best_val_loss": math.inf,
         "best_epoch": 0,

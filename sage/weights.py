@@ -181,7 +181,9 @@ def add_weights(
     folder.mkdir(parents=True, exist_ok=True)
     if name in TORCHVISION_WEIGHTS:
         expected_backbone, file = TORCHVISION_WEIGHTS[name]
-        expected = HASHED_NAME.match(file)["hash"]
+        matched = HASHED_NAME.match(file)
+        assert matched is not None  # every TORCHVISION_WEIGHTS file name carries its hash
+        expected = matched["hash"]
         if not digest.startswith(expected):
             raise WeightsError(
                 f"{source} is not torchvision's {name}: SHA-256 starts {digest[: len(expected)]}, expected {expected}"
@@ -204,12 +206,17 @@ def add_weights(
         raise WeightsError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}")
     file = f"{backbone}-{digest[:8]}.pth"
     _copy(source, folder / file)
+    register_custom(folder, name, backbone, file, digest)
+    return WeightsEntry(name, backbone, file, "custom", True)
+
+
+def register_custom(folder: Path, name: str, backbone: str, file: str, digest: str) -> None:
+    """Record custom weights `name` (file `file` in `folder`) in the folder's registry.json."""
     registry = _custom(folder)
     registry[name] = {"backbone": backbone, "file": file, "sha256": digest}
     tmp = folder / (REGISTRY_FILE + ".tmp")
     tmp.write_text(json.dumps(registry, indent=1, sort_keys=True))
     os.replace(tmp, folder / REGISTRY_FILE)
-    return WeightsEntry(name, backbone, file, "custom", True)
 
 
 def _copy(source: Path, target: Path) -> None:

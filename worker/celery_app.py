@@ -1,6 +1,6 @@
 """The worker's Celery application: the shared configuration from app.queue, the tasks, the beat
 schedule. `celery -A worker.celery_app worker` works too (settings from SAGE_* variables), but
-`sage-studio worker|beat` (app.processes) is the supported way to start one."""
+`sage-studio worker|beat` (worker/__main__.py, worker/start.py) is the supported way to start one."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
+import shutil
 import tempfile
 import time
 import zipfile
@@ -40,7 +40,7 @@ def export_model(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
             built = job_service.build_export(
                 session, ctx.storage, ctx.settings.resolved_data_dir, model, params["format"]
             )
-        except Exception as exc:  # noqa: BLE001 - any failure fails the job, with the reason shown
+        except Exception as exc:
             log.exception("export job %s failed", job_id)
             session.rollback()
             job_service.finish(session, job_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
@@ -107,7 +107,8 @@ def predict_batch(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
 
         with tempfile.TemporaryDirectory(prefix="sage-batch-") as tmp:
             source = Path(tmp) / "input.zip"
-            source.write_bytes(ctx.storage.read_bytes(params["input_key"]))
+            with ctx.storage.open(params["input_key"]) as src, open(source, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
             inputs = iter_inputs(source)
             out = Path(tmp) / "out"
             result = run_batch(
@@ -118,14 +119,18 @@ def predict_batch(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
                 decode=_decode(ctx.settings.max_image_pixels),
                 progress=progress,
             )
-            buf = io.BytesIO()
-            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            packed = Path(tmp) / "result.zip"  # on disk, streamed into storage: never whole in memory
+            with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 for path in sorted(out.rglob("*")):
                     if path.is_file():
                         zf.write(path, path.relative_to(out).as_posix())
-            data = buf.getvalue()
-        result_key = ctx.storage.put_bytes(data, ".zip")
-    except Exception as exc:  # noqa: BLE001 - any failure fails the job, with the reason shown
+            size, digest = packed.stat().st_size, hashlib.sha256()
+            with open(packed, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+            with open(packed, "rb") as fh:
+                result_key = ctx.storage.put_file(fh, ".zip")
+    except Exception as exc:
         log.exception("batch prediction job %s failed", job_id)
         _drop_input(ctx, job_id, params["input_key"])
         with ctx.session() as session:
@@ -141,10 +146,10 @@ def predict_batch(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
             result={
                 "predicted": result.predicted,
                 "failed": len(result.failed),
-                "bytes": len(data),
+                "bytes": size,
                 "labels": result.labels,
             },  # fmt: skip
             result_key=result_key,
-            result_sha256=hashlib.sha256(data).hexdigest(),
+            result_sha256=digest.hexdigest(),
         )
     return {"job_id": job_id, "status": "succeeded", "predicted": result.predicted}

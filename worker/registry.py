@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -27,7 +28,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from app.storage import Storage, StorageIntegrityError, make_key
 
@@ -71,9 +72,27 @@ def publish_artifact(
     here so the signature says what an artifact is made of."""
     del config, metrics
     with open(model_file, "rb") as f:
-        object_key = storage.put_file(f, MODEL_SUFFIX)
+        pause = float(os.environ.get("SAGE_TEST_PUBLISH_PAUSE_S") or 0)
+        object_key = storage.put_file(
+            cast(BinaryIO, _PausingReader(f, pause)) if pause > 0 else f, MODEL_SUFFIX
+        )
     name = f"{MODELS_DIR}/project-{project_id}/run-{run_id}-{uuid.uuid4().hex[:8]}"
     return Artifact(key=name, checksum=object_key[:64], object_key=object_key)
+
+
+class _PausingReader:
+    """Fault tests only (SAGE_TEST_PUBLISH_PAUSE_S): the upload pauses after its first chunk, so a
+    test can kill the worker while the artifact is half written."""
+
+    def __init__(self, f: Any, pause_s: float) -> None:
+        self.f, self.pause_s, self.reads = f, pause_s, 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads == 2:
+            log.warning("publishing paused for %.0f s (SAGE_TEST_PUBLISH_PAUSE_S)", self.pause_s)
+            time.sleep(self.pause_s)
+        return self.f.read(size)
 
 
 def artifact_dir(data_dir: Path, key: str) -> Path:

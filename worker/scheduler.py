@@ -1,5 +1,5 @@
 """Beat's schedule and its periodic jobs: reap runs whose heartbeat went stale, start retraining,
-sweep stored objects no row uses.
+sweep stored objects no row uses, expire old job results.
 
 Both jobs are idempotent (conditional updates, at most one queued or running run per project), so
 two beat processes by mistake, or a job delivered twice, do no harm. They expire after one period
@@ -18,12 +18,14 @@ from sqlalchemy import select
 from app.models import ModelVersion
 from app.queue import (
     PREDICT_QUEUE,
+    TASK_EXPIRE_RESULTS,
     TASK_PREDICT_MISSING,
     TASK_REAP_STALE,
     TASK_RETRAIN_CHECK,
     TASK_SWEEP_OBJECTS,
     TRAIN_QUEUE,
 )
+from app.services import jobs as job_service
 from app.services import objects
 from app.services import training as runs
 from app.settings import Settings
@@ -61,6 +63,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": TASK_PREDICT_MISSING,
             "schedule": settings.fresh_predictions_interval_s,
             "options": {"queue": TRAIN_QUEUE, "expires": settings.fresh_predictions_interval_s},
+        },
+        "expire-job-results": {
+            "task": TASK_EXPIRE_RESULTS,
+            "schedule": settings.job_result_sweep_interval_s,
+            "options": {"queue": PREDICT_QUEUE, "expires": settings.job_result_sweep_interval_s},
         },
     }
 
@@ -115,3 +122,15 @@ def retrain(ctx: WorkerContext, celery: runs.TaskSender) -> dict[str, Any]:
     if started:
         log.info("periodic retraining started runs %s", started)
     return {"started": started}
+
+
+def expire_results(ctx: WorkerContext) -> dict[str, Any]:
+    """Expire job results past SAGE_JOB_RESULT_TTL_S and delete their objects (see
+    app.services.jobs.expire_results)."""
+    with ctx.session() as session:
+        report = job_service.expire_results(session, ctx.storage, ctx.settings.job_result_ttl_s)
+    if report["expired"]:
+        log.info(
+            "expired job results: jobs %s, %d objects deleted", report["expired"], len(report["deleted"])
+        )
+    return report

@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 
 from app.queue import (
+    TASK_EXPIRE_RESULTS,
     TASK_EXPORT_MODEL,
     TASK_PREDICT,
     TASK_PREDICT_BATCH,
@@ -76,6 +77,10 @@ def register_tasks(celery: Celery) -> None:
     @celery.task(name=TASK_REAP_STALE, bind=True, ignore_result=True)
     def reap_stale_runs(self) -> dict[str, Any]:
         return scheduler.reap(_ctx(self), self.app)
+
+    @celery.task(name=TASK_EXPIRE_RESULTS, bind=True, ignore_result=True)
+    def expire_job_results(self) -> dict[str, Any]:
+        return scheduler.expire_results(_ctx(self))
 
     @celery.task(name=TASK_RETRAIN_CHECK, bind=True, ignore_result=True)
     def retrain_check(self) -> dict[str, Any]:

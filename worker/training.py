@@ -57,7 +57,7 @@ class Heartbeat(threading.Thread):
             try:
                 with self.ctx.session() as session:
                     owned, cancel = runs.heartbeat(session, self.run_id, self.worker_id, beat=beat)
-            except Exception:  # noqa: BLE001 - a database blip: try again next tick
+            except Exception:  # a database blip: try again next tick
                 log.exception("heartbeat of run %s failed", self.run_id)
                 continue
             if beat:
@@ -116,7 +116,7 @@ class ProgressRecorder:
         try:
             with self.ctx.session() as session:
                 owned = runs.record_progress(session, self.run_id, self.worker_id, progress, kind=kind)
-        except Exception:  # noqa: BLE001 - progress is best effort; the heartbeat decides ownership
+        except Exception:  # progress is best effort; the heartbeat decides ownership
             log.exception("could not record progress of run %s", self.run_id)
             return
         if not owned:
@@ -227,12 +227,20 @@ def _train_claimed(
             project_id = project.id
             options = dict(run.options or runs.resolve_options(project, None))
             snapshot_at = datetime.now(UTC)
-            lineage = write_dataset_folder(session, ctx.storage, project, data_dir, only_labelled=True)
+            lineage = write_dataset_folder(
+                session, ctx.storage, project, data_dir, only_labelled=True, arrays=True
+            )
             session.rollback()
         lineage = {**_jsonable(lineage), "snapshot_at": snapshot_at.isoformat()}
         with ctx.session() as session:
             runs.record_lineage(session, run_id, worker_id, lineage)
         config = build_config(options)
+        if config.weights:  # registered on another machine: fetch it into this worker's folder
+            from app.services.weights import ensure_local
+            from sage.weights import weights_dir
+
+            with ctx.session() as session:
+                ensure_local(session, ctx.storage, config.weights, weights_dir())
         if heartbeat.should_stop():
             raise Cancelled("cancelled before training started")
         recorder.record(
@@ -257,7 +265,7 @@ def _train_claimed(
         if heartbeat.lost.is_set():
             return {"run_id": run_id, "claimed": True, "status": "lost"}
         return _finish(ctx, run_id, worker_id, "cancelled")
-    except Exception as exc:  # noqa: BLE001 - any failure fails the run, with the reason shown in the API
+    except Exception as exc:  # any failure fails the run, with the reason shown in the API
         log.exception("run %s failed", run_id)
         return _finish(ctx, run_id, worker_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
 
@@ -280,7 +288,7 @@ def _train_claimed(
             config_dict,
             metrics,
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.exception("run %s: publishing the artifact failed", run_id)
         return _finish(ctx, run_id, worker_id, "failed", error=f"could not store the model: {exc}")
     try:
@@ -295,7 +303,7 @@ def _train_claimed(
                 metrics=metrics,
                 incumbent_on_val=incumbent,
             )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         registry.remove_artifact(ctx.storage, ctx.settings.resolved_data_dir, artifact)
         log.exception("run %s: registering the model failed", run_id)
         return _finish(ctx, run_id, worker_id, "failed", error=f"could not register the model: {exc}")

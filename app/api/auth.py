@@ -11,6 +11,8 @@ from app.deps import MAX_ID, AdminUser, CurrentUser, SessionDep, SettingsDep
 from app.models import User
 from app.schemas import AccessToken, PasswordChange, UserCreate, UserOut, UserUpdate
 from app.services import users as user_service
+from app.services.login import check_password_throttled, login_with_password
+from app.services.lookups import get_or_404
 
 router = APIRouter(tags=["auth"])
 
@@ -24,7 +26,7 @@ def issue_access_token(
     """Exchange a username and password (form fields) for a bearer access token.
 
     401 for a wrong pair; 429 after too many failed attempts in a minute (see Retry-After)."""
-    user = security.login_with_password(request, session, username, password)
+    user = login_with_password(request, session, username, password)
     return AccessToken(
         access_token=security.create_access_token(user, settings), expires_in=settings.access_token_ttl_s
     )
@@ -53,7 +55,7 @@ def change_password(
 ) -> Response:
     """Change your password; every session and access token issued before ends (API tokens stay).
     The current-password check is throttled like sign-in (429 with Retry-After)."""
-    if not security.check_password_throttled(request, session, user, body.current_password):
+    if not check_password_throttled(request, session, user, body.current_password):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="the current password is wrong")
     user_service.update_user(session, user, password=body.new_password, keep_api_tokens=body.keep_api_tokens)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -76,9 +78,7 @@ def update_user(
     uid: Annotated[int, Path(ge=1, le=MAX_ID)], body: UserUpdate, admin: AdminUser, session: SessionDep
 ) -> User:
     """Reset a password, grant or revoke site admin, (de)activate an account (site admins only)."""
-    user = session.get(User, uid)
-    if user is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no user {uid}")
+    user = get_or_404(session, User, uid, "user")
     return user_service.update_user(
         session, user, password=body.password, is_admin=body.is_admin, is_active=body.is_active
     )

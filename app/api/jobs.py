@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel
 
 from app.deps import (
@@ -46,7 +46,7 @@ class JobOut(BaseModel):
     id: int
     project_id: int
     kind: str  # export | predict_batch | sanity_check
-    status: str  # queued | running | succeeded | failed
+    status: str  # queued | running | succeeded | failed | expired (its result was deleted)
     params: dict[str, Any]
     progress: dict[str, Any]  # {"done", "total"} while a batch runs
     result: dict[str, Any]
@@ -95,7 +95,21 @@ def _visible_job(session, user, jid: int) -> Job:
     return job
 
 
-def _zip_response(storage, key: str, filename: str, sha256: str | None) -> StreamingResponse:
+PRESIGNED = {"description": "S3 storage with SAGE_S3_PRESIGNED_DOWNLOADS: a short-lived presigned URL"}
+
+
+def _zip_response(
+    storage, settings, key: str, filename: str, sha256: str | None
+) -> StreamingResponse | RedirectResponse:
+    """The stored zip: a 307 to a short-lived presigned URL of the bucket when the backend has one
+    and SAGE_S3_PRESIGNED_DOWNLOADS is on (callers check permissions first), else streamed."""
+    if settings.s3_presigned_downloads:
+        url = storage.presigned_url(key, content_type="application/zip", filename=filename)
+        if url is not None:
+            return RedirectResponse(
+                url, status.HTTP_307_TEMPORARY_REDIRECT, headers={"Cache-Control": "no-store"}
+            )
+
     def chunks():
         with storage.open(key) as fh:
             while block := fh.read(1 << 20):
@@ -113,6 +127,7 @@ def _zip_response(storage, key: str, filename: str, sha256: str | None) -> Strea
     responses={
         200: {**ZIP, "description": "the archive: model, model.json, SHA256SUMS"},
         202: {"model": JobOut, "description": "being built: poll the job or ask again"},
+        307: PRESIGNED,
         403: {"description": "managers only"},
         404: {"description": "no such model"},
         409: {"description": "the last export of this format failed (retry=true builds it again)"},
@@ -125,9 +140,9 @@ def download_model(
     user: CurrentUser,
     session: SessionDep,
     storage: StorageDep,
-    request: Request,
     settings: SettingsDep,
-    format: Annotated[str, Query(pattern="^(torchscript|onnx|state_dict)$")] = "onnx",  # noqa: A002
+    request: Request,
+    format: Annotated[str, Query(pattern="^(torchscript|onnx|state_dict)$")] = "onnx",
     retry: Annotated[bool, Query(description="build again after a failed export")] = False,
 ) -> Response:
     """The model version as a self-contained archive (managers). The first request for a format
@@ -146,7 +161,7 @@ def download_model(
     )
     if job.status == "succeeded" and job.result_key:
         return _zip_response(
-            storage, job.result_key, job_service.export_filename(model, format), job.result_sha256
+            storage, settings, job.result_key, job_service.export_filename(model, format), job.result_sha256
         )
     session.commit()
     if created:
@@ -169,18 +184,33 @@ def get_job(jid: JobIdPath, user: CurrentUser, session: SessionDep) -> JobOut:
 @router.get(
     "/jobs/{jid}/result",
     response_class=Response,
-    responses={200: ZIP, 404: {"description": "no such job"}, 409: {"description": "not finished"}},
+    responses={
+        200: ZIP,
+        307: PRESIGNED,
+        404: {"description": "no such job"},
+        409: {"description": "not finished"},
+        410: {"description": "the result expired (SAGE_JOB_RESULT_TTL_S) and was deleted"},
+    },
 )
-def job_result(jid: JobIdPath, user: CurrentUser, session: SessionDep, storage: StorageDep) -> Response:
+def job_result(
+    jid: JobIdPath, user: CurrentUser, session: SessionDep, storage: StorageDep, settings: SettingsDep
+) -> Response:
     """The job's result zip (a batch prediction: predictions.csv, heatmaps/, errors.csv)."""
     job = _visible_job(session, user, jid)
+    if job.status == "expired":
+        raise HTTPException(
+            status.HTTP_410_GONE,
+            detail=f"the result of job {jid} expired on {(job.result or {}).get('expired_at', 'an earlier date')} "
+            f"and was deleted (results are kept {settings.job_result_ttl_s / 86400:g} days after the job "
+            "finished, SAGE_JOB_RESULT_TTL_S); submit the batch again",
+        )
     if job.status != "succeeded" or not job.result_key:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             detail=f"job {jid} is {job.status}"
             + (f": {job.error}" if job.error else "; poll it until it succeeded"),
         )
-    return _zip_response(storage, job.result_key, f"job-{jid}-{job.kind}.zip", job.result_sha256)
+    return _zip_response(storage, settings, job.result_key, f"job-{jid}-{job.kind}.zip", job.result_sha256)
 
 
 def _input_zip(files: list[UploadFile], settings) -> tuple[bytes, int]:

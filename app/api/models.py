@@ -21,6 +21,7 @@ from app.deps import (
 from app.models import ModelVersion
 from app.schemas import UtcDateTime
 from app.services import models as model_service
+from app.services.lookups import get_or_404
 from app.storage import CHUNK, LocalStorage, make_key
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,7 @@ def list_models(project: ProjectViewer, session: SessionDep) -> list[ModelOut]:
 def activate_model(mid: ModelId, user: CurrentUser, session: SessionDep, request: Request) -> ModelOut:
     """Make this version the active one (activation by hand under the manual policy, or a rollback).
     The project's images are then predicted with it unless that was already done."""
-    model = session.get(ModelVersion, mid)
-    if model is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
+    model = get_or_404(session, ModelVersion, mid, "model")
     try:
         check_project_access(session, user, model.project_id, "manager")
     except HTTPException as exc:
@@ -92,7 +91,7 @@ def activate_model(mid: ModelId, user: CurrentUser, session: SessionDep, request
     if not model_service.has_predictions(session, model.id):
         try:
             model_service.enqueue_project_predictions(request.app.state.celery, model.id)
-        except Exception:  # noqa: BLE001 - activation stands; predictions can be re-triggered
+        except Exception:  # activation stands; predictions can be re-triggered
             log.exception("could not enqueue predictions for model %s", model.id)
     return model_out(model)
 

@@ -32,12 +32,13 @@ from app.deps import (
     check_project_access,
 )
 from app.imaging import ImageError, decode_image
-from app.models import Image, ModelVersion, Prediction
+from app.models import Image, ModelVersion, Prediction, Project
 from app.queue import TASK_PREDICT
 from app.schemas import API, UtcDateTime
 from app.services import jobs as job_service
 from app.services import models as model_service
 from app.services import predictions as prediction_service
+from app.services import reading
 from app.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class StoredPrediction(BaseModel):
     probabilities: dict[str, float]
     alignment: float | None  # soft IoU of the heatmap with the consensus saliency
     alignment_detail: dict[str, Any]
+    # True when blind reading hides the alignment (and the readers' label) until the caller has
+    # read the image: alignment is null and alignment_detail empty then
+    alignment_hidden: bool = False
     heatmap_url: str | None
     overlay_url: str | None
     image_url: str
@@ -249,10 +253,14 @@ def _stored_for_image(session: Session, image: Image) -> tuple[Prediction, Model
 
 
 @router.get("/images/{iid}/prediction", response_model=StoredPrediction)
-def image_prediction(image: ImageViewer, session: SessionDep) -> StoredPrediction:
-    """The stored prediction of the project's active model for this image, with heatmap URLs."""
+def image_prediction(image: ImageViewer, user: CurrentUser, session: SessionDep) -> StoredPrediction:
+    """The stored prediction of the project's active model for this image, with heatmap URLs.
+    Blind reading: no alignment (nor the readers' label) until the caller has read the image."""
     row, model = _stored_for_image(session, image)
-    return stored_out(row, model, image)
+    out = stored_out(row, model, image)
+    if reading.hidden_image_ids(session, session.get(Project, image.project_id), user, [image.id]):
+        reading.redact_prediction(out, image.import_label)
+    return out
 
 
 PNG = {200: {"content": {"image/png": {}}}}
@@ -318,6 +326,7 @@ async def image_prediction_overlay(
 @router.get("/projects/{pid}/predictions", response_model=list[StoredPrediction])
 def list_predictions(
     project: ProjectViewer,
+    user: CurrentUser,
     session: SessionDep,
     sort: Annotated[str, Query(pattern="^(uncertainty|misalignment|confidence|image)$")] = "uncertainty",
     label: Annotated[
@@ -332,4 +341,10 @@ def list_predictions(
     rows = prediction_service.list_predictions(
         session, project.id, model.id, sort=sort, limit=limit, offset=offset, label=label
     )
-    return [stored_out(p, model, image) for p, image in rows]
+    hidden = reading.hidden_image_ids(session, project, user, [image.id for _, image in rows])
+    return [
+        reading.redact_prediction(stored_out(p, model, image), image.import_label)
+        if image.id in hidden
+        else stored_out(p, model, image)
+        for p, image in rows
+    ]

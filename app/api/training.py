@@ -26,6 +26,7 @@ from app.models import TrainingRun, User
 from app.run_events import RunEventHub
 from app.schemas import API, UtcDateTime
 from app.services import training as training_service
+from app.services.lookups import get_or_404
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["training"])
@@ -97,9 +98,7 @@ def run_out(run: TrainingRun, *, lineage: bool = False, joined: bool | None = No
 
 
 def run_for(session: Session, user: User, run_id: int, role: str) -> TrainingRun:
-    run = session.get(TrainingRun, run_id)
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no training run {run_id}")
+    run = get_or_404(session, TrainingRun, run_id, "training run")
     try:
         check_project_access(session, user, run.project_id, role)  # type: ignore[arg-type]
     except HTTPException as exc:
@@ -135,7 +134,7 @@ def start_training(
     if result.created:
         try:
             training_service.enqueue_run(request.app.state.celery, result.run.id)
-        except Exception:  # noqa: BLE001 - the run is committed; the reaper re-sends it
+        except Exception:  # the run is committed; the reaper re-sends it
             log.exception("could not enqueue run %s now; the scheduler will send it again", result.run.id)
     return run_out(result.run, lineage=True, joined=not result.created)
 
@@ -254,9 +253,20 @@ class WeightsOut(BaseModel):
     response_model=list[WeightsOut],
     responses={401: {"description": "not signed in"}},
 )
-def list_weights(user: CurrentUser) -> list[WeightsOut]:
-    """Pretrained weights a training run may name in `weights` (the registry folder SAGE_WEIGHTS_DIR)."""
+def list_weights(user: CurrentUser, session: SessionDep) -> list[WeightsOut]:
+    """Pretrained weights a training run may name in `weights`: the registry folder SAGE_WEIGHTS_DIR
+    and the files `sage-studio weights add` stored in the object storage (workers fetch those)."""
+    from app.services.weights import registered as stored
     from sage.weights import as_dicts
     from sage.weights import list_weights as registered
 
-    return [WeightsOut(**e) for e in as_dicts(registered())]
+    out = [WeightsOut(**e) for e in as_dicts(registered())]
+    names = {w.name for w in out}
+    for row in stored(session):
+        if row.name not in names:
+            out.append(
+                WeightsOut(
+                    name=row.name, backbone=row.backbone, file=row.file, source=row.source, present=True
+                )
+            )
+    return out

@@ -167,7 +167,7 @@ def put_adjudication(
                 )
                 .execution_options(synchronize_session=False)
             )
-            if result.rowcount != 1:
+            if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
                 current = existing.revision
                 session.rollback()
                 raise Conflict(

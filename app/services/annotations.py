@@ -27,6 +27,7 @@ from app.imaging import decode_mask, encode_mask
 from app.models import Adjudication, Annotation, AnnotationRevision, Image, Project, User
 from app.services.errors import Conflict, Invalid
 from app.storage import Storage
+from sage.agreement import pearson, soft_iou, unit_map
 
 ANY_REVISION = -1  # If-Match: *
 
@@ -42,48 +43,27 @@ MAX_COMMENT = 2000
 @dataclass
 class AgreementScores:
     iou: float | None  # mean pairwise soft IoU: sum(min(a, b)) / sum(max(a, b))
-    pearson: float | None  # mean pairwise Pearson r (pairs with a constant map are skipped)
+    pearson: float | None  # mean pairwise Pearson r (sage.agreement's rule for constant maps)
     pairs: int
 
     def as_dict(self) -> dict:
         return {"iou": self.iou, "pearson": self.pearson, "pairs": self.pairs}
 
 
-def soft_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Soft IoU of two maps in [0, 1]; two empty maps agree perfectly (1.0)."""
-    union = float(np.maximum(a, b).sum())
-    if union == 0.0:
-        return 1.0
-    return float(np.minimum(a, b).sum()) / union
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    a = a.ravel().astype(np.float64)
-    b = b.ravel().astype(np.float64)
-    a = a - a.mean()
-    b = b - b.mean()
-    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    if denom == 0.0:
-        return None  # a constant map has no correlation
-    return float((a * b).sum() / denom)
-
-
 def agreement(maps: Sequence[np.ndarray]) -> AgreementScores:
-    """Mean pairwise soft IoU and Pearson r of soft maps (uint8 0..255 or float 0..1).
+    """Mean pairwise soft IoU and Pearson r of soft maps (uint8 0..255 or float 0..1), by the one
+    definition in sage.agreement (edge cases: empty and constant maps).
 
     Fewer than two maps: no pairs, both scores None.
     """
-    floats = [m.astype(np.float32) / 255.0 if m.dtype == np.uint8 else m.astype(np.float32) for m in maps]
+    floats = [unit_map(m) for m in maps]
     if len(floats) < 2:
         return AgreementScores(None, None, 0)
-    ious, rs = [], []
-    for a, b in itertools.combinations(floats, 2):
-        ious.append(soft_iou(a, b))
-        r = pearson(a, b)
-        if r is not None:
-            rs.append(r)
+    pairs = list(itertools.combinations(floats, 2))
     return AgreementScores(
-        iou=float(np.mean(ious)), pearson=float(np.mean(rs)) if rs else None, pairs=len(ious)
+        iou=float(np.mean([soft_iou(a, b) for a, b in pairs])),
+        pearson=float(np.mean([pearson(a, b) for a, b in pairs])),
+        pairs=len(pairs),
     )
 
 
@@ -99,7 +79,7 @@ def current_maps(session: Session, storage: Storage, image: Image) -> list[np.nd
         .where(Annotation.image_id == image.id, Annotation.saliency_key.is_not(None))
         .order_by(Annotation.id)
     ).all()
-    return [read_mask(storage, k, image.width, image.height) for k in keys]
+    return [read_mask(storage, k, image.width, image.height) for k in keys if k is not None]
 
 
 def consensus_map(session: Session, storage: Storage, image: Image) -> np.ndarray | None:
@@ -321,7 +301,7 @@ def put_annotation(
                 )
                 .execution_options(synchronize_session=False)
             )
-            if result.rowcount != 1:
+            if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult; typed as Result
                 current = existing.revision
                 session.rollback()
                 raise Conflict(
@@ -343,7 +323,9 @@ def put_annotation(
             )
         )
         try:
-            refresh_image(session, storage, image, project, pending={key: arr} if key else None)
+            refresh_image(
+                session, storage, image, project, pending={key: arr} if key and arr is not None else None
+            )
             session.commit()
         except IntegrityError:
             session.rollback()

@@ -4,6 +4,9 @@
 DATASET/labels.csv          image,label[,split][,group][,subtype]  (rules: sage/labels_csv.py)
 DATASET/images/<image>
 DATASET/saliency/<stem>.png optional 8-bit grayscale map of the image's size
+DATASET/pixels/<stem>.npy   optional (training snapshots): the decoded array stored at upload,
+DATASET/pixels/<stem>.json    with {"bit_depth", "header_window"}; sage.data reads it instead of
+                              decoding images/<image> again
 ```
 
 Import is all or nothing: every row is checked (file present and a real image, label known,
@@ -23,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import posixpath
 import shutil
@@ -42,7 +46,7 @@ from app.imaging import ImageError, decode_image, decode_mask, encode_mask, suff
 from app.models import Adjudication, Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
-from app.services.images import pixel_fields, safe_name
+from app.services.images import pixel_array, pixel_fields, safe_name
 from app.services.study_io import import_study, study_facts, study_files
 from app.settings import Settings
 from app.storage import CHUNK, Storage
@@ -187,7 +191,7 @@ class FolderSource(DatasetSource):
 def open_source(path: Path, settings: Settings) -> DatasetSource:
     if path.is_dir():
         return FolderSource(path)
-    return ZipSource(open(path, "rb"), settings)  # noqa: SIM115 - the source owns the file
+    return ZipSource(open(path, "rb"), settings)  # the source owns the file
 
 
 # --- import --------------------------------------------------------------------------------------
@@ -236,6 +240,21 @@ def _parse_labels(data: bytes, project: Project, problems: _Problems) -> list[La
     return parsed.rows
 
 
+def _group_splits(session: Session, project: Project, groups: set[str]) -> dict[str, str]:
+    """The split each of `groups` already has among the project's images (groups without one left out)."""
+    found: dict[str, str] = {}
+    names = sorted(groups)
+    for i in range(0, len(names), 500):
+        for group, split in session.execute(
+            select(Image.group, Image.split).where(
+                Image.project_id == project.id, Image.group.in_(names[i : i + 500]), Image.split.is_not(None)
+            )
+        ):
+            if group is not None and split is not None:
+                found.setdefault(group, split)
+    return found
+
+
 def read_labels(source: DatasetSource) -> bytes:
     """The bytes of the source's labels.csv (Invalid when there is none or several)."""
     return source.read(dataset_root(source.names()) + LABELS_CSV, MAX_LABELS_CSV_BYTES)
@@ -267,6 +286,7 @@ def import_dataset(
 
     stems = Counter(posixpath.splitext(r.image)[0] for r in rows)
     existing = set(session.scalars(select(Image.sha256).where(Image.project_id == project.id)))
+    group_splits = _group_splits(session, project, {r.group for r in rows if r.group})
     seen_sha: set[str] = set()
     new_rows: list[Image] = []
     listed = {root + "images/" + r.image for r in rows}
@@ -276,6 +296,15 @@ def import_dataset(
         for row in rows:
             if problems.full:
                 break
+            held = group_splits.get(row.group) if row.group else None
+            if held is not None and row.split is not None and held != row.split:
+                problems.add(
+                    LABELS_CSV,
+                    f"group {row.group!r} of {row.image} is in split {held} in the project, not {row.split}; "
+                    "splits never cut a group",
+                    row.line,
+                )
+                continue
             member = root + "images/" + row.image
             if member not in name_set:
                 problems.add(LABELS_CSV, f"images/{row.image} is not in the dataset", row.line)
@@ -381,10 +410,13 @@ class DatasetEntry:
     width: int
     height: int
     saliency_keys: list[str]  # the annotators' current maps; else the imported map, if any
-    group: str | None = None  # written to labels.csv when set
+    group: str | None = None  # patient, subject or device (`Image.group`), written to labels.csv when set
     subtype: str | None = None  # Image.subtype (from an imported labels.csv)
     readings: list[Any] = field(default_factory=list)  # app.services.study_io.Reading, per reader
     adjudication: Any = None  # app.services.study_io.AdjudicatedEntry, when adjudicated
+    array_key: str | None = None  # the decoded pixels stored at upload (.npy), if any
+    bit_depth: int | None = None
+    header_window: list[float] | None = None  # (center, width) from the file's header, if any
 
     @property
     def stem(self) -> str:
@@ -446,6 +478,9 @@ def dataset_entries(
                 keys,
                 group=img.group,
                 subtype=img.subtype,
+                array_key=img.array_key,
+                bit_depth=img.bit_depth,
+                header_window=(img.pixel_info or {}).get("header_window"),
             )
         )
     readings, adjudicated_entries = study_facts(session, ids)
@@ -519,7 +554,7 @@ def draw_splits(session: Session, project: Project, shares: dict[str, float] | N
     units: dict[str, list[Image]] = {}
     for img in images:
         units.setdefault(f"g:{img.group}" if img.group else f"i:{img.id}", []).append(img)
-    counts: dict[str, Counter] = {}
+    counts: dict[str | None, Counter] = {}
     for img in images:
         if img.split:
             counts.setdefault(img.label, Counter())[img.split] += 1
@@ -561,13 +596,19 @@ def write_dataset_folder(
     *,
     only_labelled: bool = True,
     study: bool = False,
+    arrays: bool = False,
 ) -> dict[str, Any]:
     """Write the project's dataset folder (labels.csv, images/, saliency/<stem>.png: the adjudicated
     map, else the readers' mean) to `out_dir` (created; must be empty) and return the lineage
     {"annotations": {"<annotation id>": revision, ...}, "adjudications": {...}, "images": n,
     "with_saliency": m, "labels": {label: count}}. Image labels: the adjudicated label, else the
     majority of the readers' current labels, else the import label. Used by the worker to snapshot
-    a training run's data; `study=True` (exports) adds the readers' readings and adjudications."""
+    a training run's data; `study=True` (exports) adds the readers' readings and adjudications.
+    `arrays=True` (training snapshots) adds pixels/<stem>.npy, the array decoded once at upload,
+    and pixels/<stem>.json ({"bit_depth", "header_window"}), so training never decodes the
+    originals again. Rows from before migration 0004 (no stored array) are decoded here once and
+    their array stored (the backfill of `app.services.images.pixel_array`, committed); one that
+    cannot be decoded gets no array, and the loader reports it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
@@ -575,10 +616,17 @@ def write_dataset_folder(
     entries, lineage = dataset_entries(session, project, only_labelled=only_labelled)
     (out_dir / "images").mkdir()
     (out_dir / "saliency").mkdir()
+    if arrays:
+        (out_dir / "pixels").mkdir()
+        for e in entries:
+            if not e.array_key:
+                _backfill_array(session, storage, e)
 
     def write_entry(e: DatasetEntry) -> None:
         with storage.open(e.storage_key) as src, open(out_dir / "images" / e.name, "wb") as dst:
             shutil.copyfileobj(src, dst, CHUNK)
+        if arrays and e.array_key:
+            write_pixels(storage, e, out_dir / "pixels")
         png = entry_saliency_png(storage, e)
         if png is not None:
             (out_dir / "saliency" / f"{e.stem}.png").write_bytes(png)
@@ -596,6 +644,35 @@ def write_dataset_folder(
     return lineage
 
 
+def _backfill_array(session: Session, storage: Storage, e: DatasetEntry) -> None:
+    """Decode and store the array of a row from before migration 0004 (once; committed)."""
+    image = session.get_one(Image, e.image_id)
+    try:
+        pixel_array(session, storage, image)
+    except (ImageError, FileNotFoundError):
+        session.rollback()
+        return
+    e.array_key, e.bit_depth = image.array_key, image.bit_depth
+    e.header_window = (image.pixel_info or {}).get("header_window")
+
+
+def write_pixels(storage: Storage, e: DatasetEntry, folder: Path) -> bool:
+    """Copy the entry's stored array to folder/<stem>.npy with its folder/<stem>.json
+    ({"bit_depth", "header_window"}); False (nothing written) when the array object is missing."""
+    npy = folder / f"{e.stem}.npy"
+    if e.array_key is None:
+        return False
+    try:
+        with storage.open(e.array_key) as src, open(npy, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+    except FileNotFoundError:
+        npy.unlink(missing_ok=True)
+        return False
+    meta = {"bit_depth": e.bit_depth, "header_window": e.header_window}
+    (folder / f"{e.stem}.json").write_text(json.dumps(meta))
+    return True
+
+
 class _Sink(io.RawIOBase):
     """A write-only, unseekable stream collecting what zipfile writes, drained between files."""
 
@@ -605,7 +682,7 @@ class _Sink(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b) -> int:  # noqa: ANN001
+    def write(self, b) -> int:
         self.chunks.append(bytes(b))
         return len(b)
 

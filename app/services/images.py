@@ -15,7 +15,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from sqlalchemy import and_, exists, func, not_, or_, select
@@ -34,6 +34,7 @@ from app.models import (
     User,
 )
 from app.services.errors import BadRequest, Conflict, Invalid
+from app.services.lookups import active_model
 from app.storage import Staging, Storage
 from sage import imageio
 
@@ -405,10 +406,9 @@ def _study_filters(
     if max_agreement is not None:
         q = q.where(Image.agreement_iou <= max_agreement)
     if prediction is not None or min_uncertainty is not None:
-        model_id = session.scalar(
-            select(ModelVersion.id).where(ModelVersion.project_id == project.id, ModelVersion.active).limit(1)
-        )
-        q = q.join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == (model_id or -1)))
+        model = active_model(session, project.id)
+        model_id = model.id if model is not None else -1  # no active model: no prediction matches
+        q = q.join(Prediction, and_(Prediction.image_id == Image.id, Prediction.model_id == model_id))
         if prediction == "correct":
             q = q.where(Image.label.is_not(None), Prediction.label == Image.label)
         elif prediction == "wrong":
@@ -466,13 +466,12 @@ def _by_prediction(
     """The unfinished image the active model is least sure about (uncertainty) or whose heatmap
     agrees least with the human consensus (misalignment); None without an active model or
     predictions for the remaining images. The worker fills `predictions`."""
-    model_id = session.scalar(
-        select(ModelVersion.id).where(ModelVersion.project_id == project.id, ModelVersion.active).limit(1)
-    )
-    if model_id is None:
+    model = active_model(session, project.id)
+    if model is None:
         return None
+    model_id = model.id
     if policy == "uncertainty":
-        order = (Prediction.uncertainty.desc(), Image.id)
+        order: tuple[Any, ...] = (Prediction.uncertainty.desc(), Image.id)
         cond = []
     else:
         order = (Prediction.alignment.asc(), Image.id)
@@ -520,7 +519,7 @@ def _next_unread(
         # Two queries: SQLite answers a lone min() or max() from the index, not both together.
         lo = session.scalar(select(func.min(Image.id)).where(Image.project_id == project.id))
         hi = session.scalar(select(func.max(Image.id)).where(Image.project_id == project.id))
-        if lo is None:
+        if lo is None or hi is None:
             return None, policy
         pivot = random.randint(lo, hi)
         skip = [Image.id != after] if after is not None else []
@@ -638,7 +637,7 @@ def set_image_fields(
     """Change an image's split or import label (commits); the derived label follows."""
     from app.services.annotations import resolve_label
 
-    project = session.get(Project, image.project_id)
+    project = session.get_one(Project, image.project_id)
     if split is not None:
         image.split = check_split(split)
     if clear_import_label:

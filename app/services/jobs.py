@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +109,59 @@ def get_job(session: Session, job_id: int) -> Job:
     return job
 
 
+def expire_results(
+    session: Session, storage: Storage, ttl_s: float, now: datetime | None = None
+) -> dict[str, Any]:
+    """Retention of job results. A succeeded batch prediction whose job finished more than `ttl_s`
+    seconds ago, and an export whose model version no longer exists (archives are cached while
+    their model exists), is marked `expired` and loses its `result_key`; its object is then deleted
+    unless a row still references the same content-addressed key (or a writer just stored it
+    again). Commits; returns {"expired": job ids, "deleted": keys}. Idempotent."""
+    from app.models import as_utc
+
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=ttl_s)
+    models = set(session.scalars(select(ModelVersion.id)))
+    expired: list[Job] = []
+    for job in session.scalars(
+        select(Job).where(
+            Job.status == "succeeded", Job.result_key.is_not(None), Job.kind.in_(("export", "predict_batch"))
+        )
+    ):
+        if job.kind == "export":
+            gone = (job.params or {}).get("model_id") not in models
+        else:
+            finished = as_utc(job.updated_at)
+            gone = finished is not None and finished <= cutoff
+        if gone:
+            expired.append(job)
+    keys = {job.result_key for job in expired if job.result_key}
+    for job in expired:
+        job.status, job.result_key = "expired", None
+        job.result = {**(job.result or {}), "expired_at": now.isoformat()}
+    session.commit()
+    from app.services.objects import used_keys
+
+    deleted: list[str] = []
+    for key in sorted(keys):
+
+        def in_use(key: str = key) -> bool:
+            try:
+                return bool(used_keys(session, [key]))
+            finally:
+                session.rollback()
+
+        # kept when any row still references it, or a writer stored the same bytes meanwhile
+        if storage.remove_if_unused(key, in_use):
+            deleted.append(key)
+    return {"expired": sorted(j.id for j in expired), "deleted": deleted}
+
+
 def is_stale(job: Job) -> bool:
     from app.models import as_utc
 
-    return job.status in ("queued", "running") and utcnow() - as_utc(job.updated_at) > STALE_AFTER
+    updated = as_utc(job.updated_at)
+    return job.status in ("queued", "running") and updated is not None and utcnow() - updated > STALE_AFTER
 
 
 # --- worker side -------------------------------------------------------------------------------------
@@ -127,7 +176,7 @@ def claim(session: Session, job_id: int) -> Job | None:
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    if done.rowcount != 1:
+    if done.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
         return None
     return session.get(Job, job_id)
 
@@ -217,9 +266,9 @@ def request_export(
             f"exporting model version {model.version} as {fmt} failed: {job.error}; "
             "request it again with retry=true"
         )
-    if job is not None and job.status != "failed" and not is_stale(job):
+    if job is not None and job.status not in ("failed", "expired") and not is_stale(job):
         return job, False
-    if job is not None and job.status != "failed":  # stale: the worker died; supersede it
+    if job is not None and job.status not in ("failed", "expired"):  # stale: the worker died; supersede it
         job.status, job.error = "failed", "abandoned: no worker finished it"
     check_queue_room(session, model.project_id, limit)
     return create_job(session, model.project_id, "export", {"model_id": model.id, "format": fmt}, user), True
@@ -287,13 +336,15 @@ def write_export(
 
 
 def build_export(session: Session, storage, data_dir: Path, model: ModelVersion, fmt: str) -> dict[str, Any]:
-    """Write the archive and keep it in storage; returns {key, sha256, bytes, card}."""
+    """Write the archive to a temporary file and stream it into storage (never whole in memory);
+    returns {key, sha256, bytes, card}."""
     with tempfile.TemporaryDirectory(prefix="sage-export-") as tmp:
         out = Path(tmp) / "model.zip"
         card = write_export(session, data_dir, model, fmt, out, storage)
-        data = out.read_bytes()
-    key = storage.put_bytes(data, ".zip")
-    return {"key": key, "sha256": card["archive_sha256"], "bytes": len(data), "card": card}
+        size = out.stat().st_size
+        with open(out, "rb") as src:
+            key = storage.put_file(src, ".zip")
+    return {"key": key, "sha256": card["archive_sha256"], "bytes": size, "card": card}
 
 
 def export_filename(model: ModelVersion, fmt: str) -> str:
@@ -317,7 +368,7 @@ def start_sanity_check(session: Session, model: ModelVersion, user: User | None)
             f"the sanity check trains SAGE with inverted maps; model version {model.version} was trained "
             f"with {method!r}, which has no inverted variant"
         )
-    project = session.get(Project, model.project_id)
+    project = session.get_one(Project, model.project_id)
     # the options the model's run was given (the full config also holds values only the worker
     # sets, such as resolved paths), with the maps inverted
     run = session.get(TrainingRun, model.run_id) if model.run_id else None
@@ -328,6 +379,7 @@ def start_sanity_check(session: Session, model: ModelVersion, user: User | None)
     )
     options = {**given, "method": "sage-inverted"}
     request = create_or_join_run(session, project, user, options, reason=SANITY_CHECK_REASON)
+    assert request is not None  # force=True (the default) always starts or joins a run
     if not request.created:
         raise Conflict(
             f"training run {request.run.id} is {request.run.status}; start the sanity check when it has finished"

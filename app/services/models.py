@@ -16,17 +16,12 @@ from sqlalchemy.orm import Session
 from app.models import ModelVersion, Prediction, Project, TrainingRun, utcnow
 from app.queue import TASK_PREDICT_MISSING, TASK_PREDICT_PROJECT, TASK_REALIGN
 from app.services.errors import Conflict
+from app.services.lookups import active_model
 from app.services.training import TaskSender, TrainingError, add_event, finish_run, lock_project
 
 log = logging.getLogger(__name__)
 # TrainingRun.reason of the run an inverted-saliency sanity check trains (app.services.jobs)
 SANITY_CHECK_REASON = "sanity-check"
-
-
-def active_model(session: Session, project_id: int) -> ModelVersion | None:
-    return session.scalars(
-        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active.is_(True))
-    ).first()
 
 
 def list_models(session: Session, project_id: int) -> list[ModelVersion]:
@@ -93,7 +88,7 @@ def register_model(
     run = session.get(TrainingRun, run_id)
     if run is None:
         return None
-    project = session.get(Project, run.project_id)
+    project = session.get_one(Project, run.project_id)
     lock_project(session, project.id)
     version = (
         session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.project_id == project.id))
@@ -202,7 +197,7 @@ def after_images_added(session: Session, celery: TaskSender, project_id: int) ->
         return False
     try:
         enqueue_fresh_predictions(celery, project_id)
-    except Exception:  # noqa: BLE001 - the upload stands; the sweep catches up
+    except Exception:
         log.exception("could not enqueue predictions of project %s's new images", project_id)
         return False
     return True
@@ -215,7 +210,7 @@ def after_consensus_changed(session: Session, celery: TaskSender, project_id: in
         return False
     try:
         enqueue_realign(celery, image_id)
-    except Exception:  # noqa: BLE001 - the annotation stands; the sweep catches up
+    except Exception:
         log.exception("could not enqueue re-alignment of image %s", image_id)
         return False
     return True

@@ -31,6 +31,7 @@ class SweepReport:
     orphans: int = 0  # unused and older than the grace period
     removed: int = 0
     kept: int = 0  # orphans a writer touched, or a row took, while they were being removed
+    temp_removed: int = 0  # temporary files of writes that died mid-way (older than the grace period)
     dry_run: bool = False
     finished_at: float = 0.0
 
@@ -85,6 +86,8 @@ def sweep_orphans(
                 report.removed += 1
             else:
                 report.kept += 1
+    if not dry_run:
+        report.temp_removed = storage.remove_stale_temp(cutoff_ns)
     report.finished_at = time.time()
     return report
 

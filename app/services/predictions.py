@@ -128,11 +128,12 @@ def list_predictions(
     )
     if label is not None:
         query = query.where(Prediction.label == label)
-    order: list[Any] = {
+    orders: dict[str, list[Any]] = {
         "uncertainty": [Prediction.uncertainty.desc()],
         "misalignment": [Prediction.alignment.is_(None), Prediction.alignment.asc()],
         "confidence": [Prediction.confidence.desc()],
         "image": [],
-    }[sort]
+    }
+    order = orders[sort]
     query = query.order_by(*order, Prediction.image_id).limit(limit).offset(offset)
     return [(p, i) for p, i in session.execute(query).all()]

@@ -72,13 +72,15 @@ def labels_in_use(session: Session, project: Project, labels: list[str]) -> dict
         .where(Annotation.project_id == project.id, Annotation.label.in_(labels))
         .group_by(Annotation.label)
     ):
-        used[label] = used.get(label, 0) + n
+        if label is not None:
+            used[label] = used.get(label, 0) + n
     for label, n in session.execute(
         select(Image.import_label, func.count())
         .where(Image.project_id == project.id, Image.import_label.in_(labels))
         .group_by(Image.import_label)
     ):
-        used[label] = used.get(label, 0) + n
+        if label is not None:
+            used[label] = used.get(label, 0) + n
     return used
 
 
@@ -209,11 +211,11 @@ def list_members(session: Session, project: Project) -> list[tuple[ProjectMember
 
 
 def _managers(session: Session, project: Project) -> int:
-    return session.scalar(
+    return session.execute(
         select(func.count())
         .select_from(ProjectMember)
         .where(ProjectMember.project_id == project.id, ProjectMember.role == "manager")
-    )
+    ).scalar_one()
 
 
 def set_member(
@@ -264,7 +266,7 @@ def remove_member(session: Session, project: Project, username: str) -> None:
         if user
         else None
     )
-    if member is None:
+    if user is None or member is None:
         raise NotFound(f"{username!r} is not a member of this project")
     if member.role == "manager" and _managers(session, project) <= 1:
         raise Conflict(f"{user.username} is the project's last manager; make someone else manager first")
@@ -324,13 +326,13 @@ def rename_label(session: Session, project: Project, old: str, new: str) -> dict
     ):
         counts[name] = session.execute(
             stmt.values(label=new).execution_options(synchronize_session=False)
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]  # a CursorResult
     counts["import_labels"] = session.execute(
         update(Image)
         .where(Image.project_id == project.id, Image.import_label == old)
         .values(import_label=new)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ).rowcount  # type: ignore[attr-defined]  # a CursorResult
     project.labels = [new if label == old else label for label in project.labels]
     project.retired_labels = [new if label == old else label for label in (project.retired_labels or [])]
     session.commit()

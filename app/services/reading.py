@@ -4,7 +4,8 @@ Blind reading (`Project.blind`): until a reader has saved their own reading of a
 status but `skipped`), every route that shows another reader's work on it answers 403: the
 image's annotation list and consensus map, another reader's revisions and maps, the review page,
 and the dataset export. The image's derived label and agreement are replaced by the import label
-and none in what the reader is shown. Site admins, the project's managers and members with the
+and none in what the reader is shown, and so are a stored prediction's alignment with the
+consensus map and its image label (`redact_prediction`). Site admins, the project's managers and members with the
 `adjudicator` flag see everything.
 """
 
@@ -68,7 +69,7 @@ def can_see_others(session: Session, project: Project, image: Image, user: User)
 
 def check_can_see_others(session: Session, image: Image, user: User) -> None:
     """Raise Forbidden (403) while blind reading hides other readers' work on the image from the user."""
-    project = session.get(Project, image.project_id)
+    project = session.get_one(Project, image.project_id)
     if not can_see_others(session, project, image, user):
         raise Forbidden(BLIND_DETAIL)
 
@@ -88,6 +89,17 @@ def redact_image(out: Any) -> Any:
     out.label = out.import_label
     out.agreement.iou = None
     out.agreement.pearson = None
+    return out
+
+
+def redact_prediction(out: Any, import_label: str | None) -> Any:
+    """A StoredPrediction as a blind reader may see it before reading the image: no alignment (it
+    compares the model's heatmap with the other readers' consensus map), and the import label
+    instead of the readers' majority."""
+    out.alignment = None
+    out.alignment_detail = {}
+    out.alignment_hidden = True
+    out.image_label = import_label
     return out
 
 

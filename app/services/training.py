@@ -26,7 +26,6 @@ from sqlalchemy.orm import Session
 from app.models import (
     Annotation,
     Image,
-    ModelVersion,
     Project,
     TrainingEvent,
     TrainingRun,
@@ -36,6 +35,7 @@ from app.models import (
 )
 from app.queue import TASK_TRAIN
 from app.services.errors import Conflict, Invalid
+from app.services.lookups import active_model
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,10 @@ def check_project_training(fields: dict[str, Any], settings: Settings | None = N
 
 
 def resolve_options(
-    project: Project, options: dict[str, Any] | None, settings: Settings | None = None
+    project: Project,
+    options: dict[str, Any] | None,
+    settings: Settings | None = None,
+    session: Session | None = None,
 ) -> dict[str, Any]:
     """Project defaults overridden by a run's options, validated by `sage.config.TrainConfig`.
 
@@ -134,7 +137,15 @@ def resolve_options(
         try:
             resolve(config.weights, config.backbone)
         except WeightsError as exc:
-            raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
+            # registered in the object storage by a `weights add` on another machine: workers fetch it
+            from app.services.weights import check_registered
+
+            try:
+                known = session is not None and check_registered(session, config.weights, config.backbone)
+            except WeightsError as other:
+                raise InvalidTrainingOptions(f"invalid training options: {other}") from other
+            if not known:
+                raise InvalidTrainingOptions(f"invalid training options: {exc}") from exc
     check_bounds(config, settings)
     if len(config.labels) < 2:  # the project's state, not the request: 409
         raise TrainingError(
@@ -178,11 +189,11 @@ def active_run(session: Session, project_id: int) -> TrainingRun | None:
 
 
 def labelled_image_count(session: Session, project_id: int) -> int:
-    return session.scalar(
+    return session.execute(
         select(func.count())
         .select_from(Image)
         .where(Image.project_id == project_id, Image.label.is_not(None))
-    )
+    ).scalar_one()
 
 
 @dataclass
@@ -207,7 +218,7 @@ def create_or_join_run(
     nothing was due. Commits; the caller then enqueues with `enqueue_run` (after the commit, so a
     fast worker never looks for a row that is not there yet).
     """
-    resolved = resolve_options(project, options, settings)
+    resolved = resolve_options(project, options, settings, session)
     lock_project(session, project.id)
     existing = active_run(session, project.id)
     if existing is not None:
@@ -248,7 +259,7 @@ def request_cancel(session: Session, run: TrainingRun) -> TrainingRun:
         .values(status="cancelled", cancel_requested=True, finished_at=now, progress={"phase": "cancelled"})
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount == 1:
+    if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
         add_event(session, run.id, "status", {"status": "cancelled"})
     else:
         result = session.execute(
@@ -257,7 +268,7 @@ def request_cancel(session: Session, run: TrainingRun) -> TrainingRun:
             .values(cancel_requested=True)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1:
+        if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
             add_event(session, run.id, "log", {"message": "cancel requested"})
         else:
             # The run finished (or published its model) first: the cancel is refused, never
@@ -320,7 +331,7 @@ def claim_run(session: Session, run_id: int, worker_id: str) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
         session.rollback()
         return False
     add_event(session, run_id, "status", {"status": "running", "worker": worker_id})
@@ -342,7 +353,7 @@ def heartbeat(session: Session, run_id: int, worker_id: str, *, beat: bool = Tru
             .execution_options(synchronize_session=False)
         )
         session.commit()
-        if result.rowcount != 1:
+        if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
             return False, False
     row = session.execute(select(TrainingRun.cancel_requested).where(*_owned(run_id, worker_id))).first()
     session.rollback()  # end the read transaction (SQLite WAL: do not pin a snapshot)
@@ -361,7 +372,7 @@ def record_progress(
         .values(progress=progress, heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
         session.rollback()
         return False
     add_event(session, run_id, kind, progress)
@@ -377,7 +388,7 @@ def record_lineage(session: Session, run_id: int, worker_id: str, lineage: dict[
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]  # a CursorResult
 
 
 def finish_run(
@@ -407,7 +418,7 @@ def finish_run(
     result = session.execute(
         update(TrainingRun).where(*owned).values(**values).execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
         session.rollback()
         return False
     event: dict[str, Any] = {"status": status}
@@ -464,7 +475,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
                 )
                 .execution_options(synchronize_session=False)
             )
-            if result.rowcount == 1:
+            if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
                 add_event(
                     session,
                     run.id,
@@ -491,7 +502,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
                 .values(status=status, finished_at=now, error=error)
                 .execution_options(synchronize_session=False)
             )
-            if result.rowcount == 1:
+            if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
                 add_event(session, run.id, "status", {"status": status, "error": error})
                 report.failed.append(run.id)
     session.commit()
@@ -515,7 +526,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
             .values(progress=progress)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1:
+        if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
             report.resent.append(run.id)
     session.commit()
     for run_id in report.requeued + report.resent:
@@ -554,9 +565,7 @@ def last_snapshot_at(session: Session, project_id: int) -> datetime | None:
         when = _parse_time((run.lineage or {}).get("snapshot_at"))
         if when is not None:
             return when
-    active = session.scalars(
-        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active.is_(True))
-    ).first()
+    active = active_model(session, project_id)
     return as_utc(active.created_at) if active else None
 
 
@@ -576,7 +585,7 @@ def changed_annotations(session: Session, project_id: int, since: datetime | Non
     if since is not None:
         query = query.where(Annotation.updated_at > since)
         adjudications = adjudications.where(Adjudication.updated_at > since)
-    return session.scalar(query) + session.scalar(adjudications)
+    return (session.scalar(query) or 0) + (session.scalar(adjudications) or 0)
 
 
 def retrain_due(session: Session, project: Project) -> bool:
@@ -632,6 +641,6 @@ def _set_retrain_error(session: Session, project_id: int, error: str | None) -> 
             .execution_options(synchronize_session=False)
         )
         session.commit()
-    except Exception:  # noqa: BLE001
+    except Exception:
         session.rollback()
         log.exception("retrain check: could not record the error of project %s", project_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -176,11 +176,12 @@ def revoke_token(session: Session, user: User, token_id: int) -> ApiToken:
 def revoke_all_tokens(session: Session, user: User) -> int:
     """Revoke every live token of `user` (the caller commits); returns how many."""
     result = session.execute(
-        ApiToken.__table__.update()
+        update(ApiToken)
         .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
         .values(revoked_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
     )
-    return result.rowcount or 0
+    return result.rowcount or 0  # type: ignore[attr-defined]  # a CursorResult
 
 
 def user_for_api_token(session: Session, token: str) -> User | None:
@@ -204,6 +205,11 @@ def api_token_owner(session: Session, token: str) -> tuple[User, ApiToken] | Non
     last = as_utc(row.last_used_at)
     # Write at most once a minute per token: reads should not become writes on every request.
     if last is None or (now - last).total_seconds() > 60:
-        session.execute(ApiToken.__table__.update().where(ApiToken.id == row.id).values(last_used_at=now))
+        session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == row.id)
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
         session.commit()
     return user, row

@@ -137,7 +137,6 @@ async function main() {
   img.src = image.file_url;
   await img.decode();
   painter = new Painter($("stage"), img, image.width, image.height);
-  window.sagePainter = painter;
   for (const b of labelButtons) b.addEventListener("click", () => setLabel(b.dataset.label));
   for (const b of document.querySelectorAll("button[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
   $("adj-undo").addEventListener("click", () => painter.undo());

@@ -335,20 +335,10 @@ async function saveWithStatus(status) {
   }
 }
 
-function onStatusKey(e) {
-  if (document.querySelector("dialog[open]") || isTyping(e)) return;
-  if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
-  const action = { s: skipImage, u: () => saveWithStatus("unsure"), r: () => saveWithStatus("flagged") }[e.key.toLowerCase()];
-  if (!action) return;
-  e.preventDefault();
-  action();
-}
-
 function bindStatusControls() {
   $("skip").addEventListener("click", () => skipImage());
   $("unsure").addEventListener("click", () => saveWithStatus("unsure"));
   $("flag").addEventListener("click", () => saveWithStatus("flagged"));
-  document.addEventListener("keydown", onStatusKey);
 }
 
 // --- toolbar -------------------------------------------------------------------------------------
@@ -421,106 +411,135 @@ async function startFromModel() {
 
 // --- keyboard ------------------------------------------------------------------------------------
 
+const zoomBy = (factor) => painter.zoomAt(factor, painter.cssW / 2, painter.cssH / 2);
+const TOOL_KEYS = { b: "brush", e: "eraser", l: "lasso" };
+const both = (...chars) => chars.flatMap((c) => [c.toLowerCase(), c.toUpperCase()]);
+
+/**
+ * Every keyboard shortcut of the page, in the order the help lists them (the help list is
+ * rendered from this table). A row fires when `e.key` is one of its `keys`: `ctrl` rows need Ctrl
+ * (or Cmd), the others fire only without Ctrl, Cmd and Alt. `run(e)` returns false when the key
+ * does nothing here, leaving the event to the browser; otherwise the event's default is
+ * prevented. `help` is [the keys, with {X} shown as a <kbd>, description]; rows without keys
+ * only document a pointer gesture, rows without help are not listed.
+ */
+const SHORTCUTS = [
+  {
+    keys: ["1", "2", "3", "4", "5", "6", "7", "8", "9"],
+    help: ["{1}–{9}", "pick label"],
+    run: (e) => project.labels[+e.key - 1] !== undefined && setLabel(project.labels[+e.key - 1]),
+  },
+  { keys: ["Enter"], help: ["{Enter}", "save and next"], run: (e) => !onControl(e) && saveAndNext() },
+  { keys: both("s"), help: ["{S}", "skip (comes back last)"], run: (e) => !e.repeat && skipImage() },
+  {
+    keys: both("u", "r"),
+    help: ["{U} {R}", "unsure, flag for review (comment)"],
+    run: (e) => !e.repeat && saveWithStatus(e.key.toLowerCase() === "u" ? "unsure" : "flagged"),
+  },
+  {
+    keys: both("b", "e", "l"),
+    help: ["{B} {E} {L}", "brush, eraser, lasso"],
+    run: (e) => painter.setTool(TOOL_KEYS[e.key.toLowerCase()]),
+  },
+  {
+    keys: ["[", "]"],
+    help: ["{[} {]}", "brush size"],
+    run: (e) => painter.setSize(e.key === "[" ? painter.size / 1.15 : Math.max(painter.size + 1, painter.size * 1.15)),
+  },
+  {
+    keys: ["{", "}"],
+    help: ["{⇧}+{[} {]}", "hardness"],
+    run: (e) => painter.setHardness(painter.hardness + (e.key === "{" ? -0.1 : 0.1)),
+  },
+  { keys: both("h"), help: ["{H}", "show / hide mask"], run: () => painter.setMaskVisible(!painter.maskVisible) },
+  {
+    keys: both("z"),
+    ctrl: true,
+    help: ["{Ctrl}+{Z}", "undo ({⇧} redo)"],
+    run: (e) => {
+      if (e.shiftKey) painter.redo();
+      else painter.undo();
+    },
+  },
+  {
+    keys: both("y"),
+    ctrl: true,
+    run: () => {
+      painter.redo();
+    },
+  },
+  { keys: both("s"), ctrl: true, run: () => save() },
+  { keys: [], help: ["wheel", "zoom at cursor"] },
+  {
+    keys: [" "],
+    help: ["{Space}+drag", "pan"],
+    run: (e) => !onControl(e) && (e.repeat || painter.setSpace(true)),
+  },
+  { keys: [], help: ["right drag", "erase with the brush"] },
+  { keys: [], help: ["{Alt}+lasso", "lasso erases"] },
+  // The display window leaves its drag mode first; otherwise Escape drops an open lasso.
+  { keys: ["Escape"], help: ["{Esc}", "cancel lasso"], run: (e) => windowing?.handleKey(e) || painter.cancelLasso() },
+  { keys: both("w"), help: ["{W}", "window/level drag mode"], run: (e) => windowing?.handleKey(e) },
+  { keys: [], help: ["{Ctrl}+right drag", "window/level"] },
+  { keys: both("v"), help: ["{V}", "window presets: header, auto, full"], run: (e) => windowing?.handleKey(e) },
+  { keys: both("i"), help: ["{I}", "invert the display"], run: (e) => windowing?.handleKey(e) },
+  { keys: both("f", "0"), run: () => painter.fit() },
+  { keys: ["+", "="], run: () => zoomBy(1.25) },
+  { keys: ["-"], run: () => zoomBy(0.8) },
+  {
+    keys: ["ArrowLeft", "ArrowRight"],
+    // Shift+arrow goes to the previous / next image; the browser keeps the event.
+    run: (e) => {
+      const link = e.shiftKey && $(e.key === "ArrowLeft" ? "prev" : "next");
+      if (link) location.assign(link.href);
+      return false;
+    },
+  },
+];
+
+const shortcutFor = new Map();
+for (const row of SHORTCUTS) for (const k of row.keys) shortcutFor.set(`${row.ctrl ? "ctrl+" : ""}${k}`, row);
+
+/** Enter and Space belong to a focused button, link or checkbox rather than to the page. */
+function onControl(e) {
+  const target = e.target;
+  return target instanceof HTMLElement && target !== stage && target.matches("button, a, input[type=checkbox]");
+}
+
 function onKeyDown(e) {
   if (document.querySelector("dialog[open]") || isTyping(e)) return;
   const mod = e.ctrlKey || e.metaKey;
-  const target = e.target;
-  const onControl = target instanceof HTMLElement && target !== stage && target.matches("button, a, input[type=checkbox]");
-  const k = e.key;
-  if (mod && (k === "z" || k === "Z")) {
-    e.preventDefault();
-    if (e.shiftKey) painter.redo();
-    else painter.undo();
-    return;
-  }
-  if (mod && (k === "y" || k === "Y")) {
-    e.preventDefault();
-    painter.redo();
-    return;
-  }
-  if (mod && (k === "s" || k === "S")) {
-    e.preventDefault();
-    save();
-    return;
-  }
-  if (mod || e.altKey) return;
-  if (windowing?.handleKey(e)) {
-    e.preventDefault();
-    return;
-  }
-  if (k === "Enter") {
-    if (onControl) return; // Enter activates the focused control
-    e.preventDefault();
-    saveAndNext();
-    return;
-  }
-  if (k === " ") {
-    if (onControl) return;
-    e.preventDefault();
-    if (!e.repeat) painter.setSpace(true);
-    return;
-  }
-  if (/^[1-9]$/.test(k)) {
-    const label = project.labels[+k - 1];
-    if (label !== undefined) {
-      e.preventDefault();
-      setLabel(label);
-    }
-    return;
-  }
-  if (e.shiftKey && (k === "ArrowLeft" || k === "ArrowRight")) {
-    const link = $(k === "ArrowLeft" ? "prev" : "next");
-    if (link) location.assign(link.href);
-    return;
-  }
-  switch (k) {
-    case "b":
-    case "B":
-      painter.setTool("brush");
-      break;
-    case "e":
-    case "E":
-      painter.setTool("eraser");
-      break;
-    case "l":
-    case "L":
-      painter.setTool("lasso");
-      break;
-    case "h":
-    case "H":
-      painter.setMaskVisible(!painter.maskVisible);
-      break;
-    case "[":
-      painter.setSize(painter.size / 1.15);
-      break;
-    case "]":
-      painter.setSize(Math.max(painter.size + 1, painter.size * 1.15));
-      break;
-    case "{":
-      painter.setHardness(painter.hardness - 0.1);
-      break;
-    case "}":
-      painter.setHardness(painter.hardness + 0.1);
-      break;
-    case "f":
-    case "F":
-    case "0":
-      painter.fit();
-      break;
-    case "+":
-    case "=":
-      painter.zoomAt(1.25, painter.cssW / 2, painter.cssH / 2);
-      break;
-    case "-":
-      painter.zoomAt(0.8, painter.cssW / 2, painter.cssH / 2);
-      break;
-    case "Escape":
-      painter.cancelLasso();
-      break;
-    default:
-      return;
-  }
+  if (!mod && e.altKey) return;
+  const row = shortcutFor.get(`${mod ? "ctrl+" : ""}${e.key}`);
+  if (!row || row.run(e) === false) return;
   e.preventDefault();
+}
+
+/** The help list (dl.shortcut-list) from the table: {X} becomes <kbd>X</kbd>. */
+function renderShortcutHelp(list) {
+  const rows = [];
+  for (const { help } of SHORTCUTS) {
+    if (!help) continue;
+    const [keys, text] = help.map((source) => {
+      const parts = [];
+      for (const [i, piece] of source.split(/\{([^}]+)\}/).entries()) {
+        if (i % 2 === 0) {
+          if (piece) parts.push(piece);
+        } else {
+          const kbd = document.createElement("kbd");
+          kbd.textContent = piece;
+          parts.push(kbd);
+        }
+      }
+      return parts;
+    });
+    const dt = document.createElement("dt");
+    dt.append(...keys);
+    const dd = document.createElement("dd");
+    dd.append(...text);
+    rows.push(dt, dd);
+  }
+  list.replaceChildren(...rows);
 }
 
 function onKeyUp(e) {
@@ -548,7 +567,6 @@ async function main() {
     return;
   }
   painter = new Painter(stage, img, image.width, image.height);
-  window.sagePainter = painter; // for the browser benchmark and debugging
   windowing = initWindowing({ painter, image, stage });
   bindToolbar();
   bindStatusControls();
@@ -570,6 +588,7 @@ async function main() {
       $("cursor-readout").textContent = `x ${xi}  y ${yi}  ·  saliency ${Math.round((v / 255) * 100)}%`;
     } else $("cursor-readout").textContent = "";
   });
+  renderShortcutHelp(document.querySelector(".shortcut-list"));
   document.addEventListener("keydown", onKeyDown);
   document.addEventListener("keyup", onKeyUp);
   window.addEventListener("blur", () => painter.setSpace(false));

@@ -43,7 +43,9 @@ function predCard(p) {
         "div",
         { class: "row small muted", style: "margin-top:6px" },
         el("span", { text: `uncertainty ${fmtNum(p.uncertainty, 2)}` }),
-        el("span", { text: `alignment ${fmtNum(p.alignment, 2)}` }),
+        p.alignment_hidden
+          ? el("span", { text: "alignment hidden until you read it", title: "blind reading: the alignment compares the model with other readers' maps" })
+          : el("span", { text: `alignment ${fmtNum(p.alignment, 2)}` }),
         el("span", { class: "spacer" }),
         el("a", { href: `/projects/${pid}/review/${p.image_id}`, text: "Review" }),
       ),

@@ -73,3 +73,14 @@ def test_import_create_reports_a_bad_labels_csv_and_creates_no_project(cli_env, 
     err = capsys.readouterr().err
     assert "labels.csv:3: unknown split 'holdout'" in err and "not created" in err
     assert main(["export", "--project", "Pets", "--out", str(tmp_path / "out")]) == 1
+
+
+def test_worker_commands_start_from_the_composition_root(capsys):
+    """app/ never imports worker/: `python -m app.cli worker` says where the command lives."""
+    assert main(["worker", "--queues", "train"]) == 1
+    assert "`sage-studio worker` or `python -m worker worker`" in capsys.readouterr().err
+    from worker.__main__ import main as studio
+
+    with pytest.raises(SystemExit):
+        studio(["worker", "--help"])
+    assert "--queues" in capsys.readouterr().out

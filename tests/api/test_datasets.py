@@ -281,6 +281,34 @@ def test_an_unknown_column_rejects_the_import(client, proj):
     assert r.status_code == 422 and "unknown column(s) ['spilt']" in r.json()["detail"]
 
 
+def test_groups_round_trip_through_import_and_export_and_an_existing_group_keeps_its_split(client, proj, db):
+    project, h = proj
+    files = dataset([("a.png", "cat", "train"), ("b.png", "dog", "train"), ("c.png", "dog", "test")])
+    files["labels.csv"] = (
+        b"image,label,split,group\na.png,cat,train,p1\nb.png,dog,train,p1\nc.png,dog,test,\n"
+    )
+    assert do_import(client, h, project.id, make_zip(files)).status_code == 201
+    assert sorted(db.scalars(select(Image.group)).all(), key=str) == [None, "p1", "p1"]
+    out = zipfile.ZipFile(io.BytesIO(client.get(f"/api/v1/projects/{project.id}/export", headers=h).content))
+    root = out.namelist()[0].split("/", 1)[0] + "/"
+    rows = list(csv.DictReader(io.StringIO(out.read(root + "labels.csv").decode())))
+    assert {(r["image"], r["split"], r["group"]) for r in rows} == {
+        ("a.png", "train", "p1"),
+        ("b.png", "train", "p1"),
+        ("c.png", "test", ""),
+    }
+    more = dataset([("d.png", "cat", "test")], extra={})
+    more["images/d.png"] = noise_png(16, 12, seed=77)
+    more["labels.csv"] = b"image,label,split,group\nd.png,cat,test,p1\n"
+    r = do_import(client, h, project.id, make_zip(more))
+    assert r.status_code == 422, r.text
+    assert (
+        r.json()["errors"][0]["line"] == 2
+        and "is in split train in the project" in r.json()["errors"][0]["error"]
+    )
+    assert db.scalar(select(func.count()).select_from(Image)) == 3
+
+
 def test_imported_groups_are_stored_and_exported_and_a_file_without_splits_leaves_them_to_draw(
     client, proj, db
 ):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
+from sqlalchemy import select
 
 from app.models import Image
 from sage import imageio
@@ -217,6 +218,63 @@ def test_image_size_defaults_by_backbone_and_coarse_cams_are_422(client, make_us
     assert bad.status_code == 422 and "smallest image_size for 7x7 is 224" in bad.json()["detail"]
     tiny = client.post("/api/v1/projects", headers=h, json={"name": "t", "labels": ["a", "b"]})
     assert tiny.json()["image_size"] == 64
+
+
+@pytest.mark.parametrize("window", ["default", "auto", "full"])
+def test_training_snapshot_carries_the_stored_arrays_and_training_never_decodes(
+    client, setup, db, settings, tmp_path, monkeypatch, window
+):
+    """Decode once: a worker's snapshot holds pixels/<stem>.npy (the array stored at upload), and
+    the loader builds exactly the tensors that decoding the originals gives, without decoding."""
+    import shutil
+
+    from app.models import Project
+    from app.services.datasets import write_dataset_folder
+    from app.storage import get_storage
+    from sage import data as sage_data
+
+    project, h = setup
+    windowed = dicom_bytes(radiograph(seed=1), bits_stored=12, window=(2000, 1000))
+    unwindowed = dicom_bytes(radiograph(40, 56, seed=2), bits_stored=12)  # default: percentile
+    buf = io.BytesIO()
+    PILImage.fromarray((radiograph(30, 20, seed=3) * 16).astype(np.uint16)).save(buf, format="PNG")
+    for name, data, label in (
+        ("a.dcm", windowed, "normal"),
+        ("b.dcm", unwindowed, "finding"),
+        ("c.png", buf.getvalue(), "finding"),
+    ):
+        assert upload(client, h, project.id, [(name, data)], label=label).status_code == 201
+    legacy = db.scalar(select(Image).where(Image.original_name == "c.png"))
+    for column in ("array_key", "bit_depth", "pixel_info", "window_center", "window_width"):
+        setattr(legacy, column, None)  # a row from before migration 0004: decoded once, here
+    db.commit()
+    snap = tmp_path / "snap"
+    write_dataset_folder(db, get_storage(settings), db.get(Project, project.id), snap, arrays=True)
+    db.expire_all()
+    assert db.get(Image, legacy.id).array_key and db.get(Image, legacy.id).bit_depth == 16
+    assert sorted(p.name for p in (snap / "pixels").iterdir()) == [
+        "a.json", "a.npy", "b.json", "b.npy", "c.json", "c.npy",
+    ]  # fmt: skip
+
+    plain = tmp_path / "plain"  # the same folder without pixels/: the CLI's case, decoded
+    shutil.copytree(snap, plain, ignore=shutil.ignore_patterns("pixels"))
+    index = sage_data.read_dataset(plain)
+    expected = sage_data.load_split(index, index.samples, 32, cache=False, window=window)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("training decoded an original file")
+
+    monkeypatch.setattr(imageio, "decode", no_decoding)
+    monkeypatch.setattr(imageio, "decode_file", no_decoding)
+    index = sage_data.read_dataset(snap)
+    got = sage_data.load_split(index, index.samples, 32, cache=False, window=window)
+    assert got.names == expected.names == ["a.dcm", "b.dcm", "c.png"]
+    assert torch_equal(got.images, expected.images) and got.images.float().std() > 10
+    assert torch_equal(got.labels, expected.labels)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
 
 
 def test_display_goes_through_the_render_limiter(app, client, setup):

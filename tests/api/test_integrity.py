@@ -102,6 +102,21 @@ def test_sweep_removes_old_unused_files_only(db, settings, make_user, make_proje
     assert db.scalar(select(Image.storage_key)) == image.storage_key
 
 
+def test_sweep_removes_temporary_files_of_writes_that_died(db, settings):
+    """A process killed mid-upload leaves its `.part` file; the sweep removes it after the grace
+    period and leaves a fresh one (a write still in progress) alone."""
+    storage = get_storage(settings)
+    dead, live = storage.tmp_dir / "dead.part", storage.tmp_dir / "live.part"
+    dead.write_bytes(b"half an upload")
+    live.write_bytes(b"being written")
+    past = time.time_ns() - 7200 * 10**9
+    os.utime(dead, ns=(past, past))
+    assert objects.sweep_orphans(db, storage, grace_s=3600, dry_run=True).temp_removed == 0
+    assert dead.exists()
+    assert objects.sweep_orphans(db, storage, grace_s=3600).temp_removed == 1
+    assert not dead.exists() and live.exists()
+
+
 def test_sweep_counts_appear_in_metrics(client, settings):
     objects.write_report(settings.resolved_data_dir, objects.SweepReport(scanned=5, orphans=2, removed=2))
     text = client.get("/metrics").text

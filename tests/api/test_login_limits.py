@@ -8,6 +8,7 @@ import argon2
 import pytest
 
 from app import security
+from app.services import login
 from app.settings import Settings
 from tests.api.conftest import PASSWORD
 
@@ -35,10 +36,10 @@ def test_one_address_guessing_many_usernames_is_throttled(client, make_user):
 
 
 def test_many_addresses_guessing_one_username_are_throttled(db):
-    limiter = security.LoginRateLimiter(3, per_address=100, per_username=4)
+    limiter = login.LoginRateLimiter(3, per_address=100, per_username=4)
     for i in range(4):
         limiter.begin(db, "alice", f"10.0.0.{i}")
-    with pytest.raises(security.TooManyAttempts):
+    with pytest.raises(login.TooManyAttempts):
         limiter.begin(db, "Alice", "10.0.0.99")
     # another username from those addresses is not affected
     limiter.begin(db, "bob", "10.0.0.1")
@@ -47,7 +48,7 @@ def test_many_addresses_guessing_one_username_are_throttled(db):
 def test_parallel_attempts_never_exceed_the_limit(engine):
     from app.db import make_session_factory
 
-    limiter = security.LoginRateLimiter(5, per_address=1000, per_username=1000)
+    limiter = login.LoginRateLimiter(5, per_address=1000, per_username=1000)
     factory = make_session_factory(engine)
     allowed, refused = [], []
     barrier = threading.Barrier(12)
@@ -58,7 +59,7 @@ def test_parallel_attempts_never_exceed_the_limit(engine):
             try:
                 limiter.begin(session, "carol", "198.51.100.7")
                 allowed.append(1)
-            except security.TooManyAttempts:
+            except login.TooManyAttempts:
                 refused.append(1)
 
     threads = [threading.Thread(target=attempt) for _ in range(12)]
@@ -90,7 +91,7 @@ def test_unknown_users_cost_one_check_with_the_real_parameters(db, make_user, mo
     hasher = security.password_hasher
 
     class Counting(type(hasher)):
-        def verify(self, hash, password):  # noqa: A002
+        def verify(self, hash, password):
             verified.append(hash)
             return super().verify(hash, password)
 

@@ -150,4 +150,4 @@ def test_summary_counts(client, make_user, make_project, auth_headers):
     s = client.get(f"/api/v1/projects/{project.id}", headers=h).json()["summary"]
     assert s["images"] == 3 and s["labelled"] == 2 and s["annotated"] == 2 and s["annotations"] == 3
     assert s["labels"] == {"cat": 1, "dog": 1}
-    assert s["agreement"] == {"iou": 1.0, "pearson": None, "images": 1}
+    assert s["agreement"] == {"iou": 1.0, "pearson": 1.0, "images": 1}  # identical maps (sage.agreement)

@@ -377,6 +377,61 @@ def test_blind_review_page_is_403_until_you_read_the_image(client, team):
     assert f"/api/v1/projects/{project.id}/export" not in overview.text
 
 
+def test_blind_prediction_alignment_is_hidden_until_you_read_the_image(
+    client, team, make_user, auth_headers, db
+):
+    """A stored prediction's alignment compares the model with the other readers' consensus map and
+    its image label is their majority: both stay hidden from a blind reader until they have read
+    the image (single prediction and gallery); managers and adjudicators see them."""
+    from app.models import ModelVersion, Prediction
+    from app.services.projects import set_member
+
+    project, manager, r1, r2, h, ids = team
+    pid = project.id
+    client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"readers_per_image": 2})
+    put_annotation(client, h[r1], ids[0], label="dog", saliency=mask_png(value=200))
+    model = ModelVersion(
+        project_id=pid, version=1, artifact_key="x", checksum="0" * 64, backbone="tiny", active=True
+    )
+    db.add(model)
+    db.flush()
+    detail = {"soft_iou": 0.42, "pearson": 0.3}
+    for iid in ids[:2]:
+        db.add(
+            Prediction(
+                image_id=iid, model_id=model.id, label="dog", confidence=0.8, uncertainty=0.2,
+                alignment=0.42, alignment_detail=detail,
+            )
+        )  # fmt: skip
+    db.commit()
+
+    def shown(headers, iid=ids[0]) -> list[dict]:
+        r = client.get(f"/api/v1/images/{iid}/prediction", headers=headers)
+        g = client.get(f"/api/v1/projects/{pid}/predictions", headers=headers)
+        assert r.status_code == 200 and g.status_code == 200, (r.text, g.text)
+        return [r.json(), {p["image_id"]: p for p in g.json()}[iid]]
+
+    def visible(p: dict) -> bool:
+        return (p["alignment"], p["alignment_detail"], p["alignment_hidden"]) == (0.42, detail, False)
+
+    for p in shown(h[r2]) + shown(h[r2], ids[1]):
+        assert (p["alignment"], p["alignment_detail"], p["alignment_hidden"]) == (None, {}, True)
+        assert p["image_label"] is None  # r1's "dog" (the readers' majority) is not revealed either
+        assert p["label"] == "dog" and p["confidence"] == 0.8  # the model's own answer stays
+    # the reader who read the image, the manager and an adjudicator see the alignment
+    assert all(visible(p) for p in shown(h[r1]) + shown(h[manager]))
+    assert shown(h[r1])[0]["image_label"] == "dog"
+    judge = make_user()
+    set_member(db, project, judge.username, "annotator", adjudicator=True)
+    assert all(visible(p) for p in shown(auth_headers(judge)))
+    # r2 reads the image: its alignment shows; blind mode off shows every image's
+    put_annotation(client, h[r2], ids[0], label="cat")
+    assert all(visible(p) for p in shown(h[r2]))
+    assert not any(visible(p) for p in shown(h[r2], ids[1]))
+    client.patch(f"/api/v1/projects/{pid}", headers=h[manager], json={"blind_mode": "off"})
+    assert all(visible(p) for p in shown(h[r2], ids[1]))
+
+
 def _csrf(client) -> str:
     import re
 

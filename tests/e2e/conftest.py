@@ -178,7 +178,7 @@ def workers(world):
     """Celery workers for both queues (`sage-studio worker`), started on first use."""
     log = open(world.settings.data_dir.parent / "workers.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--queues", "train,predict"],
+        [sys.executable, "-m", "worker", "worker", "--queues", "train,predict"],
         cwd=ROOT,
         env=server_env(world.settings),
         stdout=log,
@@ -302,6 +302,19 @@ def login(page, username: str, password: str = PASSWORD) -> None:
     page.wait_for_url(lambda url: "/login" not in url)
 
 
+def wait_for_js(page, expression: str, arg=None, timeout: float = 30.0) -> None:
+    """Wait until a JS expression (or function of `arg`) is truthy in the page.
+
+    Stands in for page.wait_for_function, whose in-page predicate is compiled with eval and so is
+    refused by the pages' Content-Security-Policy (no 'unsafe-eval'); page.evaluate is not.
+    """
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {expression}")
+        time.sleep(0.05)
+
+
 def shot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
@@ -319,7 +332,7 @@ def stage_box(page) -> dict:
 
 def image_to_screen(page, x: float, y: float) -> tuple[float, float]:
     """Page coordinates of image pixel (x, y) in the painter's current view."""
-    view = page.evaluate("() => ({...window.sagePainter.view})")
+    view = page.evaluate("() => ({...document.querySelector('.painter-stage').sagePainter.view})")
     box = stage_box(page)
     return box["x"] + view["x"] + x * view["scale"], box["y"] + view["y"] + y * view["scale"]
 

@@ -76,7 +76,7 @@ def test_an_adjudicator_resolves_a_disagreement_and_the_next_run_trains_on_it(
     page.click(f'#maps button[data-start="reader {ANNOTATOR}"]')
     page.wait_for_selector(f'#stage[data-source="reader {ANNOTATOR}"]')
     page.evaluate(
-        "() => { const p = window.sagePainter; p.setSize(30); p.setHardness(1); p.setStrength(1); }"
+        "() => { const p = document.querySelector('.painter-stage').sagePainter; p.setSize(30); p.setHardness(1); p.setStrength(1); }"
     )
     page.locator("#stage").click(position={"x": 5, "y": 5})  # focus without painting outside the image
     drag(page, [(40, 120), (280, 120)])  # add the middle band

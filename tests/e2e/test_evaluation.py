@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from tests.e2e.conftest import ADMIN, shot
+from tests.e2e.conftest import ADMIN, shot, wait_for_js
 from tests.e2e.test_manage import _wait_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -76,9 +76,10 @@ def test_models_page_shows_roc_pad_open_set_and_the_sanity_check(new_page, world
     page.click("#sanity-start")
     reading = page.locator(".sanity-reading")
     reading.wait_for()
-    page.wait_for_function(
+    wait_for_js(
+        page,
         "() => /maps matter|do not/.test(document.querySelector('.sanity-reading')?.textContent || '')",
-        timeout=180_000,
+        timeout=180,
     )
     shot(page, "model-sanity-check")
     with world.api(ADMIN) as api:

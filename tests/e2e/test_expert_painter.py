@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 
 from sage import imageio
 from sage.synthetic import dicom_bytes
-from tests.e2e.conftest import ADMIN, ANNOTATOR, drag, open_painter, shot
+from tests.e2e.conftest import ADMIN, ANNOTATOR, drag, open_painter, shot, wait_for_js
 
 pytestmark = pytest.mark.browser
 
@@ -29,7 +29,7 @@ def _shown_pixel(page, x: int, y: int) -> int:
     """The grey level the painter's current image has at image pixel (x, y)."""
     return page.evaluate(
         """([x, y]) => {
-            const img = window.sagePainter.image;
+            const img = document.querySelector('.painter-stage').sagePainter.image;
             const c = new OffscreenCanvas(img.naturalWidth, img.naturalHeight);
             const ctx = c.getContext("2d");
             ctx.drawImage(img, 0, 0);
@@ -40,9 +40,10 @@ def _shown_pixel(page, x: int, y: int) -> int:
 
 
 def _wait_rendered(page, center: str, width: str, invert: str = "0") -> None:
-    page.wait_for_function(
+    wait_for_js(
+        page,
         """([c, w, i]) => {
-            const src = window.sagePainter.image.src;
+            const src = document.querySelector('.painter-stage').sagePainter.image.src;
             const s = document.getElementById("stage");
             return s.dataset.windowLoading === "false" && src.includes(`center=${c}`) &&
                 src.includes(`width=${w}`) && src.includes(`invert=${i}`);
@@ -67,7 +68,7 @@ def test_dicom_window_level_paint_and_save(new_page, world):
     open_painter(page, world.project_id, iid)
     # shown through the header window, at full resolution
     assert page.evaluate(
-        "[window.sagePainter.image.naturalWidth, window.sagePainter.image.naturalHeight]"
+        "[document.querySelector('.painter-stage').sagePainter.image.naturalWidth, document.querySelector('.painter-stage').sagePainter.image.naturalHeight]"
     ) == [
         WIDTH,
         HEIGHT,
@@ -95,16 +96,16 @@ def test_dicom_window_level_paint_and_save(new_page, world):
     page.keyboard.press("w")
     assert page.get_attribute("#wl-mode", "aria-pressed") == "true"
     drag(page, [(150, 100), (200, 70)])
-    page.wait_for_function("document.getElementById('stage').dataset.windowLoading === 'false'")
+    wait_for_js(page, "document.getElementById('stage').dataset.windowLoading === 'false'")
     assert float(page.input_value("#wl-width")) > 4096  # dragged right: wider
     assert float(page.input_value("#wl-center")) > 2048  # dragged up: higher level
-    assert page.evaluate("window.sagePainter.hasPaint()") is False
+    assert page.evaluate("document.querySelector('.painter-stage').sagePainter.hasPaint()") is False
     page.keyboard.press("w")
     shot(page, "annotate-dicom-windowed")
 
     # paint the finding, label, save: the stored map has the DICOM's size
     page.evaluate(
-        "() => { const p = window.sagePainter; p.setSize(30); p.setHardness(1); p.setStrength(1); }"
+        "() => { const p = document.querySelector('.painter-stage').sagePainter; p.setSize(30); p.setHardness(1); p.setStrength(1); }"
     )
     page.keyboard.press("2")
     drag(page, [(205, 100), (255, 100)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import ADMIN, ANNOTATOR, OUTSIDER, PASSWORD, shot
+from tests.e2e.conftest import ADMIN, ANNOTATOR, OUTSIDER, PASSWORD, shot, wait_for_js
 
 pytestmark = pytest.mark.browser
 
@@ -116,17 +116,29 @@ def test_painter_keyboard_lasso_and_view(new_page, world):
     for x, y in [(100, 60), (220, 60), (220, 180), (100, 180)]:
         page.mouse.click(*image_to_screen(page, x, y))
     page.keyboard.press("Enter")  # closes the polygon (does not save)
-    assert page.evaluate("window.sagePainter.mask[120 * 320 + 160]") == 255
-    assert page.evaluate("window.sagePainter.mask[20 * 320 + 20]") == 0
+    assert page.evaluate("document.querySelector('.painter-stage').sagePainter.mask[120 * 320 + 160]") == 255
+    assert page.evaluate("document.querySelector('.painter-stage').sagePainter.mask[20 * 320 + 20]") == 0
     assert "/annotate/" in page.url and str(iid) in page.url
-    scale = page.evaluate("window.sagePainter.view.scale")
+    scale = page.evaluate("document.querySelector('.painter-stage').sagePainter.view.scale")
     page.mouse.move(*image_to_screen(page, 160, 120))
     page.mouse.wheel(0, -400)
-    page.wait_for_function(f"window.sagePainter.view.scale > {scale * 1.5}")
+    wait_for_js(page, f"document.querySelector('.painter-stage').sagePainter.view.scale > {scale * 1.5}")
     shot(page, "annotate-lasso-zoomed")
     page.keyboard.press("f")
-    assert abs(page.evaluate("window.sagePainter.view.scale") - scale) < 1e-6
+    assert (
+        abs(page.evaluate("document.querySelector('.painter-stage').sagePainter.view.scale") - scale) < 1e-6
+    )
     page.keyboard.press("h")
     assert page.is_hidden(".painter-mask")
     page.keyboard.press("h")
     assert not page.is_hidden(".painter-mask")
+    page.keyboard.press("=")  # zoom in at the centre
+    assert page.evaluate("document.querySelector('.painter-stage').sagePainter.view.scale") > scale * 1.2
+    # the help is rendered from the page's shortcut table: every key row with its description
+    terms = page.locator(".shortcut-list dt").all_inner_texts()
+    descriptions = page.locator(".shortcut-list dd").all_inner_texts()
+    assert len(terms) == len(descriptions) == 18
+    help_text = dict(zip(terms, descriptions, strict=True))
+    assert help_text["Ctrl+Z"] == "undo (⇧ redo)"
+    assert help_text["B E L"] == "brush, eraser, lasso"
+    assert help_text["1–9"] == "pick label"

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.browser
 
 def _set_brush(page, size: int, hardness: float = 0.5, strength: float = 1.0) -> None:
     page.evaluate(
-        "([s, h, k]) => { const p = window.sagePainter; p.setSize(s); p.setHardness(h); p.setStrength(k); }",
+        "([s, h, k]) => { const p = document.querySelector('.painter-stage').sagePainter; p.setSize(s); p.setHardness(h); p.setStrength(k); }",
         [size, hardness, strength],
     )
 
@@ -75,7 +75,7 @@ def test_brush_size_and_eraser_change_the_stored_map(new_page, world):
     drag(page, [(30, 60), (290, 60)])
     for _ in range(6):
         page.keyboard.press("]")  # bigger brush, from the keyboard
-    size = page.evaluate("window.sagePainter.size")
+    size = page.evaluate("document.querySelector('.painter-stage').sagePainter.size")
     assert size > 20
     drag(page, [(30, 170), (290, 170)])
     # erase across the thin stroke's middle
@@ -130,7 +130,7 @@ def test_reload_restores_the_unsaved_draft(new_page, world):
     page.wait_for_selector("body[data-ready=true]")
     assert page.get_attribute("#stage", "data-draft") == "restored"
     assert page.is_visible("#banner")
-    assert page.evaluate("window.sagePainter.mask[120 * 320 + 160]") > 200
+    assert page.evaluate("document.querySelector('.painter-stage').sagePainter.mask[120 * 320 + 160]") > 200
     assert page.get_attribute('button[data-label="cat"]', "aria-pressed") == "true"
     shot(page, "annotate-draft-restored")
     page.click("#save")

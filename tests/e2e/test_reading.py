@@ -124,7 +124,7 @@ def test_two_readers_in_blind_mode_cannot_see_each_others_maps_before_saving(new
     # in the painter, the first reader's label is not preselected and nothing of their map shows
     open_painter(second, pid, iid)
     assert second.locator('#labels [aria-pressed="true"]').count() == 0
-    assert second.evaluate("window.sagePainter.hasPaint()") is False
+    assert second.evaluate("document.querySelector('.painter-stage').sagePainter.hasPaint()") is False
     second.keyboard.press("1")
     drag(second, [(40, 180), (280, 180)])
     second.click("#save")

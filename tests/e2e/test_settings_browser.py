@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from tests.e2e.conftest import ADMIN, ANNOTATOR, LABELS, _png, open_painter, shot
+from tests.e2e.conftest import ADMIN, ANNOTATOR, LABELS, _png, open_painter, shot, wait_for_js
 
 pytestmark = pytest.mark.browser
 _seeds = itertools.count(700)
@@ -55,7 +55,7 @@ def test_settings_change_labels(new_page, world):
     # a bad training option is refused with the API's message, and nothing changes
     page.fill("#set-options", '{"epochs_typo": 3}')
     page.click("#training-form button[type=submit]")
-    page.wait_for_function("document.getElementById('training-error').textContent.length > 0")
+    wait_for_js(page, "document.getElementById('training-error').textContent.length > 0")
     with world.api(ADMIN) as api:
         assert "epochs_typo" not in api.get(f"/projects/{pid}").json()["training"]
     # the painter offers the active labels only, in order, on the number keys
@@ -86,13 +86,13 @@ def test_browser_filters_paging_and_a_bulk_split_change(new_page, world):
     rows.first.wait_for()
     assert rows.count() == 50  # the first page
     page.click("#next-page")
-    page.wait_for_function("document.querySelectorAll('#image-table tbody tr').length === 5")
+    wait_for_js(page, "document.querySelectorAll('#image-table tbody tr').length === 5")
     assert "Page 2" in page.inner_text("#page-info")
     # filter: read by the annotator, labelled dog
     page.select_option("#f-reader", ANNOTATOR)
     page.select_option("#f-label", "dog")
     page.click("#filters button[type=submit]")
-    page.wait_for_function("document.querySelectorAll('#image-table tbody tr').length === 3")
+    wait_for_js(page, "document.querySelectorAll('#image-table tbody tr').length === 3")
     shown = rows.evaluate_all("rs => rs.map(r => Number(r.dataset.imageId))")
     assert shown == ids[:3]
     shot(page, "images-browser")
@@ -115,6 +115,6 @@ def test_browser_filters_paging_and_a_bulk_split_change(new_page, world):
     page.select_option("#f-label", "")
     page.select_option("#f-status", "flagged")
     page.click("#filters button[type=submit]")
-    page.wait_for_function("document.querySelectorAll('#image-table tbody tr').length === 1")
+    wait_for_js(page, "document.querySelectorAll('#image-table tbody tr').length === 1")
     assert rows.first.get_attribute("data-image-id") == str(ids[3])
     assert not page.js_errors, page.js_errors

@@ -66,7 +66,7 @@ def test_train_now_progress_predictions_and_start_from_the_model(new_page, world
     same = page.evaluate(
         """async () => {
             const { decodeGray } = await import('/static/js/png.js');
-            const p = window.sagePainter;
+            const p = document.querySelector('.painter-stage').sagePainter;
             const pred = await (await fetch(`/api/v1/images/${IID}/prediction`)).json();
             const heat = await decodeGray(pred.heatmap_url, p.width, p.height);
             return heat.every((v, i) => v === p.mask[i]) && p.canUndo;

@@ -124,14 +124,20 @@ def test_registry_validation_does_not_import_torch(tmp_path):
     assert out.stdout.split() == ["mine", "False"]
 
 
-def test_sage_studio_weights_add_and_list(tmp_path, folder, capsys):
+def test_sage_studio_weights_add_and_list(tmp_path, folder, capsys, settings, monkeypatch):
+    import app.cli
     from app.cli import main
 
+    monkeypatch.setattr(app.cli, "get_settings", lambda: settings)
     _, path = saved_state(tmp_path)
     assert main(["weights", "list"]) == 0
     assert "no weights registered" in capsys.readouterr().out
     assert main(["weights", "add", str(path), "--name", "ResNet18_Weights.IMAGENET1K_V1"]) == 1
     assert "expected f37072fd" in capsys.readouterr().err
     assert main(["weights", "add", str(path), "--name", "bench-tiny", "--backbone", "tiny"]) == 0
+    from app.storage import get_storage
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert get_storage(settings).exists(f"{digest}.pth"), "stored for workers on other machines"
     assert main(["weights", "list"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("bench-tiny\ttiny\ttiny-")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.cli import build_parser
 from app.settings import Settings
+from worker.__main__ import studio_parser as build_parser  # the `sage-studio` entry point
 
 ROOT = Path(__file__).resolve().parents[2]
 

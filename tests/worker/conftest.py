@@ -75,7 +75,7 @@ class Stack:
         log = self.log_dir / f"{name}-{len(self.procs)}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", *args],
+                [sys.executable, "-m", "worker", *args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,

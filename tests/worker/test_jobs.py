@@ -123,7 +123,7 @@ def test_a_failed_export_answers_409_until_retried(world):
     assert retried.status_code == 202 and retried.json()["id"] != job["id"]
 
 
-def test_predict_batch_from_a_zip_and_from_files(world):
+def test_predict_batch_from_a_zip_and_from_files(world, monkeypatch):
     url = f"/api/v1/projects/{world.project_id}/predict-batch"
     left, _ = tiny_image("left", 101)
     assert world.post(url, files=[("files", ("a.png", left))]).status_code == 409  # no active model
@@ -149,7 +149,16 @@ def test_predict_batch_from_a_zip_and_from_files(world):
         input_key = s.get(Job, job["id"]).params["input_key"]
     storage = WorkerContext(world.stack.settings).storage
     assert storage.exists(input_key)
-    assert worker_jobs.predict_batch(WorkerContext(world.stack.settings), job["id"])["status"] == "succeeded"
+
+    def whole(*args, **kwargs):
+        raise AssertionError("the batch input or result was held whole in memory")
+
+    with monkeypatch.context() as m:  # the worker streams the input and the result zip
+        m.setattr(type(storage), "read_bytes", whole)
+        m.setattr(type(storage), "put_bytes", whole)
+        assert (
+            worker_jobs.predict_batch(WorkerContext(world.stack.settings), job["id"])["status"] == "succeeded"
+        )
     assert not storage.exists(input_key)  # the uploaded images are not kept after the job
     done = world.get(job["poll_url"]).json()
     assert (

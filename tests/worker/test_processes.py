@@ -78,7 +78,7 @@ def test_serve_starts_everything_and_stops_everything(tmp_path, sqlite_template,
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "worker", "serve", "--port", str(port)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     children: set[int] = set()

@@ -46,7 +46,7 @@ if _root and _log and _own:
                     _write(f"OWN {path}")
                 return
             _write(f"FOREIGN {event} {path}")
-        except Exception:  # noqa: BLE001, S110 - auditing must never break the process
+        except Exception:  # noqa: BLE001 - auditing must never break the process
             pass
         finally:
             _local.busy = False
