@@ -240,7 +240,8 @@ def render_8bit(pixels: np.ndarray, center: float, width: float, invert: bool = 
 
     Rendered a block of rows at a time into the uint8 result, so the float32 scratch stays at
     `RENDER_CHUNK_PIXELS` values instead of a full-size copy (a 2048x2048 16-bit image costs its
-    4 MiB result plus 1 MiB, not 16 MiB of floats on top); `pixels` may be a memory-mapped array.
+    4 MiB result plus a block or two of 1 MiB, not 16 MiB of floats on top); `pixels` may be a
+    memory-mapped array.
     """
     out = np.empty(pixels.shape, dtype=np.uint8)
     if pixels.size == 0:
