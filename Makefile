@@ -35,7 +35,7 @@ test: setup browser-deps
 # Unit and API tests on SQLite only: no PostgreSQL, Redis, browser or slow test, and not the
 # OpenAPI fuzzer (property-based, ~40 s alone; it runs in make test). Under a minute.
 test-fast: setup
-	$(BIN)/pytest -q -m "$(FAST_MARKERS)" --ignore=tests/api/test_fuzz.py tests/unit tests/api $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "$(FAST_MARKERS)" --ignore=tests/api/test_fuzz_all.py tests/unit tests/api $(PYTEST_ARGS)
 
 # .pre-commit-config.yaml runs the same four commands.
 lint: setup
