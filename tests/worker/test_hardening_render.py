@@ -4,6 +4,7 @@ synchronous predict without a held thread, async predict by storage key, one sha
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import threading
 import time
@@ -54,6 +55,14 @@ def _activate_a_model(world) -> None:
         _register(s, world, run_id, "w", 0.9)
 
 
+def run_async(coro):
+    """Run a coroutine to completion on a thread of its own: in the whole suite the browser tests'
+    session-scoped Playwright keeps an event loop running on the main thread, where asyncio.run
+    refuses to start another."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def _asgi(world) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=world.client.app), base_url="http://test", headers=world.headers
@@ -100,7 +109,7 @@ def test_concurrent_renders_beyond_the_bound_answer_503(world, monkeypatch):
             url = f"/api/v1/images/{world.image_ids[0]}/saliency.png"
             return await asyncio.gather(*(c.get(url) for _ in range(6)))
 
-    answers = asyncio.run(burst())
+    answers = run_async(burst())
     codes = sorted(r.status_code for r in answers)
     assert codes.count(200) == 2 and codes.count(503) == 4
     assert all(r.headers["retry-after"] for r in answers if r.status_code == 503)
@@ -147,7 +156,7 @@ def test_waiting_sync_predicts_hold_no_threads(world, settings):
             answers = await asyncio.gather(*predicts)
         return health, elapsed, answers
 
-    health, elapsed, answers = asyncio.run(scenario())
+    health, elapsed, answers = run_async(scenario())
     assert health.status_code == 200 and elapsed < 1.0
     assert all(a.status_code == 504 for a in answers)
 
@@ -179,7 +188,7 @@ def test_event_streams_share_one_poller(world, settings):
 
     finisher = threading.Thread(target=finish_later)
     finisher.start()
-    answers = asyncio.run(streams())
+    answers = run_async(streams())
     finisher.join()
     event.remove(engine, "before_cursor_execute", count)
     assert all(a.status_code == 200 and "event: end" in a.text for a in answers)
