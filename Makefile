@@ -70,11 +70,13 @@ bench: setup
 	$(BIN)/python bench/worker_bench.py --out bench/worker.md
 	$(BIN)/python bench/ui_bench.py --out bench/ui.md
 
-# Locust against a real server, headless (LOAD_USERS, LOAD_SECONDS); writes bench/load.md.
-LOAD_USERS ?= 25
+# Locust against the full stack (`python -m worker serve`), headless, on SQLite and on PostgreSQL +
+# Redis (LOAD_USERS, LOAD_SECONDS, LOAD_MODES); writes bench/load.md.
+LOAD_USERS ?= 27
 LOAD_SECONDS ?= 60
+LOAD_MODES ?= embedded,production
 load: setup
-	$(BIN)/python bench/load_bench.py --users $(LOAD_USERS) --seconds $(LOAD_SECONDS) --out bench/load.md
+	$(BIN)/python bench/load_bench.py --users $(LOAD_USERS) --seconds $(LOAD_SECONDS) --modes $(LOAD_MODES) --out bench/load.md
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
