@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -191,12 +192,31 @@ class LocalStorage(Storage):
             os.fsync(f.fileno())
         return tmp
 
-    def _place(self, tmp: Path, key: str) -> None:
+    def _place(self, tmp: Path, key: str) -> int | None:
+        """Publish the temporary file `tmp` under `key` unless the object exists, in which case this
+        writer reuses it (`_touch`). Returns the new object's mtime (ns) when this call created it,
+        None when it reused one; `tmp` is gone either way.
+
+        Exactly one writer creates an object (a hard link fails when the name exists), and every
+        other writer of the same bytes moves its mtime past the creator's, so a creator whose
+        transaction failed can tell, by the mtime alone, whether anyone else uses the file. The
+        creator's mtime comes from the fine-grained clock, not the kernel's coarse file times, so
+        a reuse within the same clock tick still changes it."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Rename over an existing copy: same bytes, and it revives an object that a concurrent
-        # delete may have just removed.
-        os.replace(tmp, target)
+        created = time.time_ns()
+        os.utime(tmp, ns=(created, created))
+        try:
+            while True:
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    if self._touch(key):
+                        return None
+                    continue  # removed between the two calls: try to create it again
+                return created
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def put_bytes(self, data: bytes, suffix: str = "") -> str:
         key = make_key(sha256_hex(data), suffix)
@@ -205,9 +225,13 @@ class LocalStorage(Storage):
         return key
 
     def _touch(self, key: str) -> bool:
-        """Refresh an existing object's mtime (this writer uses it now); False when it is absent."""
+        """Move an existing object's mtime past its current value (this writer uses it now, so a
+        creator's failed transaction and the sweep both leave it alone); False when it is absent."""
+        path = self.path(key)
         try:
-            os.utime(self.path(key))
+            current = path.stat().st_mtime_ns
+            later = max(time.time_ns(), current + 1)
+            os.utime(path, ns=(later, later))
         except FileNotFoundError:
             return False
         return True
@@ -321,10 +345,9 @@ class LocalStaging(Staging):
         if key in self._keys:
             return key
         if not self.storage._touch(key):
-            self.storage._place(self.storage._write_temp(data), key)
-            mtime = self.storage.mtime_ns(key)
-            if mtime is not None:
-                self._created[key] = mtime
+            created = self.storage._place(self.storage._write_temp(data), key)
+            if created is not None:
+                self._created[key] = created
         self._keys.append(key)
         return key
 
@@ -712,23 +735,18 @@ class S3Storage(Storage):
 
 class S3Staging(Staging):
     """Objects of one transaction, published at once (verified, under their content-addressed key)
-    so they exist before the rows that point to them commit. `discard` (the transaction failed)
-    removes the ones this staging created, unless a writer has used them since."""
+    so they exist before the rows that point to them commit. A failed transaction leaves its
+    objects to the orphan sweep (see `discard`)."""
 
     def __init__(self, storage: S3Storage) -> None:
         self.storage = storage
-        self._created: dict[str, int] = {}  # key -> LastModified (ns) right after our write
         self._keys: set[str] = set()
 
     def put_bytes(self, data: bytes, suffix: str = "") -> str:
         key = make_key(sha256_hex(data), suffix)
         if key not in self._keys:
-            existed = self.storage.exists(key)
             self.storage.put_bytes(data, suffix)
             self._keys.add(key)
-            modified = None if existed else self.storage.modified_ns(key)
-            if modified is not None:
-                self._created[key] = modified
         return key
 
     @property
@@ -737,14 +755,13 @@ class S3Staging(Staging):
 
     def promote(self) -> None:
         """Nothing to publish: the objects went into place before the commit."""
-        self._created.clear()
         self._keys.clear()
 
     def discard(self) -> None:
-        for key, modified in self._created.items():
-            with contextlib.suppress(Exception):
-                self.storage.remove_if_unused(key, lambda: False, expected_mtime_ns=modified)
-        self._created.clear()
+        """Leave the objects to the orphan sweep: S3's LastModified has one-second resolution, so a
+        writer that reused an object within the same second as its creator cannot be told apart
+        here, and deleting could lose a file that writer's row is about to use. The sweep removes
+        it once it is older than its grace period and no row uses it."""
         self._keys.clear()
 
 

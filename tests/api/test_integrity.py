@@ -4,6 +4,8 @@ orphan, the sweep removes unused files after a grace period, and removal never r
 from __future__ import annotations
 
 import os
+import random
+import threading
 import time
 
 import pytest
@@ -142,3 +144,39 @@ def test_the_upload_route_passes_spooled_files(client, make_user, make_project, 
         == 201
     )
     assert seen == [(b"", True)] * 3
+
+
+def test_concurrent_writers_of_the_same_bytes_never_lose_a_committed_file(settings):
+    """Writers of the same few contents, some of whose transactions fail: a failed writer removes
+    only a file it created and nobody reused, so every successful writer's file stays. (The load
+    test found committed files missing when creator and reuser met within one kernel clock tick.)"""
+    storage = get_storage(settings)
+    contents = [noise_png(seed=100 + i) for i in range(3)]
+    committed: list[str] = []
+    missing: list[str] = []
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        rng = random.Random(n)
+        for _ in range(150):
+            data = rng.choice(contents)
+            try:
+                with storage.staging() as staging:
+                    key = staging.put_bytes(data, ".png")
+                    if rng.random() < 0.4:
+                        raise RuntimeError("this transaction fails")
+            except RuntimeError:
+                continue
+            with lock:
+                committed.append(key)
+                if not storage.exists(key):
+                    missing.append(key)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert committed
+    assert missing == [], f"{len(missing)} committed files were missing right after their commit"
+    assert all(storage.exists(key) for key in set(committed))
