@@ -194,7 +194,9 @@ def predict_missing(ctx: WorkerContext, project_id: int | None = None) -> dict[s
             session.rollback()
         if missing:
             try:
-                path = registry.verified_model_file(ctx.storage, ctx.settings.resolved_data_dir, key, checksum)
+                path = registry.verified_model_file(
+                    ctx.storage, ctx.settings.resolved_data_dir, key, checksum
+                )
             except registry.ArtifactError:
                 log.exception("project %s: the active model %s cannot be loaded", pid, model_id)
                 continue
