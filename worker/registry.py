@@ -259,24 +259,27 @@ class PredictorCache:
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.device = device
-        self._items: OrderedDict[int, ModelBatcher] = OrderedDict()
+        self._items: OrderedDict[tuple[int, str], ModelBatcher] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[int, threading.Lock] = {}
+        self._loading: dict[tuple[int, str], threading.Lock] = {}
 
     def get(self, model_id: int, key: str, checksum: str) -> ModelBatcher:
+        # Keyed on the version's checksum too, never on the id alone: an id is a row's name, the
+        # checksum is what was loaded.
+        entry = (model_id, checksum)
         with self._lock:
-            if model_id in self._items:
-                self._items.move_to_end(model_id)
-                return self._items[model_id]
-            load_lock = self._loading.setdefault(model_id, threading.Lock())
+            if entry in self._items:
+                self._items.move_to_end(entry)
+                return self._items[entry]
+            load_lock = self._loading.setdefault(entry, threading.Lock())
         with load_lock:  # one loader per version; other requests for it wait here
             with self._lock:
-                if model_id in self._items:
-                    return self._items[model_id]
+                if entry in self._items:
+                    return self._items[entry]
             batcher = ModelBatcher(self._load(key, checksum), self.max_batch, self.wait_s)
             with self._lock:
-                self._items[model_id] = batcher
-                self._loading.pop(model_id, None)
+                self._items[entry] = batcher
+                self._loading.pop(entry, None)
                 while len(self._items) > self.capacity:
                     _, evicted = self._items.popitem(last=False)
                     evicted.close()
