@@ -41,14 +41,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from sage.config import TrainConfig
-from sage.methods import Batch, create_task
-from sage.models import create_model
-from sage.recipes import plan_training
+from sage.methods import Batch
 from sage.training import (
     Cancelled,
     ProgressFn,
@@ -57,9 +54,9 @@ from sage.training import (
     _event,
     _final_metrics,
     build_optimizer,
+    build_task,
     epoch_batches,
     prepare_data,
-    pretrained_file,
     resolve_device,
     save_model,
     seed_everything,
@@ -286,19 +283,7 @@ def fit_rank(
         device = torch.device("cuda", rank)
     seed_everything(config.seed, config.deterministic)
     data = prepare_data(config, data_dir)
-    # The same set-up as `fit`: pretrained weights, the recipe's optimisation values.
-    pretrained = pretrained_file(config)
-    assert config.image_size is not None  # TrainConfig.__post_init__ sets it by backbone
-    model = create_model(config.backbone, len(data.labels), pretrained, config.image_size).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    counts = np.bincount(data.train.labels.numpy(), minlength=len(data.labels))
-    plan = plan_training(config, pretrained is not None, counts)
-    run_config = plan.config_for_training(config)
-    task = create_task(model, config)
-    task.freeze_batchnorm = plan.freeze_batchnorm
-    if plan.class_weights is not None:
-        task.class_weights = torch.tensor(plan.class_weights, dtype=torch.float32)
+    model, task, plan, run_config = build_task(config, data, device)  # the same set-up as `fit`
     ddp = torch.nn.parallel.DistributedDataParallel(
         task,
         device_ids=[rank] if device.type == "cuda" else None,

@@ -33,7 +33,7 @@ from sage.methods import Batch, Task, create_task
 from sage.metrics import fit_temperature
 from sage.models import Classifier, create_model
 from sage.protocols import evaluation_protocols, leave_subtype_out
-from sage.recipes import plan_training
+from sage.recipes import TrainingPlan, plan_training
 from sage.transforms import IMAGENET_MEAN, IMAGENET_STD, augment_batch, normalize
 
 MODEL_FORMAT = "sage-model/1"
@@ -103,6 +103,26 @@ def prepare_data(config: TrainConfig, data_dir: str | Path) -> TrainingData:
         load_split(index, unseen_samples, config.image_size, window=config.window) if unseen_samples else None
     )
     return TrainingData(index.labels, train, val, test, unseen)
+
+
+def build_task(
+    config: TrainConfig, data: TrainingData, device: torch.device
+) -> tuple[Classifier, Task, TrainingPlan, TrainConfig]:
+    """The model (pretrained weights loaded) on `device`, its method's task with the recipe's batch
+    norm and class weights, the recipe, and the config with the recipe's optimisation values; the
+    set-up `fit` and every rank of `sage.distributed.fit_rank` share."""
+    pretrained = pretrained_file(config)
+    assert config.image_size is not None  # TrainConfig.__post_init__ sets it by backbone
+    model = create_model(config.backbone, len(data.labels), pretrained, config.image_size).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    counts = np.bincount(data.train.labels.numpy(), minlength=len(data.labels))
+    plan = plan_training(config, pretrained is not None, counts)
+    task = create_task(model, config)
+    task.freeze_batchnorm = plan.freeze_batchnorm
+    if plan.class_weights is not None:
+        task.class_weights = torch.tensor(plan.class_weights, dtype=torch.float32)
+    return model, task, plan, plan.config_for_training(config)
 
 
 def pretrained_file(config: TrainConfig) -> Path | str | None:
@@ -304,18 +324,7 @@ def fit(
     device = resolve_device(config.device)
     seed_everything(config.seed, config.deterministic)
     data = prepare_data(config, data_dir)
-    pretrained = pretrained_file(config)
-    assert config.image_size is not None  # TrainConfig.__post_init__ sets it by backbone
-    model = create_model(config.backbone, len(data.labels), pretrained, config.image_size).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    counts = np.bincount(data.train.labels.numpy(), minlength=len(data.labels))
-    plan = plan_training(config, pretrained is not None, counts)
-    run_config = plan.config_for_training(config)  # the recipe's optimisation values
-    task = create_task(model, config)
-    task.freeze_batchnorm = plan.freeze_batchnorm
-    if plan.class_weights is not None:
-        task.class_weights = torch.tensor(plan.class_weights, dtype=torch.float32)
+    model, task, plan, run_config = build_task(config, data, device)
     steps = len(epoch_batches(data.train, run_config, 0))
     optimizer, scheduler = build_optimizer(run_config, model, steps, plan.backbone_lr_scale)
 
