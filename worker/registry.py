@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from app.services.objects import MODEL_SUFFIX
 from app.storage import Storage, StorageIntegrityError, make_key
 
 log = logging.getLogger(__name__)
 
 MODELS_DIR = "models"
 MODEL_FILE = "model.pt"
-MODEL_SUFFIX = ".pt"
 TMP_PREFIX = ".tmp-"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import String, select
 from sqlalchemy.orm import Session
 
-from app.models import Base
+from app.models import Base, ModelVersion
 from app.storage import Storage
 
 REPORT_FILE = "orphan-sweep.json"
@@ -44,12 +44,21 @@ def key_columns():
                 yield column
 
 
+# Model weights are stored as `<checksum>.pt` (worker/registry.py); the row that uses them is the
+# model version whose `checksum` names them, not a `*_key` column.
+MODEL_SUFFIX = ".pt"
+
+
 def used_keys(session: Session, keys: list[str]) -> set[str]:
     used: set[str] = set()
     for i in range(0, len(keys), CHUNK):
         chunk = keys[i : i + CHUNK]
         for column in key_columns():
             used.update(session.scalars(select(column).where(column.in_(chunk))))
+        checksums = [k[:64] for k in chunk if k.endswith(MODEL_SUFFIX)]
+        if checksums:
+            known = session.scalars(select(ModelVersion.checksum).where(ModelVersion.checksum.in_(checksums)))
+            used.update(f"{checksum}{MODEL_SUFFIX}" for checksum in known)
     return used
 
 

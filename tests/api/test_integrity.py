@@ -11,7 +11,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from app.models import Image
+from app.models import Image, ModelVersion
 from app.services import images as image_service
 from app.services import objects
 from app.storage import get_storage
@@ -102,6 +102,28 @@ def test_sweep_removes_old_unused_files_only(db, settings, make_user, make_proje
     assert not storage.exists(orphan_old)
     assert storage.exists(orphan_new) and storage.exists(image.storage_key)
     assert db.scalar(select(Image.storage_key)) == image.storage_key
+
+
+def test_sweep_keeps_the_weights_of_every_model_version(db, settings, make_user, make_project):
+    """Model weights are stored as `<checksum>.pt` and named by `model_versions.checksum`, not by a
+    `*_key` column: the sweep must count them as used, however old they are."""
+    project = make_project(make_user())
+    storage = get_storage(settings)
+    registered = storage.put_bytes(b"weights of model v1", objects.MODEL_SUFFIX)
+    stray = storage.put_bytes(b"weights no version registered", objects.MODEL_SUFFIX)
+    db.add(
+        ModelVersion(
+            project_id=project.id, version=1, artifact_key="models/project-1/run-1-abcd",
+            checksum=registered[:64], backbone="tiny",
+        )
+    )  # fmt: skip
+    db.commit()
+    past = time.time_ns() - 7200 * 10**9
+    for key in (registered, stray):
+        os.utime(storage.path(key), ns=(past, past))
+    report = objects.sweep_orphans(db, storage, grace_s=3600)
+    assert (report.orphans, report.removed) == (1, 1)
+    assert storage.exists(registered) and not storage.exists(stray)
 
 
 def test_sweep_removes_temporary_files_of_writes_that_died(db, settings):
