@@ -229,10 +229,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_model_export(args: argparse.Namespace) -> int:
     import json
 
-    from app.models import ModelVersion
     from app.services import jobs
     from app.services.errors import ServiceError
     from app.storage import get_storage
+    from app.tables import ModelVersion
 
     settings = get_settings()
     with _database(settings) as session:

@@ -15,8 +15,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from app.db import make_engine, make_session_factory
-from app.models import Project
 from app.settings import Settings
+from app.tables import Project
 from sage.labels_csv import LABELS_CSV, LabelRow, read_labels_csv
 
 DEMO_PROJECT = "Demo: decoy shapes"

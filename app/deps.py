@@ -16,11 +16,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import security
-from app.models import Annotation, Image, Project, ProjectMember, User
 from app.services.lookups import get_or_404
 from app.services.users import api_token_owner
 from app.settings import Settings
 from app.storage import Storage, get_storage
+from app.tables import Annotation, Image, Project, ProjectMember, User
 
 Role = Literal["viewer", "annotator", "manager"]
 ROLE_RANK: dict[str, int] = {"viewer": 1, "annotator": 2, "manager": 3}

@@ -10,7 +10,18 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import pages
-from app.api import annotations, auth, images, jobs, models, predictions, projects, reading, tokens, training
+from app.api import (
+    annotations,
+    auth,
+    images,
+    jobs,
+    model_versions,
+    predictions,
+    projects,
+    reading,
+    runs,
+    tokens,
+)
 from app.db import check_ready, make_engine, make_session_factory
 from app.hardening import (
     AllowHeaderMiddleware,
@@ -19,8 +30,8 @@ from app.hardening import (
     RenderLimiter,
     SecurityHeadersMiddleware,
 )
-from app.metrics import install_metrics
 from app.openapi import install_openapi
+from app.prometheus import install_metrics
 from app.queue import check_broker, make_celery
 from app.schemas import API
 from app.settings import Settings, get_settings
@@ -96,7 +107,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def redoc_docs() -> HTMLResponse:
         return HTMLResponse(_DOCS_PAGE.format(title="SAGE Studio API", body=_REDOC_BODY))
 
-    for module in (auth, tokens, projects, images, annotations, reading, training, models, predictions, jobs):
+    for module in (
+        auth,
+        tokens,
+        projects,
+        images,
+        annotations,
+        reading,
+        runs,
+        model_versions,
+        predictions,
+        jobs,
+    ):
         app.include_router(module.router, prefix=API)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -22,10 +22,9 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from app import security
-from app.api.models import model_out
-from app.api.training import run_out
+from app.api.model_versions import model_out
+from app.api.runs import run_out
 from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_role
-from app.models import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
 from app.schemas import API, pixel_info_out
 from app.services import adjudication as adjudication_service
 from app.services import projects as project_service
@@ -33,6 +32,7 @@ from app.services import reading
 from app.services.images import next_image
 from app.services.login import login_with_password
 from app.services.lookups import active_model
+from app.tables import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))

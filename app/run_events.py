@@ -14,7 +14,7 @@ import logging
 import anyio
 from sqlalchemy import func, select
 
-from app.models import TrainingEvent
+from app.tables import TrainingEvent
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from pydantic import (
     model_validator,
 )
 
-from app.models import as_utc
+from app.tables import as_utc
 from sage.config import BACKBONES
 
-# The backbones sage.models registers (sage.config is torch-free).
+# The backbones sage.backbones registers (sage.config is torch-free).
 Backbone = Literal[BACKBONES]  # type: ignore[valid-type]
 
 # Every timestamp an answer carries is in UTC with its offset (SQLite hands back naive values).

@@ -32,7 +32,7 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from app.models import User
+    from app.tables import User
 
 API_TOKEN_PREFIX = "sst_"
 CSRF_HEADER = "X-CSRF-Token"
@@ -195,7 +195,7 @@ def end_sessions(session: Session, user: User) -> None:
     """End every browser session of `user` issued so far (bumps the epoch; the caller commits)."""
     from sqlalchemy import update
 
-    from app.models import User as UserRow
+    from app.tables import User as UserRow
 
     session.execute(
         update(UserRow).where(UserRow.id == user.id).values(session_epoch=UserRow.session_epoch + 1)

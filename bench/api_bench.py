@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 from common import pct  # bench/common.py: the script's folder is on sys.path  # noqa: E402
 
 from app.db import make_engine, make_session_factory, upgrade_to_head  # noqa: E402
-from app.models import Annotation, AnnotationRevision, Image, Project, ProjectMember  # noqa: E402
 from app.services import users as user_service  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.storage import get_storage  # noqa: E402
+from app.tables import Annotation, AnnotationRevision, Image, Project, ProjectMember  # noqa: E402
 
 POSTGRES_ADMIN = os.environ.get("SAGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SIZE = 64  # image and mask side

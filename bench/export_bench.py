@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import pct
+from sage.backbones import create_model
 from sage.config import TrainConfig
 from sage.export import export_archive, read_archive
-from sage.models import create_model
 from sage.training import save_model
 from sage.transforms import normalize
 

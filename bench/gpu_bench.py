@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sage.backbones import create_model
 from sage.config import TrainConfig
 from sage.methods import Batch, create_task
-from sage.models import create_model
 from sage.training import build_optimizer, seed_everything
 
 

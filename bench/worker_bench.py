@@ -268,7 +268,7 @@ def concurrent(mode: Mode, token: str, project_id: int, image: bytes, clients: i
 def wait_quiet(mode: Mode, project_id: int, timeout: float = 120) -> None:
     from sqlalchemy import func, select
 
-    from app.models import Image, ModelVersion, Prediction
+    from app.tables import Image, ModelVersion, Prediction
 
     engine = make_engine(mode.settings.resolved_database_url)
     deadline = time.monotonic() + timeout

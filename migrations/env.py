@@ -4,7 +4,7 @@ from alembic import context
 from sqlalchemy import pool
 
 from app.db import make_engine
-from app.models import Base
+from app.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sage.models import Classifier, ModelOutput
+from sage.backbones import Classifier, ModelOutput
 
 
 def class_activation_map(model: Classifier, out: ModelOutput, classes: torch.Tensor) -> torch.Tensor:

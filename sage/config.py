@@ -13,8 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-# The backbones sage.models registers. Listed here, without importing torch, so that the web process
-# can validate training options before it queues a run (sage.models asserts the two agree).
+# The backbones sage.backbones registers. Listed here, without importing torch, so that the web process
+# can validate training options before it queues a run (sage.backbones asserts the two agree).
 BACKBONES = (
     "tiny",
     "tiny-wide",
@@ -193,7 +193,7 @@ class TrainConfig:
         view, no triplet); sage-paper (the method as published: x+ and x- with a blur or noise
         degradation, continuous S, CE + triplet + JSD); sage (the product's tuned default) and
         sage-inverted (sage with S replaced by 1 - S, a sanity check).
-    backbone: a name from `BACKBONES` (each registered in `sage.models`).
+    backbone: a name from `BACKBONES` (each registered in `sage.backbones`).
     image_size: square input side in pixels (default by backbone: 224, 64 for tiny); images and
         saliency maps are letterboxed to it (aspect kept, padded), see `sage.transforms.preprocess`.
     window, allow_coarse_cam: see the fields.

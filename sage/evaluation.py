@@ -6,10 +6,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sage.backbones import Classifier
 from sage.cam import grad_cam, normalize_maps, upsample
 from sage.data import SplitTensors
 from sage.metrics import apply_temperature, classification_metrics, expected_calibration_error, mean_alignment
-from sage.models import Classifier
 from sage.transforms import normalize
 
 

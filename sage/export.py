@@ -5,7 +5,7 @@ An archive holds three members:
 
 - the model: `model.torchscript.pt` (a traced `ExportedClassifier`), `model.onnx` (the same module
   through `torch.onnx.export`), or `model_state.pt` (the SAGE checkpoint: state dict, backbone,
-  labels, config; rebuilt with `sage.models.create_model`);
+  labels, config; rebuilt with `sage.backbones.create_model`);
 - `model.json`: labels, preprocessing (channels, window rule, input size, resize/letterbox,
   normalisation and where it is applied), method and training config, sage version, metrics and
   a lineage summary; enough to run the model without this package;
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from sage import __version__
-from sage.models import Classifier, create_model
+from sage.backbones import Classifier, create_model
 from sage.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 FORMATS = ("torchscript", "onnx", "state_dict")

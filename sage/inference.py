@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sage import imageio
+from sage.backbones import create_model
 from sage.cam import grad_cam, normalize_maps
-from sage.models import create_model
 from sage.training import MODEL_FORMAT, resolve_device
 from sage.transforms import normalize, preprocess
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from sage.backbones import Classifier, batchnorm_reference, use_reference_batchnorm
 from sage.cam import class_activation_map, grad_cam, normalize_maps, saliency_at
 from sage.config import TrainConfig
-from sage.models import Classifier, batchnorm_reference, use_reference_batchnorm
 from sage.views import degrade, preprocess_saliency, saliency_degrading_view, salient_preserving_view
 
 

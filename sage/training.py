@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from sage import __version__
+from sage.backbones import Classifier, create_model
 from sage.config import TrainConfig
 from sage.data import Sample, SplitTensors, limit_saliency, load_split, read_dataset, stratified_holdout
 from sage.evaluation import evaluate, predict_probabilities
 from sage.methods import Batch, Task, create_task
 from sage.metrics import fit_temperature
-from sage.models import Classifier, create_model
 from sage.protocols import evaluation_protocols, leave_subtype_out
 from sage.recipes import TrainingPlan, plan_training
 from sage.transforms import IMAGENET_MEAN, IMAGENET_STD, augment_batch, normalize

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# torchvision weights enum name -> (backbone in sage.models, file name torchvision downloads).
+# torchvision weights enum name -> (backbone in sage.backbones, file name torchvision downloads).
 # tests/ml/test_weights.py checks every entry against torchvision's own enums.
 TORCHVISION_WEIGHTS: dict[str, tuple[str, str]] = {
     "ResNet18_Weights.IMAGENET1K_V1": ("resnet18", "resnet18-f37072fd.pth"),

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import text
 
 from app.db import make_engine, make_session_factory, upgrade_to_head
-from app.models import Base
 from app.settings import Settings
+from app.tables import Base
 
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from app.imaging import ImageError, decode_image
-from app.models import Job, ModelVersion
 from app.services import jobs as job_service
+from app.tables import Job, ModelVersion
 from worker import registry
 from worker.context import WorkerContext
 

@@ -14,10 +14,10 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 from app.imaging import decode_image
-from app.models import Image, ModelVersion, TrainingRun
 from app.services import images as image_service
-from app.services import models as model_service
+from app.services import model_versions as model_service
 from app.services import predictions as prediction_service
+from app.tables import Image, ModelVersion, TrainingRun
 from sage.imageio import render_8bit
 from worker import registry
 from worker.context import WorkerContext
@@ -132,8 +132,8 @@ def predict_project(
 def _alignment(session, storage, image: Image, heatmap: np.ndarray) -> dict[str, float] | None:
     """The heatmap's alignment with the map training uses for the image: the adjudicated map when
     one was painted, else the consensus of the annotators' maps (None when there is neither)."""
-    from app.models import Adjudication
     from app.services.annotations import consensus_map, read_mask
+    from app.tables import Adjudication
     from sage.metrics import saliency_alignment
 
     adjudicated = session.scalars(select(Adjudication).where(Adjudication.image_id == image.id)).first()
@@ -215,7 +215,7 @@ def predict_missing(ctx: WorkerContext, project_id: int | None = None) -> dict[s
 def realign_model(ctx: WorkerContext, model_id: int, image_id: int | None = None) -> int:
     """Recompute the alignment of the model's predictions whose annotations changed since (or of
     one image's prediction): the stored heatmap against the current consensus map."""
-    from app.models import Prediction
+    from app.tables import Prediction
 
     storage = ctx.storage
     done = 0

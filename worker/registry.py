@@ -3,7 +3,7 @@
 A trained model.pt is published into the object storage (app.storage: the local folder or an S3
 bucket) under its content-addressed key `<sha256>.pt`: written to a temporary key or file, verified,
 then published, so a worker on any machine reads the same bytes and a reader never sees half an
-artifact. The database row that points at it (app.services.models.register_model) records the
+artifact. The database row that points at it (app.services.model_versions.register_model) records the
 registry name `models/project-<pid>/run-<rid>-<hex>` (the artifact key) and the SHA-256 (the
 checksum) and is written after the publish; a model object whose row never came (the worker died in
 between) is swept by the reaper once it is old enough. Artifacts of earlier releases, directories

@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app.models import ModelVersion
 from app.queue import (
     PREDICT_QUEUE,
     TASK_EXPIRE_RESULTS,
@@ -26,9 +25,9 @@ from app.queue import (
     TRAIN_QUEUE,
 )
 from app.services import jobs as job_service
-from app.services import objects
-from app.services import training as runs
+from app.services import objects, runs
 from app.settings import Settings
+from app.tables import ModelVersion
 from worker import registry
 from worker.context import WorkerContext
 

@@ -76,7 +76,7 @@ def _run_single_worker(settings: Settings, queue: str, concurrency: int) -> int:
         # Import torch and the training code once in the parent (this does not touch CUDA), so
         # each forked run starts in milliseconds instead of re-importing for seconds.
         import sage.training
-        import worker.training  # noqa: F401
+        import worker.train_job  # noqa: F401
     else:
         import sage.inference  # noqa: F401
 

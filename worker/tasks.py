@@ -1,6 +1,6 @@
 """The Celery tasks, registered by name (the names in app.queue are the contract with the web app).
 
-Task bodies live in worker.training, worker.prediction and worker.scheduler; each task here only
+Task bodies live in worker.train_job, worker.prediction and worker.scheduler; each task here only
 finds its process's `WorkerContext` and calls one of them.
 """
 
@@ -23,7 +23,7 @@ from app.queue import (
     TASK_SWEEP_OBJECTS,
     TASK_TRAIN,
 )
-from worker import jobs, prediction, scheduler, training
+from worker import jobs, prediction, scheduler, train_job
 from worker.context import WorkerContext, get_context
 
 
@@ -36,7 +36,7 @@ def register_tasks(celery: Celery) -> None:
     # makes any second delivery a no-op.
     @celery.task(name=TASK_TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def train_run(self, run_id: int) -> dict[str, Any]:
-        return training.train_run(_ctx(self), int(run_id), self.app)
+        return train_job.train_run(_ctx(self), int(run_id), self.app)
 
     # Project predictions are an idempotent upsert per (image, model): safe to redeliver.
     @celery.task(

@@ -18,7 +18,6 @@ from app.deps import (
     SettingsDep,
     StorageDep,
 )
-from app.models import Image, Project, User
 from app.schemas import (
     API,
     Agreement,
@@ -29,8 +28,9 @@ from app.schemas import (
     annotation_out,
 )
 from app.services import annotations as annotation_service
-from app.services import models as model_service
+from app.services import model_versions as model_service
 from app.services import reading
+from app.tables import Image, Project, User
 
 router = APIRouter(tags=["annotations"])
 

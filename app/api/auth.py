@@ -8,11 +8,11 @@ from fastapi import APIRouter, Form, HTTPException, Path, Request, Response, sta
 
 from app import security
 from app.deps import MAX_ID, AdminUser, CurrentUser, SessionDep, SettingsDep
-from app.models import User
 from app.schemas import AccessToken, PasswordChange, UserCreate, UserOut, UserUpdate
 from app.services import users as user_service
 from app.services.login import check_password_throttled, login_with_password
 from app.services.lookups import get_or_404
+from app.tables import User
 
 router = APIRouter(tags=["auth"])
 

@@ -20,7 +20,6 @@ from app.deps import (
     StorageDep,
 )
 from app.imaging import media_type
-from app.models import Project, User
 from app.schemas import (
     BulkAction,
     BulkResult,
@@ -33,9 +32,10 @@ from app.schemas import (
 )
 from app.services import browse, reading
 from app.services import images as image_service
-from app.services import models as model_service
+from app.services import model_versions as model_service
 from app.services.errors import Forbidden, TooLarge
 from app.storage import CHUNK, LocalStorage
+from app.tables import Project, User
 
 router = APIRouter(tags=["images"])
 

@@ -28,11 +28,11 @@ from app.deps import (
     StorageDep,
     check_project_access,
 )
-from app.models import Job, ModelVersion, as_utc
 from app.schemas import API
 from app.services import jobs as job_service
-from app.services import models as model_service
+from app.services import model_versions as model_service
 from app.services.errors import Invalid, TooLarge, Unsupported
+from app.tables import Job, ModelVersion, as_utc
 
 router = APIRouter(tags=["jobs"])
 
@@ -381,7 +381,7 @@ def start_sanity_check(
 ) -> SanityCheckOut:
     """Train this model's configuration again with inverted saliency maps (managers); the result is
     never activated and is shown beside the model with a one-line reading."""
-    from app.services.training import enqueue_run
+    from app.services.runs import enqueue_run
 
     model = _model_for(session, user, mid, "manager")
     _, run_id = job_service.start_sanity_check(session, model, user)

@@ -32,14 +32,14 @@ from app.deps import (
     check_project_access,
 )
 from app.imaging import ImageError, decode_image
-from app.models import Image, ModelVersion, Prediction, Project
 from app.queue import TASK_PREDICT
 from app.schemas import API, UtcDateTime
 from app.services import jobs as job_service
-from app.services import models as model_service
+from app.services import model_versions as model_service
 from app.services import predictions as prediction_service
 from app.services import reading
 from app.storage import Storage
+from app.tables import Image, ModelVersion, Prediction, Project
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["predictions"])

@@ -34,9 +34,9 @@ from app.schemas import (
 )
 from app.services import datasets, reading
 from app.services import images as image_service
-from app.services import models as model_service
+from app.services import model_versions as model_service
 from app.services import projects as project_service
-from app.services import training as training_service
+from app.services import runs as run_service
 from app.services.errors import TooLarge
 
 router = APIRouter(tags=["projects"])
@@ -62,7 +62,7 @@ def create_project(
     out-of-bounds training options."""
     fields = body.model_dump()
     fields["training"] = body.training.as_dict()
-    training_service.check_project_training(fields, settings)
+    run_service.check_project_training(fields, settings)
     fields["blind_mode"] = BLIND_MODE_VALUES[body.blind_mode]
     project = project_service.create_project(session, user, **fields)
     return _out(session, project, "manager")
@@ -80,7 +80,7 @@ def _check_training(project, fields: dict) -> None:
     run's are (422 naming the bad option), so a settings change cannot store options no run accepts."""
     from types import SimpleNamespace
 
-    from app.services.training import resolve_options
+    from app.services.runs import resolve_options
 
     labels = list(fields.get("labels", project.labels) or [])
     after = SimpleNamespace(
@@ -112,7 +112,7 @@ def update_project(
         fields["blind_mode"] = BLIND_MODE_VALUES[fields["blind_mode"]]
     if {"training", "backbone", "image_size"} & set(fields):
         _check_training(project, fields)
-        training_service.check_project_training(  # and the server's upper bounds
+        run_service.check_project_training(  # and the server's upper bounds
             {
                 "backbone": fields.get("backbone", project.backbone),
                 "image_size": fields.get("image_size", project.image_size),

@@ -12,13 +12,13 @@ from sqlalchemy import select
 
 from app.api.images import read_upload
 from app.deps import CurrentUser, ImageViewer, ProjectViewer, SessionDep, SettingsDep, StorageDep
-from app.models import Project, User, as_utc
 from app.schemas import API, AnnotationOut, annotation_out
 from app.services import adjudication as adjudication_service
 from app.services import annotations as annotation_service
-from app.services import models as model_service
+from app.services import model_versions as model_service
 from app.services import reading
 from app.services.errors import Forbidden
+from app.tables import Project, User, as_utc
 
 router = APIRouter(tags=["reading"])
 

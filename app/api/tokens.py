@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response, status
 
 from app.deps import MAX_ID, CurrentUser, SessionDep, SettingsDep
-from app.models import ApiToken
 from app.schemas import ApiTokenCreate, ApiTokenCreated, ApiTokenOut
 from app.services import users as user_service
+from app.tables import ApiToken
 
 router = APIRouter(tags=["tokens"])
 

@@ -23,11 +23,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.imaging import decode_mask, encode_mask
-from app.models import Adjudication, AdjudicationRevision, Annotation, Image, Project, User
 from app.services.annotations import ANY_REVISION, read_mask, resolve_label, soft_iou
 from app.services.errors import Conflict, Forbidden, Invalid
 from app.services.reading import is_privileged
 from app.storage import Storage
+from app.tables import Adjudication, AdjudicationRevision, Annotation, Image, Project, User
 
 
 def check_adjudicator(session: Session, project: Project, user: User) -> None:

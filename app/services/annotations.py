@@ -24,9 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.imaging import decode_mask, encode_mask
-from app.models import Adjudication, Annotation, AnnotationRevision, Image, Project, User
 from app.services.errors import Conflict, Invalid
 from app.storage import Storage
+from app.tables import Adjudication, Annotation, AnnotationRevision, Image, Project, User
 from sage.agreement import pearson, soft_iou, unit_map
 
 ANY_REVISION = -1  # If-Match: *

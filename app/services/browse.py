@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.models import Image, Project
 from app.services.errors import Invalid
 from app.services.images import (
     check_label,
@@ -17,6 +16,7 @@ from app.services.images import (
     set_image_fields,
 )
 from app.storage import Storage
+from app.tables import Image, Project
 
 ACTIONS = ("set_split", "set_label", "delete", "requeue")
 MAX_BULK = 1000

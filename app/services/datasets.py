@@ -43,13 +43,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.imaging import ImageError, decode_image, decode_mask, encode_mask, suffix_for
-from app.models import Adjudication, Annotation, Image, Project, User
 from app.services.annotations import consensus_of
 from app.services.errors import Invalid, TooLarge, Unsupported
 from app.services.images import pixel_array, pixel_fields, safe_name
 from app.services.study_io import import_study, study_facts, study_files
 from app.settings import Settings
 from app.storage import CHUNK, Storage
+from app.tables import Adjudication, Annotation, Image, Project, User
 from sage.labels_csv import LABELS_CSV, LabelRow, format_labels_csv, parse_labels_csv
 
 MAX_ERRORS = 100

@@ -23,7 +23,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.imaging import DecodedImage, decode_image
-from app.models import (
+from app.services.errors import BadRequest, Conflict, Invalid
+from app.services.lookups import active_model
+from app.storage import Staging, Storage
+from app.tables import (
     Adjudication,
     Annotation,
     AnnotationRevision,
@@ -33,9 +36,6 @@ from app.models import (
     Project,
     User,
 )
-from app.services.errors import BadRequest, Conflict, Invalid
-from app.services.lookups import active_model
-from app.storage import Staging, Storage
 from sage import imageio
 
 SPLITS = ("train", "val", "test")

@@ -25,12 +25,12 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Job, ModelVersion, Project, TrainingRun, User, utcnow
 from app.queue import TASK_EXPORT_MODEL, TASK_PREDICT_BATCH, TASK_SANITY_CHECK
 from app.services.errors import Conflict, Invalid, NotFound, TooManyRequests
-from app.services.models import SANITY_CHECK_REASON
-from app.services.training import TaskSender, create_or_join_run
+from app.services.model_versions import SANITY_CHECK_REASON
+from app.services.runs import TaskSender, create_or_join_run
 from app.storage import Storage
+from app.tables import Job, ModelVersion, Project, TrainingRun, User, utcnow
 
 EXPORT_FORMATS = ("torchscript", "onnx", "state_dict")
 KINDS = ("export", "predict_batch", "sanity_check")
@@ -117,7 +117,7 @@ def expire_results(
     their model exists), is marked `expired` and loses its `result_key`; its object is then deleted
     unless a row still references the same content-addressed key (or a writer just stored it
     again). Commits; returns {"expired": job ids, "deleted": keys}. Idempotent."""
-    from app.models import as_utc
+    from app.tables import as_utc
 
     now = now or utcnow()
     cutoff = now - timedelta(seconds=ttl_s)
@@ -158,7 +158,7 @@ def expire_results(
 
 
 def is_stale(job: Job) -> bool:
-    from app.models import as_utc
+    from app.tables import as_utc
 
     updated = as_utc(job.updated_at)
     return job.status in ("queued", "running") and updated is not None and utcnow() - updated > STALE_AFTER

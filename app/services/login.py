@@ -14,9 +14,9 @@ from fastapi import HTTPException, Request, status
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from app.models import LoginFailure, User, as_utc, utcnow
 from app.security import settings_of, verify_password
 from app.services.users import authenticate
+from app.tables import LoginFailure, User, as_utc, utcnow
 
 
 class TooManyAttempts(Exception):

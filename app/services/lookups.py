@@ -11,8 +11,8 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import ModelVersion
 from app.services.errors import NotFound
+from app.tables import ModelVersion
 
 T = TypeVar("T")
 

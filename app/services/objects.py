@@ -18,8 +18,8 @@ from pathlib import Path
 from sqlalchemy import String, select
 from sqlalchemy.orm import Session
 
-from app.models import Base, ModelVersion
 from app.storage import Storage
+from app.tables import Base, ModelVersion
 
 REPORT_FILE = "orphan-sweep.json"
 CHUNK = 500

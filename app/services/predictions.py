@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Adjudication, Annotation, Image, Prediction, utcnow
+from app.tables import Adjudication, Annotation, Image, Prediction, utcnow
 
 SORTS = ("uncertainty", "misalignment", "confidence", "image")
 

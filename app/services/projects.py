@@ -8,11 +8,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import Annotation, AnnotationRevision, Image, Project, ProjectMember, User
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.images import delete_unreferenced
 from app.services.users import get_by_username
 from app.storage import Storage
+from app.tables import Annotation, AnnotationRevision, Image, Project, ProjectMember, User
 
 ROLES = ("viewer", "annotator", "manager")
 PROJECT_FIELDS = (
@@ -292,7 +292,7 @@ def rename_label(session: Session, project: Project, old: str, new: str) -> dict
     many rows changed per table. 404 for an unknown label, 409 when the new name is taken."""
     from sqlalchemy import update
 
-    from app.models import Adjudication, AdjudicationRevision
+    from app.tables import Adjudication, AdjudicationRevision
 
     if old not in project.labels:
         raise NotFound(f"the project has no label {old!r}; its labels are {project.labels}")

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import Annotation, Image, Project, ProjectMember, User
 from app.services.annotations import COMMENT_STATUSES
 from app.services.errors import Forbidden
+from app.tables import Annotation, Image, Project, ProjectMember, User
 
 BLIND_DETAIL = (
     "blind reading: other readers' labels and maps of this image stay hidden until you have saved "

@@ -32,7 +32,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.imaging import ImageError, decode_mask, encode_mask
-from app.models import (
+from app.services.annotations import STATUSES, consensus_of, refresh_image
+from app.services.errors import Invalid, TooLarge
+from app.services.images import safe_name
+from app.storage import Storage
+from app.tables import (
     Adjudication,
     AdjudicationRevision,
     Annotation,
@@ -41,10 +45,6 @@ from app.models import (
     Project,
     User,
 )
-from app.services.annotations import STATUSES, consensus_of, refresh_image
-from app.services.errors import Invalid, TooLarge
-from app.services.images import safe_name
-from app.storage import Storage
 
 READINGS_CSV = "readings.csv"
 ADJUDICATIONS_CSV = "adjudications.csv"

@@ -10,8 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import security
-from app.models import ApiToken, User, as_utc
 from app.services.errors import Conflict, Invalid, NotFound
+from app.tables import ApiToken, User, as_utc
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 MIN_PASSWORD = 8

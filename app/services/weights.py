@@ -15,8 +15,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import WeightsFile
 from app.storage import Storage
+from app.tables import WeightsFile
 from sage.weights import (
     HASHED_NAME,
     WeightsEntry,

@@ -12,9 +12,9 @@ from argon2 import PasswordHasher
 from PIL import Image as PILImage
 
 from app import security
-from app.models import Project, User
 from app.services import projects as project_service
 from app.services import users as user_service
+from app.tables import Project, User
 
 PASSWORD = "correct horse battery"
 _names = itertools.count(1)

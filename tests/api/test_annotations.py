@@ -10,7 +10,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
-from app.models import AnnotationRevision
+from app.tables import AnnotationRevision
 from tests.api.conftest import mask_png, noise_png, put_annotation, stored_objects, upload
 
 
@@ -199,9 +199,9 @@ def test_all_annotations_consensus_and_agreement(client, image, make_user, auth_
 
 
 def test_service_consensus_map_and_agreement_functions(client, image, db, settings):
-    from app.models import Image
     from app.services.annotations import agreement, consensus_map
     from app.storage import get_storage
+    from app.tables import Image
 
     iid, h, _, _ = image
     put_annotation(client, h, iid, label="cat", saliency=mask_png(value=51))

@@ -161,7 +161,7 @@ def test_password_change_ends_access_tokens(client, make_user):
 
 
 def test_personal_tokens_are_shown_once_listed_and_revocable(client, db, make_user, auth_headers):
-    from app.models import ApiToken
+    from app.tables import ApiToken
 
     user = make_user()
     h = auth_headers(user)

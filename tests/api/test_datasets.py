@@ -9,7 +9,7 @@ import zipfile
 import pytest
 from sqlalchemy import func, select
 
-from app.models import Image
+from app.tables import Image
 from tests.api.conftest import mask_png, noise_png, put_annotation, stored_objects
 
 
@@ -223,10 +223,10 @@ def test_annotators_cannot_import_but_viewers_can_export(client, proj, make_user
 def test_export_uses_majority_label_and_consensus(
     client, proj, make_user, auth_headers, db, settings, tmp_path
 ):
-    from app.models import Project
     from app.services.datasets import write_dataset_folder
     from app.services.projects import set_member
     from app.storage import get_storage
+    from app.tables import Project
 
     project, h = proj
     others = [make_user(), make_user()]

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
 
-from app.models import Image
+from app.tables import Image
 from sage import imageio
 from sage.synthetic import dicom_bytes
 from tests.api.conftest import noise_png, stored_objects, upload
@@ -228,9 +228,9 @@ def test_training_snapshot_carries_the_stored_arrays_and_training_never_decodes(
     the loader builds exactly the tensors that decoding the originals gives, without decoding."""
     import shutil
 
-    from app.models import Project
     from app.services.datasets import write_dataset_folder
     from app.storage import get_storage
+    from app.tables import Project
     from sage import data as sage_data
 
     project, h = setup

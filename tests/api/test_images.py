@@ -11,7 +11,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
-from app.models import Image
+from app.tables import Image
 from tests.api.conftest import noise_png, png_bytes, stored_objects, upload
 
 

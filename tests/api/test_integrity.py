@@ -11,10 +11,10 @@ import time
 import pytest
 from sqlalchemy import select
 
-from app.models import Image, ModelVersion
 from app.services import images as image_service
 from app.services import objects
 from app.storage import get_storage
+from app.tables import Image, ModelVersion
 from tests.api.conftest import noise_png, stored_objects
 
 

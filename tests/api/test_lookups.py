@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.models import ModelVersion, TrainingRun
 from app.services.errors import NotFound
 from app.services.lookups import active_model, get_or_404
+from app.tables import ModelVersion, TrainingRun
 
 
 def test_get_or_404_returns_the_row_or_a_404_naming_it(db, make_user, make_project, client, auth_headers):

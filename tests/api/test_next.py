@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.models import ModelVersion, Prediction
+from app.tables import ModelVersion, Prediction
 from tests.api.conftest import noise_png, put_annotation, upload
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from app.models import Annotation, AnnotationRevision, Project
 from app.services.datasets import write_dataset_folder
 from app.storage import get_storage
+from app.tables import Annotation, AnnotationRevision, Project
 from tests.api.conftest import mask_png, noise_png, put_annotation, upload
 
 
@@ -383,8 +383,8 @@ def test_blind_prediction_alignment_is_hidden_until_you_read_the_image(
     """A stored prediction's alignment compares the model with the other readers' consensus map and
     its image label is their majority: both stay hidden from a blind reader until they have read
     the image (single prediction and gallery); managers and adjudicators see them."""
-    from app.models import ModelVersion, Prediction
     from app.services.projects import set_member
+    from app.tables import ModelVersion, Prediction
 
     project, manager, r1, r2, h, ids = team
     pid = project.id
@@ -737,7 +737,7 @@ def _ids(client, h, pid, **params):
 
 
 def test_browser_filters_and_bulk_actions(client, team, db):
-    from app.models import ModelVersion, Prediction
+    from app.tables import ModelVersion, Prediction
 
     project, manager, r1, r2, h, ids = team
     pid = project.id
@@ -839,7 +839,7 @@ def test_the_cli_export_folder_has_the_study_files_and_the_training_snapshot_doe
 
 
 def test_retraining_counts_readings_and_adjudications_not_skips(client, team, db):
-    from app.services.training import changed_annotations
+    from app.services.runs import changed_annotations
 
     project, manager, r1, r2, h, ids = team
     client.put(f"/api/v1/images/{ids[0]}/annotation", headers=h[r1], data={"status": "skipped"})

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from fastapi import Response
 
 from app import security
-from app.models import as_utc
+from app.tables import as_utc
 from tests.api.conftest import PASSWORD
 
 

@@ -4,8 +4,8 @@ from collections import defaultdict
 
 from sqlalchemy import select
 
-from app.models import Image
 from app.services.datasets import draw_splits
+from app.tables import Image
 from tests.api.conftest import noise_png, upload
 
 

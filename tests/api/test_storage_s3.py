@@ -64,7 +64,7 @@ def test_presigned_download_only_after_the_permission_check(
 
 
 def _model(db, project, storage, data: bytes, version: int = 1):
-    from app.models import ModelVersion
+    from app.tables import ModelVersion
 
     key = storage.put_bytes(data, ".pt")
     model = ModelVersion(
@@ -115,8 +115,8 @@ def test_model_weights_download_for_managers_only(
 
 
 def _job(db, project, storage, kind: str, params: dict, data: bytes):
-    from app.models import Job
     from app.storage import sha256_hex
+    from app.tables import Job
 
     job = Job(project_id=project.id, kind=kind, status="succeeded", params=params, progress={}, result={},
               result_key=storage.put_bytes(data, ".zip"), result_sha256=sha256_hex(data))  # fmt: skip
@@ -170,8 +170,8 @@ def test_old_job_results_expire_and_their_objects_are_deleted(
 
     from sqlalchemy import update
 
-    from app.models import Job, ModelVersion, utcnow
     from app.storage import get_storage
+    from app.tables import Job, ModelVersion, utcnow
     from worker.context import WorkerContext
     from worker.scheduler import beat_schedule, expire_results
 

@@ -92,9 +92,9 @@ class World:
         import csv
 
         from app.db import make_engine, make_session_factory
-        from app.models import Project
         from app.services.datasets import write_dataset_folder
         from app.storage import get_storage
+        from app.tables import Project
 
         engine = make_engine(self.settings.resolved_database_url)
         try:
@@ -114,11 +114,11 @@ def _seed(settings: Settings) -> dict:
     from sqlalchemy import select
 
     from app.db import make_engine, make_session_factory
-    from app.models import ProjectMember
     from app.services.images import UploadedFile, upload_images
     from app.services.projects import create_project
     from app.services.users import create_user
     from app.storage import get_storage
+    from app.tables import ProjectMember
 
     engine = make_engine(settings.resolved_database_url)
     session = make_session_factory(engine)()
@@ -158,7 +158,7 @@ def _seed_demo(settings: Settings) -> int:
 
     from app.db import make_engine, make_session_factory
     from app.demo import DEMO_PROJECT, seed_demo
-    from app.models import Project
+    from app.tables import Project
 
     os.environ.setdefault("SAGE_DEMO_PASSWORD", PASSWORD)
     assert seed_demo(settings, if_missing=True, n_images=40, n_annotated=12) == 0

@@ -58,7 +58,7 @@ def _check(shown: dict, iid: int, expected: np.ndarray) -> None:
 
 def test_dicom_thumbnail_and_prediction_gallery_use_the_default_window(new_page, world):
     from app.db import make_engine, make_session_factory
-    from app.models import ModelVersion, Prediction
+    from app.tables import ModelVersion, Prediction
 
     pixels = _radiograph()
     expected = imageio.render_8bit(pixels, *WINDOW)

@@ -24,7 +24,7 @@ def test_training_options_validate_without_torch():
 
 
 def test_config_backbones_match_the_model_registry():
+    from sage.backbones import available_models
     from sage.config import BACKBONES
-    from sage.models import available_models
 
     assert sorted(BACKBONES) == sorted(available_models())

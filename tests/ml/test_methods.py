@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from sage.backbones import ReferenceBatchNorm2d, create_model
 from sage.config import METHODS, TrainConfig
 from sage.methods import Batch, SageTask, batch_statistics, create_task, input_gradient_penalty
-from sage.models import ReferenceBatchNorm2d, create_model
 
 TERMS = {
     "ce": {"ce"}, "blur": {"ce"}, "cyborg": {"ce", "cam_mse"}, "rrr": {"ce", "input_gradient"},

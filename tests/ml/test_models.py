@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from sage.backbones import available_models, create_model
 from sage.cam import class_activation_map, grad_cam
-from sage.models import available_models, create_model
 
 SIZES = {"vit_b_16": 32}
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from sage.backbones import create_model
 from sage.config import TrainConfig
 from sage.methods import create_task
-from sage.models import create_model
 from sage.recipes import class_weights, plan_training
 from sage.training import build_optimizer, fit
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sage import weights as registry
-from sage.models import create_model
+from sage.backbones import create_model
 from sage.weights import WeightsError, add_weights, list_weights, resolve, weights_path
 
 

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from app.db import make_engine
 from app.main import create_app
-from app.models import Base
 from app.settings import DEV_SECRET, Settings
+from app.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from alembic import command
 from sqlalchemy import text
 
 from app.db import alembic_config, make_engine, make_session_factory, upgrade_to_head
-from app.models import (
+from app.tables import (
     Annotation,
     AnnotationRevision,
     ApiToken,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from app.models import ModelVersion, Project, TrainingRun
-from app.services import training as runs
+from app.services import runs
 from app.storage import get_storage
+from app.tables import ModelVersion, Project, TrainingRun
 from tests.worker.conftest import build_world, wait_for
 from worker.context import WorkerContext
-from worker.training import train_run
+from worker.train_job import train_run
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
-from app.models import ModelVersion, Prediction, TrainingEvent
 from app.queue import TASK_TRAIN
 from app.storage import get_storage
+from app.tables import ModelVersion, Prediction, TrainingEvent
 from tests.worker.conftest import tiny_image, wait_for, wait_run
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
-from app.models import Prediction
+from app.tables import Prediction
 from sage.synthetic import make_dataset
 from tests.worker.conftest import wait_for, wait_run
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from app.models import ModelVersion, TrainingEvent, TrainingRun
+from app.tables import ModelVersion, TrainingEvent, TrainingRun
 from tests.worker.conftest import wait_for, wait_run
 
 pytestmark = pytest.mark.slow

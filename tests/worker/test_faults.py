@@ -94,7 +94,7 @@ def big_zip(n: int, size: int = 256) -> bytes:
 
 
 def image_count(world, project_id: int) -> int:
-    from app.models import Image
+    from app.tables import Image
 
     with world.session() as s:
         return s.scalar(select(func.count(Image.id)).where(Image.project_id == project_id))
@@ -230,8 +230,8 @@ def test_kill_web_during_annotation_saves_loses_no_acknowledged_save(small_world
 
 
 def test_kill_worker_while_publishing_the_artifact(small_world, monkeypatch):
-    from app.models import ModelVersion, TrainingRun
     from app.storage import get_storage
+    from app.tables import ModelVersion, TrainingRun
     from tests.worker.conftest import wait_run
     from worker.registry import verified_model_file
 

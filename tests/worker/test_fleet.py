@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.models import ModelVersion, TrainingRun
+from app.tables import ModelVersion, TrainingRun
 from tests.conftest import REDIS_HOST, REDIS_PORT, _truncate_all, free_port, require_service
 from tests.worker.conftest import (
     FAILED,

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from sqlalchemy import delete, select, update
 
-from app.models import ModelVersion, Prediction
 from app.queue import TASK_PREDICT_MISSING, TASK_PREDICT_PROJECT, TASK_REALIGN
+from app.tables import ModelVersion, Prediction
 from tests.worker.conftest import png, tiny_image
 from tests.worker.test_jobs import _sent, train_model, world  # noqa: F401 - the fixture
 from worker import prediction
@@ -96,7 +96,7 @@ def test_alignment_follows_the_consensus_map(world):  # noqa: F811
     assert after is not None and before is not None and after < before
     # the sweep finds nothing stale now; an annotation changed behind its back is found
     assert prediction.realign_model(ctx, model_id) == 0
-    from app.models import Annotation
+    from app.tables import Annotation
 
     with world.session() as s:
         s.execute(

@@ -16,8 +16,8 @@ from PIL import Image as PILImage
 from sqlalchemy import event
 
 from app.hardening import RenderLimiter
-from app.models import Project
-from app.services import training as runs
+from app.services import runs
+from app.tables import Project
 from tests.worker.conftest import build_world
 from tests.worker.test_runs import _register, _Stack
 
@@ -71,9 +71,9 @@ def _asgi(world) -> httpx.AsyncClient:
 
 def test_render_overlay_uses_a_display_sized_copy(world):
     from app.api.predictions import render_overlay
-    from app.models import Image
     from app.services import images as image_service
     from app.storage import get_storage
+    from app.tables import Image
 
     storage = get_storage(world.stack.settings)
     big = PILImage.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8))
@@ -209,8 +209,8 @@ def test_queued_jobs_per_project_are_capped_with_429(world):
     A job whose worker died (untouched past the stale age) stops counting."""
     from datetime import timedelta
 
-    from app.models import Job, ModelVersion, utcnow
     from app.services import jobs as job_service
+    from app.tables import Job, ModelVersion, utcnow
 
     app = world.client.app
     app.state.settings = app.state.settings.model_copy(update={"max_queued_jobs_per_project": 2})

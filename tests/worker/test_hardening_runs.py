@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
-from app.models import Project, TrainingRun
 from app.queue import TASK_TRAIN
-from app.services import models as model_service
-from app.services import training as runs
+from app.services import model_versions as model_service
+from app.services import runs
+from app.tables import Project, TrainingRun
 from tests.worker.conftest import LABELS, TINY_TRAINING, build_world, tiny_image
 from tests.worker.test_runs import RecordingCelery, _register, _Stack
 

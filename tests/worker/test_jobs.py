@@ -15,11 +15,11 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 from app.queue import TASK_EXPORT_MODEL, TASK_PREDICT_BATCH
-from app.services import training as runs
+from app.services import runs
 from tests.worker.conftest import build_world, tiny_image
 from tests.worker.test_runs import RecordingCelery, _Stack
 from worker import jobs as worker_jobs
-from worker import training
+from worker import train_job
 from worker.context import WorkerContext
 
 
@@ -32,12 +32,12 @@ def world(settings):
 
 def train_model(world) -> int:
     """Train the tiny project in-process (no worker processes); returns the active model's id."""
-    from app.models import Project
+    from app.tables import Project
 
     ctx = WorkerContext(world.stack.settings)
     with world.session() as s:
         run_id = runs.create_or_join_run(s, s.get(Project, world.project_id), None, {}).run.id
-    summary = training.train_run(ctx, run_id, RecordingCelery())
+    summary = train_job.train_run(ctx, run_id, RecordingCelery())
     assert summary["status"] == "succeeded", summary
     return summary["model_id"]
 
@@ -47,8 +47,8 @@ def _sent(world, task):
 
 
 def _viewer_headers(world) -> dict[str, str]:
-    from app.models import Project
     from app.services import projects, users
+    from app.tables import Project
 
     with world.session() as s:
         viewer = users.create_user(s, "viewer", "correct horse battery")
@@ -108,7 +108,7 @@ def test_download_is_built_once_by_a_worker_then_served(world, monkeypatch, tmp_
 
 
 def test_a_failed_export_answers_409_until_retried(world):
-    from app.models import ModelVersion
+    from app.tables import ModelVersion
 
     model_id = train_model(world)
     with world.session() as s:
@@ -144,7 +144,7 @@ def test_predict_batch_from_a_zip_and_from_files(world, monkeypatch):
     assert world.get(f"/api/v1/jobs/{job['id']}/result").status_code == 409
 
     with world.session() as s:
-        from app.models import Job
+        from app.tables import Job
 
         input_key = s.get(Job, job["id"]).params["input_key"]
     storage = WorkerContext(world.stack.settings).storage
@@ -191,7 +191,7 @@ def test_predict_batch_from_a_zip_and_from_files(world, monkeypatch):
 
 
 def test_raw_heatmap_comes_back_at_the_image_size(world):
-    from app.models import ModelVersion
+    from app.tables import ModelVersion
     from worker.prediction import predict_image
 
     model_id = train_model(world)
@@ -221,8 +221,8 @@ def test_raw_heatmap_comes_back_at_the_image_size(world):
 
 
 def test_the_inverted_sanity_check_never_activates(world):
-    from app.models import ModelVersion
     from app.queue import TASK_TRAIN
+    from app.tables import ModelVersion
 
     model_id = train_model(world)
     with world.session() as s:  # make the twin sure to "beat" it: it must stay inactive anyway
@@ -238,7 +238,7 @@ def test_the_inverted_sanity_check_never_activates(world):
 
     run = world.get(f"/api/v1/training-runs/{body['run_id']}").json()
     assert run["options"]["method"] == "sage-inverted"
-    summary = training.train_run(WorkerContext(world.stack.settings), body["run_id"], RecordingCelery())
+    summary = train_job.train_run(WorkerContext(world.stack.settings), body["run_id"], RecordingCelery())
     assert summary["status"] == "succeeded" and summary["activated"] is False
     report = world.get(f"/api/v1/models/{model_id}/sanity-check").json()
     twin = report["inverted_model_id"]

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from app.models import Annotation, ModelVersion, Project, TrainingEvent, TrainingRun
 from app.queue import TASK_PREDICT_PROJECT, TASK_TRAIN
-from app.services import models as model_service
-from app.services import training as runs
+from app.services import model_versions as model_service
+from app.services import runs
+from app.tables import Annotation, ModelVersion, Project, TrainingEvent, TrainingRun
 from tests.worker.conftest import TINY_TRAINING, build_world
 
 
@@ -294,9 +294,9 @@ def test_project_page_offers_the_registered_weights(world, tmp_path, monkeypatch
 
 
 def test_retraining_keeps_the_splits_and_compares_models_on_the_same_val_images(world):
-    from app.models import Image
+    from app.tables import Image
     from worker.context import WorkerContext
-    from worker.training import train_run
+    from worker.train_job import train_run
 
     ctx = WorkerContext(world.stack.settings)
     celery = world.client.app.state.celery

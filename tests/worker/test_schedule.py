@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from app.models import ModelVersion, Project, TrainingRun
+from app.tables import ModelVersion, Project, TrainingRun
 from tests.worker.conftest import wait_for, wait_run
 
 pytestmark = pytest.mark.slow

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from app.settings import Settings
-from sage.models import create_model
+from sage.backbones import create_model
 from sage.weights import WeightsError
 from tests.worker.conftest import ROOT, TINY_TRAINING, build_world
 from tests.worker.test_runs import RecordingCelery, _Stack
-from worker import training
+from worker import train_job
 from worker.context import WorkerContext
 
 
@@ -64,21 +64,21 @@ def test_a_worker_with_an_empty_weights_folder_trains_with_weights_registered_el
         assert wrong.status_code == 422 and "for backbone 'tiny'" in wrong.json()["detail"]
         answer = world.post(url, json={"training": {**TINY_TRAINING, "weights": "lab-tiny"}})
         assert answer.status_code == 202, answer.text
-        summary = training.train_run(WorkerContext(settings), answer.json()["id"], RecordingCelery())
+        summary = train_job.train_run(WorkerContext(settings), answer.json()["id"], RecordingCelery())
         assert summary["status"] == "succeeded", summary
     fetched = folder / f"tiny-{digest[:8]}.pth"
     assert fetched.is_file() and hashlib.sha256(fetched.read_bytes()).hexdigest() == digest
     assert not list(folder.glob(".*.part"))
     with WorkerContext(settings).session() as s:
-        from app.models import ModelVersion
+        from app.tables import ModelVersion
 
         model = s.query(ModelVersion).one()
         assert model.config["weights"] == "lab-tiny"
 
 
 def test_a_fetched_weights_file_is_checked_against_its_hash(settings, tmp_path):
-    from app.models import WeightsFile
     from app.services.weights import ensure_local
+    from app.tables import WeightsFile
 
     torch.manual_seed(4)
     path = tmp_path / "lab.pth"

@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import ModelVersion, Prediction, Project, TrainingRun, utcnow
 from app.queue import TASK_PREDICT_MISSING, TASK_PREDICT_PROJECT, TASK_REALIGN
 from app.services.errors import Conflict
 from app.services.lookups import active_model
-from app.services.training import TaskSender, TrainingError, add_event, finish_run, lock_project
+from app.services.runs import TaskSender, TrainingError, add_event, finish_run, lock_project
+from app.tables import ModelVersion, Prediction, Project, TrainingRun, utcnow
 
 log = logging.getLogger(__name__)
 # TrainingRun.reason of the run an inverted-saliency sanity check trains (app.services.jobs)

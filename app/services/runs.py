@@ -23,7 +23,11 @@ from typing import Any, Protocol
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from app.models import (
+from app.queue import TASK_TRAIN
+from app.services.errors import Conflict, Invalid
+from app.services.lookups import active_model
+from app.settings import Settings
+from app.tables import (
     Annotation,
     Image,
     Project,
@@ -33,10 +37,6 @@ from app.models import (
     as_utc,
     utcnow,
 )
-from app.queue import TASK_TRAIN
-from app.services.errors import Conflict, Invalid
-from app.services.lookups import active_model
-from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -572,7 +572,7 @@ def last_snapshot_at(session: Session, project_id: int) -> datetime | None:
 def changed_annotations(session: Session, project_id: int, since: datetime | None) -> int:
     """Readings (skips excluded: they change nothing training sees) and adjudications new or
     changed since `since`."""
-    from app.models import Adjudication
+    from app.tables import Adjudication
 
     query = (
         select(func.count())

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.models import Project, TrainingRun
-from app.services import models as model_service
-from app.services import training as runs
+from app.services import model_versions as model_service
+from app.services import runs
+from app.tables import Project, TrainingRun
 from worker import registry
 from worker.context import WorkerContext
 

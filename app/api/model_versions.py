@@ -18,11 +18,11 @@ from app.deps import (
     StorageDep,
     check_project_access,
 )
-from app.models import ModelVersion
 from app.schemas import UtcDateTime
-from app.services import models as model_service
+from app.services import model_versions as model_service
 from app.services.lookups import get_or_404
 from app.storage import CHUNK, LocalStorage, make_key
+from app.tables import ModelVersion
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["models"])

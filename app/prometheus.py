@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
-from app.models import TrainingRun
+from app.tables import TrainingRun
 
 
 class _RunsCollector:

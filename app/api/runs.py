@@ -22,11 +22,11 @@ from app.deps import (
     SettingsDep,
     check_project_access,
 )
-from app.models import TrainingRun, User
 from app.run_events import RunEventHub
 from app.schemas import API, UtcDateTime
-from app.services import training as training_service
+from app.services import runs as run_service
 from app.services.lookups import get_or_404
+from app.tables import TrainingRun, User
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["training"])
@@ -122,7 +122,7 @@ def start_training(
     """Train the project's model now ("train now"). Options override the project's defaults for
     this run only and are validated before anything is queued (422). When a run is already queued
     or running, it is returned instead (`joined: true`)."""
-    result = training_service.create_or_join_run(
+    result = run_service.create_or_join_run(
         session,
         project,
         user,
@@ -133,7 +133,7 @@ def start_training(
     )
     if result.created:
         try:
-            training_service.enqueue_run(request.app.state.celery, result.run.id)
+            run_service.enqueue_run(request.app.state.celery, result.run.id)
         except Exception:  # the run is committed; the reaper re-sends it
             log.exception("could not enqueue run %s now; the scheduler will send it again", result.run.id)
     return run_out(result.run, lineage=True, joined=not result.created)
@@ -149,7 +149,7 @@ def list_training_runs(
     ] = None,
 ) -> list[TrainingRunOut]:
     """The project's runs, newest first."""
-    return [run_out(r) for r in training_service.list_runs(session, project.id, limit, before_id)]
+    return [run_out(r) for r in run_service.list_runs(session, project.id, limit, before_id)]
 
 
 @router.get("/training-runs/{rid}", response_model=TrainingRunOut)
@@ -162,7 +162,7 @@ def get_training_run(rid: RunId, user: CurrentUser, session: SessionDep) -> Trai
 def cancel_training_run(rid: RunId, user: CurrentUser, session: SessionDep) -> TrainingRunOut:
     """A queued run is cancelled at once; a running one stops within seconds. 409 when finished."""
     run = run_for(session, user, rid, "manager")
-    return run_out(training_service.request_cancel(session, run), lineage=True)
+    return run_out(run_service.request_cancel(session, run), lineage=True)
 
 
 def _sse(event_id: int | None, kind: str, data: dict[str, Any]) -> str:
@@ -199,9 +199,7 @@ def training_run_events(
             # read is final, the events read next include the last one.
             run = s.get(TrainingRun, rid)
             run_status = run.status if run else "cancelled"
-            events = [
-                (e.id, e.kind, e.data) for e in training_service.events_after(s, rid, after_id, SSE_BATCH)
-            ]
+            events = [(e.id, e.kind, e.data) for e in run_service.events_after(s, rid, after_id, SSE_BATCH)]
             return events, run_status
 
     hub = run_event_hub(request.app)
@@ -219,7 +217,7 @@ def training_run_events(
                 idle = 0.0
                 if len(events) >= SSE_BATCH:
                     continue  # drain a backlog before waiting
-            if run_status in training_service.FINISHED_STATUSES:
+            if run_status in run_service.FINISHED_STATUSES:
                 yield _sse(None, "end", {"status": run_status})
                 return
             if await request.is_disconnected():
