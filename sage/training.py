@@ -130,8 +130,16 @@ def pretrained_file(config: TrainConfig) -> Path | str | None:
     if config.weights:
         from sage.weights import weights_path
 
-        return weights_path(config.weights, config.backbone)
+        return weights_path(config.weights, config.backbone, download=hub_download)
     return config.pretrained_path
+
+
+def hub_download(url: str, folder: Path, file_name: str) -> None:
+    """Fetch a torchvision weights file into `folder` with torch.hub, which checks the SHA-256
+    prefix in its name."""
+    torch.hub.load_state_dict_from_url(
+        url, model_dir=str(folder), check_hash=True, file_name=file_name, progress=False
+    )
 
 
 def build_optimizer(

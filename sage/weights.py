@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,22 +134,21 @@ def resolve(name: str, backbone: str | None = None, folder: Path | None = None) 
     return entry
 
 
-def weights_path(name: str, backbone: str | None = None, folder: Path | None = None) -> Path:
-    """The verified local file of `name` (downloading a torchvision file first when allowed)."""
+def weights_path(
+    name: str,
+    backbone: str | None = None,
+    folder: Path | None = None,
+    download: Callable[[str, Path, str], None] | None = None,
+) -> Path:
+    """The verified local file of `name`. A torchvision file missing from the folder is fetched first
+    with `download(url, folder, file_name)` when one is given and `SAGE_ALLOW_DOWNLOAD` is set (train
+    workers pass `sage.training.hub_download`; this module never imports torch)."""
     folder = folder or weights_dir()
     entry = resolve(name, backbone, folder)
     path = folder / entry.file
-    if not path.is_file() and entry.source == "torchvision" and download_allowed():
-        import torch.hub  # a worker only; the web process never gets here
-
+    if not path.is_file() and entry.source == "torchvision" and download is not None and download_allowed():
         folder.mkdir(parents=True, exist_ok=True)
-        torch.hub.load_state_dict_from_url(
-            DOWNLOAD_URL + entry.file,
-            model_dir=str(folder),
-            check_hash=True,
-            file_name=entry.file,
-            progress=False,
-        )
+        download(DOWNLOAD_URL + entry.file, folder, entry.file)
     verify_file(path)
     return path
 

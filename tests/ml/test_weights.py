@@ -96,6 +96,25 @@ def test_download_switch_lists_every_torchvision_name(folder, monkeypatch):
     assert resolve("ResNet50_Weights.IMAGENET1K_V2", "resnet50").present is False
 
 
+def test_a_missing_torchvision_file_is_fetched_only_when_allowed_and_still_hash_checked(folder, monkeypatch):
+    """Workers fetch a torchvision file through the callback the training loop passes (torch.hub);
+    without SAGE_ALLOW_DOWNLOAD nothing is fetched, and a fetched file must match its name's hash."""
+    calls = []
+
+    def fake_download(url, into, file_name):
+        calls.append((url, file_name))
+        (into / file_name).write_bytes(b"not the real weights")
+
+    name, file = "ResNet18_Weights.IMAGENET1K_V1", "resnet18-f37072fd.pth"
+    with pytest.raises(WeightsError):
+        weights_path(name, "resnet18", download=fake_download)
+    assert calls == []
+    monkeypatch.setenv("SAGE_ALLOW_DOWNLOAD", "1")
+    with pytest.raises(WeightsError, match="SHA-256"):
+        weights_path(name, "resnet18", download=fake_download)
+    assert calls == [(registry.DOWNLOAD_URL + file, file)]
+
+
 def test_training_uses_weights_by_name_and_refuses_both_ways(tmp_path, folder):
     from sage.config import TrainConfig
     from sage.training import pretrained_file
