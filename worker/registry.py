@@ -6,8 +6,10 @@ then published, so a worker on any machine reads the same bytes and a reader nev
 artifact. The database row that points at it (app.services.model_versions.register_model) records the
 registry name `models/project-<pid>/run-<rid>-<hex>` (the artifact key) and the SHA-256 (the
 checksum) and is written after the publish; a model object whose row never came (the worker died in
-between) is swept by the reaper once it is old enough. Artifacts of earlier releases, directories
-`SAGE_DATA_DIR/models/project-<pid>/run-<rid>-<hex>/model.pt`, are still read and swept.
+between) is removed by the orphan sweep of every stored object (app.services.objects) once it is
+older than the grace period. Artifacts of earlier releases, directories
+`SAGE_DATA_DIR/models/project-<pid>/run-<rid>-<hex>/model.pt`, are still read, and the reaper
+sweeps the ones no version references.
 
 `PredictorCache` keeps loaded models per version in the predict worker, verified against their
 checksum on load, and a `ModelBatcher` per model runs concurrent requests as one forward pass.
@@ -136,23 +138,13 @@ def remove_artifact(storage: Storage, data_dir: Path, artifact: Artifact) -> Non
         shutil.rmtree(artifact_dir(data_dir, artifact.key), ignore_errors=True)
 
 
-def sweep_orphans(
-    storage: Storage | None, data_dir: Path, known: set[tuple[str, str]], older_than_s: float
-) -> list[str]:
-    """Remove model objects (`<sha256>.pt`) and legacy artifact directories (complete or `.tmp-`)
-    that no model version references, once they are older than `older_than_s` (younger ones may
-    belong to a run that is about to commit). `known`: (artifact_key, checksum) of every version;
-    `storage` None sweeps only the legacy directories.
-    Returns what was removed (object keys and legacy artifact keys)."""
+def sweep_legacy_artifacts(data_dir: Path, known_keys: set[str], older_than_s: float) -> list[str]:
+    """Remove legacy artifact directories (complete or `.tmp-`) under `data_dir/models` that no
+    model version references, once they are older than `older_than_s` (younger ones may belong to a
+    run that is about to commit). Model objects (`<sha256>.pt`) in the storage are swept with every
+    other object by `app.services.objects.sweep_orphans`. Returns the removed artifact keys."""
     removed: list[str] = []
     cutoff = time.time() - older_than_s
-    known_checksums = {checksum for _, checksum in known}
-    known_keys = {key for key, _ in known}
-    for object_key, mtime in storage.list_objects() if storage is not None else ():
-        if not object_key.endswith(MODEL_SUFFIX) or object_key[:64] in known_checksums or mtime > cutoff:
-            continue
-        storage.delete(object_key)
-        removed.append(object_key)
     models = data_dir / MODELS_DIR
     if not models.is_dir():
         return removed

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from typing import Any
 
 from sqlalchemy import select
@@ -36,9 +35,6 @@ log = logging.getLogger(__name__)
 # Artifacts and run work folders no row points to are removed once they are this old: far longer
 # than the milliseconds between an artifact's rename and its row's commit.
 ORPHAN_AGE_S = 3600.0
-# Sweeping model objects lists the whole bucket: at most this often per process, not every reap.
-OBJECT_SWEEP_EVERY_S = 3600.0
-_last_object_sweep = 0.0
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -94,22 +90,14 @@ def reap(ctx: WorkerContext, celery: runs.TaskSender) -> dict[str, Any]:
         }
         session.rollback()
         report = runs.reap_stale_runs(session, ctx.settings, celery)
-        known = {
-            (m.artifact_key, m.checksum)
-            for m in session.execute(select(ModelVersion.artifact_key, ModelVersion.checksum))
-        }
+        known = set(session.scalars(select(ModelVersion.artifact_key)))
     for run_id in report.requeued + report.failed:
         worker_id = before.get(run_id)
         if worker_id:
             shutil.rmtree(
                 data_dir / "runs" / f"run-{run_id}" / worker_id.replace(":", "-"), ignore_errors=True
             )
-    global _last_object_sweep
-    now = time.monotonic()
-    sweep_objects = now - _last_object_sweep >= OBJECT_SWEEP_EVERY_S or _last_object_sweep == 0.0
-    if sweep_objects:
-        _last_object_sweep = now
-    swept = registry.sweep_orphans(ctx.storage if sweep_objects else None, data_dir, known, ORPHAN_AGE_S)
+    swept = registry.sweep_legacy_artifacts(data_dir, known, ORPHAN_AGE_S)
     if swept:
         log.warning("removed orphaned model artifacts: %s", swept)
     return {"requeued": report.requeued, "failed": report.failed, "resent": report.resent, "swept": swept}

@@ -70,31 +70,27 @@ def test_a_failed_copy_leaves_nothing(storage, tmp_path):
     assert list(storage.iter_keys()) == []
 
 
-def test_sweep_removes_only_old_unreferenced_artifacts(tmp_path):
+def test_reaper_sweep_removes_only_old_unreferenced_legacy_directories(tmp_path):
+    """Legacy artifact folders go once old and unreferenced; model objects in the storage are left
+    to the orphan sweep of every object (tests/api/test_integrity.py), which checks rows again."""
     from app.storage import LocalStorage
 
     storage = LocalStorage(tmp_path / "data" / "objects")
-    kept, orphan, young = (_publish(storage, tmp_path, i) for i in (1, 2, 3))
+    orphan = _publish(storage, tmp_path, 2)
     legacy = tmp_path / "data" / "models" / "project-3"
-    (legacy / ".tmp-run-4-dead").mkdir(parents=True)
-    (legacy / "run-5-gone").mkdir()
+    for name in (".tmp-run-4-dead", "run-5-gone", "run-6-kept", "run-7-young"):
+        (legacy / name).mkdir(parents=True)
     old = time.time() - 7200
     for path in (
-        storage.path(kept.object_key),
         storage.path(orphan.object_key),
-        legacy / ".tmp-run-4-dead",
-        legacy / "run-5-gone",
+        *(legacy / n for n in (".tmp-run-4-dead", "run-5-gone", "run-6-kept")),
     ):
         os.utime(path, (old, old))
-    known = {(kept.key, kept.checksum)}
-    # Without the storage (the reaper lists the bucket only hourly) only legacy folders go.
-    removed = registry.sweep_orphans(None, tmp_path / "data", known, older_than_s=3600)
+    known = {"models/project-3/run-6-kept"}
+    removed = registry.sweep_legacy_artifacts(tmp_path / "data", known, older_than_s=3600)
     assert sorted(removed) == ["models/project-3/.tmp-run-4-dead", "models/project-3/run-5-gone"]
+    assert sorted(p.name for p in legacy.iterdir()) == ["run-6-kept", "run-7-young"]
     assert storage.exists(orphan.object_key)
-    removed = registry.sweep_orphans(storage, tmp_path / "data", known, older_than_s=3600)
-    assert removed == [orphan.object_key]
-    assert storage.exists(kept.object_key) and storage.exists(young.object_key)
-    assert not storage.exists(orphan.object_key)
 
 
 class SlowPredictor:
