@@ -15,13 +15,16 @@ the write and the commit leaves a file no row uses, which the periodic sweep rem
 period (`app.services.objects`).
 
 Removing an object never races with a writer of the same content: every writer refreshes the
-file's mtime when it reuses an existing object, and `remove_if_unused` moves the file aside,
-re-checks that nobody touched it and that no row uses it, and puts it back otherwise.
+file's mtime when it reuses an existing object, and `remove_if_unused` removes a file only if its
+mtime is still what the remover saw and no row uses it. In the local folder the writers and the
+removers of a key take the same lock (`LocalStorage._key_lock`), so that check and the unlink are
+one step for every other writer, and a committed object is never out of place even for a moment.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import io
@@ -136,7 +139,7 @@ class Storage(ABC):
         self, key: str, in_use: Callable[[], bool], expected_mtime_ns: int | None = None
     ) -> bool:
         """Remove the object unless a writer touched it or `in_use()` says a row needs it; True
-        when removed. Backends without the move-aside protocol keep the object (the sweep retries)."""
+        when removed. Backends that cannot check and remove safely keep the object (the sweep retries)."""
         return False
 
     def remove_stale_temp(self, cutoff_ns: int) -> int:
@@ -173,8 +176,8 @@ class LocalStorage(Storage):
         self.root = Path(root).resolve()
         self.tmp_dir = self.root / ".tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.trash_dir = self.root / ".trash"  # objects being removed (same file system: renames)
-        self.trash_dir.mkdir(parents=True, exist_ok=True)
+        self.lock_dir = self.root / ".locks"  # 256 lock files, one per first byte of the key
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
         if not _KEY_RE.match(key):
@@ -192,10 +195,22 @@ class LocalStorage(Storage):
             os.fsync(f.fileno())
         return tmp
 
+    @contextlib.contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        """Hold the lock of `key` (striped: keys that share their first byte share a lock file): an
+        exclusive flock, which also serialises the threads of one process (each call opens the file
+        anew) and is released when its holder dies."""
+        fd = os.open(self.lock_dir / key[:2], os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def _place(self, tmp: Path, key: str) -> int | None:
         """Publish the temporary file `tmp` under `key` unless the object exists, in which case this
-        writer reuses it (`_touch`). Returns the new object's mtime (ns) when this call created it,
-        None when it reused one; `tmp` is gone either way.
+        writer reuses it (its mtime moves on). Returns the new object's mtime (ns) when this call
+        created it, None when it reused one; `tmp` is gone either way.
 
         Exactly one writer creates an object (a hard link fails when the name exists), and every
         other writer of the same bytes moves its mtime past the creator's, so a creator whose
@@ -204,16 +219,15 @@ class LocalStorage(Storage):
         a reuse within the same clock tick still changes it."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        created = time.time_ns()
-        os.utime(tmp, ns=(created, created))
         try:
-            while True:
+            with self._key_lock(key):
+                created = time.time_ns()
+                os.utime(tmp, ns=(created, created))
                 try:
                     os.link(tmp, target)
                 except FileExistsError:
-                    if self._touch(key):
-                        return None
-                    continue  # removed between the two calls: try to create it again
+                    self._refresh(target)
+                    return None
                 return created
         finally:
             tmp.unlink(missing_ok=True)
@@ -228,13 +242,19 @@ class LocalStorage(Storage):
         """Move an existing object's mtime past its current value (this writer uses it now, so a
         creator's failed transaction and the sweep both leave it alone); False when it is absent."""
         path = self.path(key)
-        try:
-            current = path.stat().st_mtime_ns
-            later = max(time.time_ns(), current + 1)
-            os.utime(path, ns=(later, later))
-        except FileNotFoundError:
-            return False
+        with self._key_lock(key):
+            try:
+                self._refresh(path)
+            except FileNotFoundError:
+                return False
         return True
+
+    @staticmethod
+    def _refresh(path: Path) -> None:
+        """Set the file's mtime past both its current value and the clock (under the key's lock)."""
+        current = path.stat().st_mtime_ns
+        later = max(time.time_ns(), current + 1)
+        os.utime(path, ns=(later, later))
 
     def mtime_ns(self, key: str) -> int | None:
         try:
@@ -245,31 +265,22 @@ class LocalStorage(Storage):
     def remove_if_unused(
         self, key: str, in_use: Callable[[], bool], expected_mtime_ns: int | None = None
     ) -> bool:
-        """Move the object aside, then remove it only if its mtime is still `expected_mtime_ns`
-        (default: what it was just before) and `in_use()` is False; otherwise put it back.
-
-        A writer that reuses the object before the move refreshed its mtime (so it is put back);
-        one that comes after finds no file and writes a fresh copy. Either way no committed row is
-        left pointing at a removed file."""
+        """Remove the object only if its mtime is still `expected_mtime_ns` (default: what it is
+        now) and `in_use()` is False, checked and removed under the key's lock: a writer that reuses
+        the object first has moved its mtime on (so it stays), one that comes after finds no file
+        and writes a fresh copy. Either way no committed row is left pointing at a removed file,
+        and a kept file never leaves its place."""
         target = self.path(key)
-        if expected_mtime_ns is None:
-            expected_mtime_ns = self.mtime_ns(key)
-            if expected_mtime_ns is None:
+        with self._key_lock(key):
+            try:
+                current = target.stat().st_mtime_ns
+            except FileNotFoundError:
                 return False
-        aside = self.trash_dir / f"{key}.{uuid.uuid4().hex}"
-        try:
-            os.rename(target, aside)
-        except FileNotFoundError:
-            return False
-        try:
-            keep = aside.stat().st_mtime_ns != expected_mtime_ns or in_use()
-        except BaseException:
-            os.replace(aside, target)
-            raise
-        if keep:
-            os.replace(aside, target)  # same bytes as any fresher copy: replacing it is harmless
-            return False
-        aside.unlink(missing_ok=True)
+            if expected_mtime_ns is not None and current != expected_mtime_ns:
+                return False
+            if in_use():
+                return False
+            target.unlink(missing_ok=True)
         return True
 
     def remove_stale_temp(self, cutoff_ns: int) -> int:
@@ -279,7 +290,29 @@ class LocalStorage(Storage):
                 if path.stat().st_mtime_ns < cutoff_ns:
                     path.unlink()
                     removed += 1
+        self._restore_trash()
         return removed
+
+    def _restore_trash(self) -> None:
+        """Earlier releases moved an object to `.trash/<key>.<hex>` while deciding whether to remove
+        it; one a killed process left there goes back in place when its key is absent (a row may
+        use it; the sweep judges it again), else it is a duplicate and goes."""
+        trash = self.root / ".trash"
+        if not trash.is_dir():
+            return
+        for path in trash.iterdir():
+            key = path.name.rsplit(".", 1)[0]
+            if not _KEY_RE.match(key):
+                continue
+            target = self.path(key)
+            with self._key_lock(key), contextlib.suppress(FileNotFoundError):
+                if target.exists():
+                    path.unlink()
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, target)
+        with contextlib.suppress(OSError):
+            trash.rmdir()
 
     def iter_objects(self) -> Iterator[tuple[str, int]]:
         for first in self.root.iterdir():
@@ -638,8 +671,8 @@ class S3Storage(Storage):
         self, key: str, in_use: Callable[[], bool], expected_mtime_ns: int | None = None
     ) -> bool:
         """Remove the object when its LastModified is still `expected_mtime_ns` (default: what it is
-        now) and `in_use()` is False, both checked just before the delete. S3 has no atomic
-        move-aside, so unlike the local folder a writer that reuses the object in the moment
+        now) and `in_use()` is False, both checked just before the delete. S3 has no lock shared
+        with the writers, so unlike the local folder a writer that reuses the object in the moment
         between that check and the delete can lose it; every writer refreshes LastModified when it
         reuses an object (`_touch`), and the sweep only considers objects older than its grace
         period, which keeps that moment to objects nobody has written for that long."""

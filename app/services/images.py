@@ -596,8 +596,8 @@ def referenced_keys(session: Session, keys: Sequence[str]) -> set[str]:
 def delete_unreferenced(session: Session, storage: Storage, keys: Iterable[str]) -> int:
     """Delete the files of `keys` that no row uses any more (call after the commit); returns the count.
 
-    Race-free against a writer of the same bytes: each file is moved aside, then kept if a writer
-    touched it meanwhile or a row uses it now (`Storage.remove_if_unused`)."""
+    Race-free against a writer of the same bytes: a file is kept if a writer touched it meanwhile
+    or a row uses it now (`Storage.remove_if_unused`)."""
     keys = [k for k in set(keys) if k]
     if not keys:
         return 0

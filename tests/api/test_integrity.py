@@ -75,7 +75,7 @@ def test_removal_keeps_a_file_a_writer_touched_meanwhile(settings):
     storage.put_bytes(data, ".png")  # a writer reuses the object after the sweep listed it
     assert storage.remove_if_unused(key, lambda: False, expected_mtime_ns=listed) is False
     assert storage.exists(key)
-    # and a row that starts using it while it is moved aside keeps it too
+    # and a row that uses it keeps it too
     assert storage.remove_if_unused(key, lambda: True) is False
     assert storage.exists(key)
     assert storage.remove_if_unused(key, lambda: False) is True

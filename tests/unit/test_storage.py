@@ -191,3 +191,21 @@ def test_storage_migrate_command(tmp_path, s3_storage_url, s3_endpoint, monkeypa
         "Body"
     ]
     assert body.read() == b"an image"
+
+
+def test_objects_an_earlier_release_left_moved_aside_go_back_in_place(tmp_path):
+    """Earlier releases moved an object to .trash while deciding whether to remove it; a process
+    killed in that moment left it there. The sweep's clean-up puts such a file back when its key is
+    absent (a row may use it) and drops it when the key is in place."""
+    storage = LocalStorage(tmp_path / "objects")
+    lost, duplicate = b"only copy of a committed map", b"bytes still in place"
+    lost_key = storage.put_bytes(lost, ".png")
+    kept_key = storage.put_bytes(duplicate, ".png")
+    trash = tmp_path / "objects" / ".trash"
+    trash.mkdir()
+    os.rename(storage.path(lost_key), trash / f"{lost_key}.0123abcd")
+    (trash / f"{kept_key}.4567ef01").write_bytes(duplicate)
+    assert not storage.exists(lost_key)
+    assert storage.remove_stale_temp(cutoff_ns=0) == 0
+    assert storage.read_bytes(lost_key) == lost and storage.read_bytes(kept_key) == duplicate
+    assert not trash.exists()
