@@ -9,7 +9,7 @@ role is too low gets 403.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
 from sqlalchemy import select
@@ -20,10 +20,10 @@ from app.services.lookups import get_or_404
 from app.services.users import api_token_owner
 from app.settings import Settings
 from app.storage import Storage, get_storage
-from app.tables import Annotation, Image, Project, ProjectMember, User
+from app.tables import Annotation, Image, Project, ProjectMember, Role, User
 
-Role = Literal["viewer", "annotator", "manager"]
-ROLE_RANK: dict[str, int] = {"viewer": 1, "annotator": 2, "manager": 3}
+# Role.rank by name, for app.pages until it uses Role.at_least (issue 16).
+ROLE_RANK: dict[str, int] = {role: role.rank for role in Role}
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
 
 
@@ -161,15 +161,16 @@ AdminUser = Annotated[User, Depends(require_admin)]
 # --- project access ----------------------------------------------------------------------------
 
 
-def member_role(session: Session, user: User, project_id: int) -> str | None:
-    """The user's role in the project ("manager" for site admins), or None."""
+def member_role(session: Session, user: User, project_id: int) -> Role | None:
+    """The user's role in the project (manager for site admins), or None."""
     if user.is_admin:
-        return "manager"
-    return session.scalar(
+        return Role.MANAGER
+    role = session.scalar(
         select(ProjectMember.role).where(
             ProjectMember.project_id == project_id, ProjectMember.user_id == user.id
         )
     )
+    return None if role is None else Role(role)
 
 
 def check_project_access(session: Session, user: User, project_id: int, role: Role) -> Project:
@@ -178,7 +179,7 @@ def check_project_access(session: Session, user: User, project_id: int, role: Ro
     have = member_role(session, user, project_id) if project is not None else None
     if project is None or have is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no project {project_id}")
-    if ROLE_RANK[have] < ROLE_RANK[role]:
+    if not have.at_least(role):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, detail=f"this needs the {role} role in the project; you are {have}"
         )
@@ -217,12 +218,12 @@ def image_for(role: Role) -> Callable[..., Image]:
     return dependency
 
 
-ProjectViewer = Annotated[Project, Depends(project_for("viewer"))]
-ProjectAnnotator = Annotated[Project, Depends(project_for("annotator"))]
-ProjectManager = Annotated[Project, Depends(project_for("manager"))]
-ImageViewer = Annotated[Image, Depends(image_for("viewer"))]
-ImageAnnotator = Annotated[Image, Depends(image_for("annotator"))]
-ImageManager = Annotated[Image, Depends(image_for("manager"))]
+ProjectViewer = Annotated[Project, Depends(project_for(Role.VIEWER))]
+ProjectAnnotator = Annotated[Project, Depends(project_for(Role.ANNOTATOR))]
+ProjectManager = Annotated[Project, Depends(project_for(Role.MANAGER))]
+ImageViewer = Annotated[Image, Depends(image_for(Role.VIEWER))]
+ImageAnnotator = Annotated[Image, Depends(image_for(Role.ANNOTATOR))]
+ImageManager = Annotated[Image, Depends(image_for(Role.MANAGER))]
 
 
 def annotation_for_viewer(
@@ -233,7 +234,7 @@ def annotation_for_viewer(
     """The annotation `{aid}` if the caller may view its project (404 otherwise)."""
     annotation = get_or_404(session, Annotation, aid, "annotation")
     try:
-        check_project_access(session, user, annotation.project_id, "viewer")
+        check_project_access(session, user, annotation.project_id, Role.VIEWER)
     except HTTPException:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no annotation {aid}") from None
     return annotation

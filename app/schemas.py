@@ -15,8 +15,8 @@ from pydantic import (
     model_validator,
 )
 
-from app.tables import as_utc
-from sage.config import BACKBONES
+from app.tables import Role, as_utc
+from sage.config import BACKBONES, Method
 
 # The backbones sage.backbones registers (sage.config is torch-free).
 Backbone = Literal[BACKBONES]  # type: ignore[valid-type]
@@ -49,7 +49,6 @@ Description = Annotated[
     str, StringConstraints(max_length=10_000), AfterValidator(lambda v: v.replace("\x00", ""))
 ]
 Split = Literal["train", "val", "test"]
-RoleName = Literal["viewer", "annotator", "manager"]
 NextPolicy = Literal["sequential", "random", "uncertainty", "misalignment"]
 
 
@@ -146,21 +145,8 @@ class TrainingOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)  # "1" is not an int here
 
-    method: (
-        Literal[
-            "ce",
-            "blur",
-            "cyborg",
-            "rrr",
-            "gradia",
-            "ce-swap",
-            "ce-jsd",
-            "sage-paper",
-            "sage",
-            "sage-inverted",
-        ]
-        | None
-    ) = None
+    # strict=False: a Method's name ("sage") is accepted from dicts too, not only from JSON
+    method: Annotated[Method, Field(strict=False)] | None = None
     backbone: Backbone | None = None
     image_size: int | None = Field(default=None, ge=8, le=1024)
     epochs: int | None = Field(default=None, ge=1, le=10_000)  # the default SAGE_MAX_TRAIN_* bounds
@@ -301,7 +287,7 @@ class ProjectOut(BaseModel):
     blind: bool = Field(default=False, description="whether blind reading is in force (the effect)")
     created_at: UtcDateTime
     updated_at: UtcDateTime
-    role: RoleName = Field(description="the caller's role (site admins: manager)")
+    role: Role = Field(description="the caller's role (site admins: manager)")
     retrain_error: str | None = Field(
         default=None, description="why scheduled retraining could not start a run (None when fine)"
     )
@@ -314,7 +300,7 @@ class MemberIn(Strict):
         StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROL),
         AfterValidator(_no_control_chars),
     ]
-    role: RoleName
+    role: Role
     adjudicator: bool | None = Field(
         default=None,
         description="may adjudicate disagreements and see every reader's work (default: unchanged)",
@@ -324,7 +310,7 @@ class MemberIn(Strict):
 class MemberOut(BaseModel):
     user_id: int
     username: str
-    role: RoleName
+    role: Role
     adjudicator: bool = False
     created_at: UtcDateTime
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -129,6 +130,38 @@ class Project(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class Role(StrEnum):
+    """A member's role in a project, lowest first: viewer (view and predict), annotator (also
+    annotate), manager (also settings, members, training and model activation)."""
+
+    # The docstring is the API's description of the schema. In code, `<`, `>=` and `at_least` compare
+    # by that order (`rank`), not by the alphabet; `ProjectMember.role` holds the value.
+    VIEWER = "viewer"
+    ANNOTATOR = "annotator"
+    MANAGER = "manager"
+
+    @property
+    def rank(self) -> int:
+        """1 for viewer, 2 for annotator, 3 for manager."""
+        return tuple(Role).index(self) + 1
+
+    def at_least(self, other: str) -> bool:
+        """Whether this role may do what `other` (a Role or its name) may."""
+        return self.rank >= Role(other).rank
+
+    def __lt__(self, other: str) -> bool:
+        return self.rank < Role(other).rank
+
+    def __le__(self, other: str) -> bool:
+        return self.rank <= Role(other).rank
+
+    def __gt__(self, other: str) -> bool:
+        return self.rank > Role(other).rank
+
+    def __ge__(self, other: str) -> bool:
+        return self.rank >= Role(other).rank
+
+
 class ProjectMember(Base):
     __tablename__ = "project_members"
     __table_args__ = (UniqueConstraint("project_id", "user_id"),)
@@ -136,7 +169,7 @@ class ProjectMember(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    role: Mapped[str] = mapped_column(String(20))  # manager | annotator | viewer
+    role: Mapped[str] = mapped_column(String(20))  # a Role
     # May adjudicate disagreements and see every reader's work, whatever the role.
     adjudicator: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -203,6 +236,24 @@ class Image(Base):
     pixel_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
+class ReadingStatus(StrEnum):
+    """The status of a reading. `skipped` is a pass (no label, no map; the image comes back at the
+    end of the reader's queue) and is not a read; the others are reads. `unsure` and `flagged`
+    carry a comment and are listed for the project's managers."""
+
+    # `Annotation.status` and `AnnotationRevision.status` hold the value.
+
+    DONE = "done"
+    SKIPPED = "skipped"
+    UNSURE = "unsure"
+    FLAGGED = "flagged"
+
+    NEEDS_COMMENT: ClassVar[frozenset[ReadingStatus]]  # unsure, flagged
+
+
+ReadingStatus.NEEDS_COMMENT = frozenset({ReadingStatus.UNSURE, ReadingStatus.FLAGGED})
+
+
 class Annotation(Base):
     """One annotator's current label and saliency map for one image; history in AnnotationRevision."""
 
@@ -221,8 +272,8 @@ class Annotation(Base):
     label: Mapped[str | None] = mapped_column(String(100), default=None)
     saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)  # None: no map
     revision: Mapped[int] = mapped_column(Integer, default=1)
-    # done | skipped | unsure | flagged (app.services.annotations.STATUSES); comment for the last two.
-    status: Mapped[str] = mapped_column(String(20), default="done")
+    # a ReadingStatus; a comment for unsure and flagged
+    status: Mapped[str] = mapped_column(String(20), default=ReadingStatus.DONE)
     comment: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -242,7 +293,7 @@ class AnnotationRevision(Base):
     revision: Mapped[int] = mapped_column(Integer)
     label: Mapped[str | None] = mapped_column(String(100), default=None)
     saliency_key: Mapped[str | None] = mapped_column(String(255), default=None)
-    status: Mapped[str] = mapped_column(String(20), default="done")
+    status: Mapped[str] = mapped_column(String(20), default=ReadingStatus.DONE)
     comment: Mapped[str | None] = mapped_column(Text, default=None)
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -281,6 +332,24 @@ class AdjudicationRevision(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class RunStatus(StrEnum):
+    """The state of a training run (`TrainingRun.status`, DESIGN.md section 5):
+    queued -> running -> succeeded | failed | cancelled; a stale running run may go back to queued."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    ACTIVE: ClassVar[frozenset[RunStatus]]  # queued, running: a project has at most one such run
+    FINISHED: ClassVar[frozenset[RunStatus]]  # succeeded, failed, cancelled: final, never changes again
+
+
+RunStatus.ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+RunStatus.FINISHED = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
 class TrainingRun(Base):
     """A training run. The database, not the broker, is the source of truth for its state."""
 
@@ -292,9 +361,7 @@ class TrainingRun(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(
-        String(20), default="queued"
-    )  # queued|running|succeeded|failed|cancelled
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED)  # a RunStatus
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -375,6 +442,22 @@ class Prediction(Base):
     aligned_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class JobStatus(StrEnum):
+    """The state of a background job (`Job.status`): queued -> running -> succeeded | failed; a
+    succeeded job whose result was deleted by retention becomes expired."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    ACTIVE: ClassVar[frozenset[JobStatus]]  # queued, running
+
+
+JobStatus.ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+
+
 class Job(Base):
     """A background job a user asked for and polls: a model export, a batch prediction, an
     inverted-saliency sanity check. The row, not the broker, is the source of truth: its status,
@@ -386,7 +469,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(30))  # export | predict_batch | sanity_check
-    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued|running|succeeded|failed
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)  # a JobStatus
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

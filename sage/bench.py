@@ -34,29 +34,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from sage.config import METHODS, TrainConfig
+from sage.config import Method, TrainConfig
 from sage.synthetic import KINDS, make_dataset
 
 # The methods compared (sage-inverted, a sanity check rather than a competitor, is left out).
-COMPARED = ("ce", "blur", "cyborg", "rrr", "gradia", "ce-swap", "ce-jsd", "sage-paper", "sage")
-REFERENCE = "sage"
+COMPARED = tuple(m for m in Method if m is not Method.SAGE_INVERTED)
+REFERENCE = Method.SAGE
 
 # Per method, the configurations tuning may try, its default first. Each list varies the method's
 # main weight over about the same relative range (ce, which has none, its learning rate; ce-swap,
 # which has no weight, how S is preprocessed). Only the first `configs_per_method` are used.
 SEARCH_SPACES: dict[str, list[dict[str, Any]]] = {
-    "ce": [{}, {"lr": 1e-3}, {"lr": 4e-3}],
-    "blur": [{}, {"baselines": {"blur_sigma": 0.0625}}, {"baselines": {"blur_sigma": 0.25}}],
-    "cyborg": [{}, {"baselines": {"cyborg_alpha": 0.5}}, {"baselines": {"cyborg_alpha": 0.9}}],
-    "rrr": [{}, {"baselines": {"rrr_balance": 0.1}}, {"baselines": {"rrr_balance": 10.0}}],
-    "gradia": [{}, {"baselines": {"gradia_lambda": 1.0}}, {"baselines": {"gradia_lambda": 10.0}}],
-    "ce-swap": [{}, {"sage": {"saliency_mode": "continuous"}}, {"sage": {"saliency_mode": "threshold"}}],
-    "ce-jsd": [{}, {"sage": {"lambda_js": 1.0}}, {"sage": {"lambda_js": 10.0}}],
-    "sage-paper": [{}, {"sage": {"lambda_js": 1.0}}, {"sage": {"lambda_js": 10.0}}],
-    "sage": [{}, {"sage": {"lambda_js": 1.0}}, {"sage": {"lambda_js": 10.0}}],
-    "sage-inverted": [{}, {"sage": {"lambda_js": 1.0}}, {"sage": {"lambda_js": 10.0}}],
+    Method.CE: [{}, {"lr": 1e-3}, {"lr": 4e-3}],
+    Method.BLUR: [{}, {"baselines": {"blur_sigma": 0.0625}}, {"baselines": {"blur_sigma": 0.25}}],
+    Method.CYBORG: [{}, {"baselines": {"cyborg_alpha": 0.5}}, {"baselines": {"cyborg_alpha": 0.9}}],
+    Method.RRR: [{}, {"baselines": {"rrr_balance": 0.1}}, {"baselines": {"rrr_balance": 10.0}}],
+    Method.GRADIA: [{}, {"baselines": {"gradia_lambda": 1.0}}, {"baselines": {"gradia_lambda": 10.0}}],
+    Method.CE_SWAP: [{}, {"sage": {"saliency_mode": "continuous"}}, {"sage": {"saliency_mode": "threshold"}}],
+    Method.CE_JSD: [{}, {"sage": {"lambda_js": 1.0}}, {"sage": {"lambda_js": 10.0}}],
+    Method.SAGE_PAPER: [{}, {"sage": {"lambda_js": 1.0}}, {"sage": {"lambda_js": 10.0}}],
+    Method.SAGE: [{}, {"sage": {"lambda_js": 1.0}}, {"sage": {"lambda_js": 10.0}}],
+    Method.SAGE_INVERTED: [{}, {"sage": {"lambda_js": 1.0}}, {"sage": {"lambda_js": 10.0}}],
 }
-assert set(SEARCH_SPACES) == set(METHODS), "every method needs a search space"
+assert set(SEARCH_SPACES) == set(Method), "every method needs a search space"
 
 
 @dataclass
@@ -153,7 +153,7 @@ def plan_report(settings: BenchSettings, chosen: dict[tuple[str, str], int]) -> 
     runs = []
     for suite in settings.suites:
         for seed in settings.report_seeds:
-            runs.append(RunSpec("ceiling", suite, "ce", seed))
+            runs.append(RunSpec("ceiling", suite, Method.CE, seed))
             runs += [RunSpec("report", suite, m, seed, chosen[(suite, m)]) for m in settings.methods]
     return runs
 
@@ -379,7 +379,7 @@ def render_report(
         rows = [r for r in report if r["suite"] == suite]
         ceiling = [r["test_accuracy"] for r in rows if r["stage"] == "ceiling"]
         ce_sec = np.mean(
-            [r["seconds_per_epoch"] for r in rows if r["stage"] == "report" and r["method"] == "ce"]
+            [r["seconds_per_epoch"] for r in rows if r["stage"] == "report" and r["method"] == Method.CE]
             or [np.nan]
         )
         lines += [f"## {suite}", "", f"Clean ceiling (ce on the clean twin, report seeds): {_ci(ceiling)}.", "",

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sage.config import METHODS
+from sage.config import Method
+
+# argparse names invalid choices by their repr: offer the plain names, not the members' <Method...> reprs
+METHOD_NAMES = [m.value for m in Method]
 
 
 def _json_default(obj: Any) -> Any:
@@ -194,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a dataset folder; prints the metrics as JSON")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="run folder; model.pt is written there")
-    p.add_argument("--method", choices=METHODS)
+    p.add_argument("--method", choices=METHOD_NAMES)
     p.add_argument("--backbone")
     p.add_argument("--epochs", type=int)
     p.add_argument("--image-size", type=int)
@@ -240,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", default="full", choices=("full", "smoke"))
     p.add_argument("--suite", nargs="+", choices=list(KINDS), help="dataset kinds")
-    p.add_argument("--methods", nargs="+", choices=METHODS)
+    p.add_argument("--methods", nargs="+", choices=METHOD_NAMES)
     p.add_argument("--tuning-seeds", type=int, nargs="+", help="seeds that choose configurations")
     p.add_argument("--report-seeds", type=int, nargs="+", help="seeds the tables report (disjoint)")
     p.add_argument("--configs", type=int, help="configurations tried per method (the same for all)")

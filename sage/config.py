@@ -11,6 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 # The backbones sage.backbones registers. Listed here, without importing torch, so that the web process
@@ -65,20 +66,29 @@ def check_cam_grid(backbone: str, image_size: int) -> None:
         )
 
 
-METHODS = (
-    "ce",
-    "blur",
-    "cyborg",
-    "rrr",
-    "gradia",
-    "ce-swap",
-    "ce-jsd",
-    "sage-paper",
-    "sage",
-    "sage-inverted",
-)
+class Method(StrEnum):
+    """A training method: ce (cross-entropy); the baselines blur, cyborg, rrr and gradia; the
+    controls ce-swap and ce-jsd; sage-paper (SAGE as published), sage (the tuned default) and
+    sage-inverted (sage with the maps inverted, a sanity check)."""
+
+    # The docstring is the API's description of the schema. `TrainConfig.method`, the web API's
+    # training option and the CLI's --method take these names; `sage.methods.TASKS` maps each to its task.
+
+    CE = "ce"
+    BLUR = "blur"
+    CYBORG = "cyborg"
+    RRR = "rrr"
+    GRADIA = "gradia"
+    CE_SWAP = "ce-swap"
+    CE_JSD = "ce-jsd"
+    SAGE_PAPER = "sage-paper"
+    SAGE = "sage"
+    SAGE_INVERTED = "sage-inverted"
+
+
+METHODS = tuple(Method)
 # Methods whose loss reads the saliency maps (every method but plain cross-entropy).
-SALIENCY_METHODS = tuple(m for m in METHODS if m != "ce")
+SALIENCY_METHODS = tuple(m for m in Method if m is not Method.CE)
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
@@ -145,7 +155,7 @@ class SageOptions:
 
     def resolved(self, method: str) -> SageOptions:
         """A copy with "auto" degradation and saliency_mode replaced by `method`'s defaults."""
-        paper = method == "sage-paper"
+        paper = method == Method.SAGE_PAPER
         return dataclasses.replace(
             self,
             degradation=self.degradation
@@ -188,7 +198,7 @@ class BaselineOptions:
 class TrainConfig:
     """One training run, fully specified.
 
-    method: one of `METHODS`: ce; the baselines blur, cyborg, rrr, gradia; the controls ce-swap
+    method: a `Method`: ce; the baselines blur, cyborg, rrr, gradia; the controls ce-swap
         (CE on the clean images and on their swap x+ views) and ce-jsd (CE + JSD with the swap
         view, no triplet); sage-paper (the method as published: x+ and x- with a blur or noise
         degradation, continuous S, CE + triplet + JSD); sage (the product's tuned default) and
@@ -242,7 +252,7 @@ class TrainConfig:
         train and val and their test images reported apart (`sage.protocols.leave_subtype_out`).
     """
 
-    method: str = "sage"
+    method: Method = Method.SAGE
     backbone: str = "tiny"
     image_size: int | None = None  # None: by backbone (`default_image_size`)
     labels: list[str] = field(default_factory=list)
@@ -286,6 +296,7 @@ class TrainConfig:
         if self.image_size is None:
             self.image_size = default_image_size(self.backbone)
         self.validate()
+        self.method = Method(self.method)  # "sage" from a dict or the command line becomes Method.SAGE
 
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> None:
@@ -328,7 +339,7 @@ class TrainConfig:
             k in DEGRADATIONS[:-1] for k in s.degradation.split("+")
         ):
             _choice("sage.degradation", s.degradation, ("auto", *DEGRADATIONS))
-        if self.method == "sage-paper" and s.degradation not in ("auto", *PAPER_DEGRADATIONS):
+        if self.method == Method.SAGE_PAPER and s.degradation not in ("auto", *PAPER_DEGRADATIONS):
             raise ValueError(
                 f"sage-paper degrades with blur or noise only; got sage.degradation {s.degradation!r} "
                 f"(choose auto, {', '.join(PAPER_DEGRADATIONS[:3])}, or use method sage)"
@@ -386,8 +397,9 @@ class TrainConfig:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict that `from_dict` turns back into an equal config."""
-        return dataclasses.asdict(self)
+        """A dict of plain JSON values that `from_dict` turns back into an equal config (the method
+        as its name, so model.pt files that hold it load with `torch.load(weights_only=True)`)."""
+        return dataclasses.asdict(self) | {"method": str(self.method)}
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some top-level fields changed."""

@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from sage.backbones import Classifier, batchnorm_reference, use_reference_batchnorm
 from sage.cam import class_activation_map, grad_cam, normalize_maps, saliency_at
-from sage.config import TrainConfig
+from sage.config import Method, TrainConfig
 from sage.views import degrade, preprocess_saliency, saliency_degrading_view, salient_preserving_view
 
 
@@ -261,18 +261,18 @@ class SageTask(Task):
       view alone does as augmentation).
     """
 
-    TERMS = {
-        "sage": ("triplet", "jsd", "hinge"),
-        "sage-inverted": ("triplet", "jsd", "hinge"),
-        "sage-paper": ("triplet", "jsd"),
-        "ce-jsd": ("jsd",),
-        "ce-swap": (),
+    TERMS: dict[Method, tuple[str, ...]] = {
+        Method.SAGE: ("triplet", "jsd", "hinge"),
+        Method.SAGE_INVERTED: ("triplet", "jsd", "hinge"),
+        Method.SAGE_PAPER: ("triplet", "jsd"),
+        Method.CE_JSD: ("jsd",),
+        Method.CE_SWAP: (),
     }
 
     def __init__(self, model: Classifier, config: TrainConfig, inverted: bool = False) -> None:
         super().__init__(model, config)
-        self.inverted = inverted or config.method == "sage-inverted"
-        self.method = config.method if config.method in self.TERMS else "sage"
+        self.inverted = inverted or config.method == Method.SAGE_INVERTED
+        self.method = config.method if config.method in self.TERMS else Method.SAGE
         self.terms = self.TERMS[self.method]
         self.options = config.sage.resolved(self.method)
         self.needs_minus = "triplet" in self.terms or "hinge" in self.terms
@@ -318,7 +318,7 @@ class SageTask(Task):
             out = self.model.forward_all(inputs)
         k = len(rows)
         logits, logits_plus = out.logits[:n], out.logits[n : n + k]
-        if self.method == "ce-swap":
+        if self.method == Method.CE_SWAP:
             ce_all = self.cross_entropy(out.logits.float(), torch.cat([y, ys]))
             return {"loss": ce_all, "output": logits, "ce": ce_all.detach()}
         ce = self.cross_entropy(logits.float(), y)
@@ -346,18 +346,19 @@ class SageTask(Task):
         return {"loss": loss, **result}
 
 
-TASKS: dict[str, type[Task]] = {
-    "ce": CrossEntropyTask,
-    "blur": BlurTask,
-    "cyborg": CyborgTask,
-    "rrr": RRRTask,
-    "gradia": GradiaTask,
-    "ce-swap": SageTask,
-    "ce-jsd": SageTask,
-    "sage-paper": SageTask,
-    "sage": SageTask,
-    "sage-inverted": SageTask,
+TASKS: dict[Method, type[Task]] = {
+    Method.CE: CrossEntropyTask,
+    Method.BLUR: BlurTask,
+    Method.CYBORG: CyborgTask,
+    Method.RRR: RRRTask,
+    Method.GRADIA: GradiaTask,
+    Method.CE_SWAP: SageTask,
+    Method.CE_JSD: SageTask,
+    Method.SAGE_PAPER: SageTask,
+    Method.SAGE: SageTask,
+    Method.SAGE_INVERTED: SageTask,
 }
+assert set(TASKS) == set(Method), "every method needs a task object"
 
 
 def create_task(model: Classifier, config: TrainConfig) -> Task:
@@ -368,4 +369,4 @@ def create_task(model: Classifier, config: TrainConfig) -> Task:
 
 
 def uses_saliency(method: str) -> bool:
-    return method != "ce"
+    return method != Method.CE

@@ -18,7 +18,7 @@ from typing import Any
 
 from app.imaging import ImageError, decode_image
 from app.services import jobs as job_service
-from app.tables import Job, ModelVersion
+from app.tables import Job, JobStatus, ModelVersion
 from worker import registry
 from worker.context import WorkerContext
 
@@ -43,17 +43,17 @@ def export_model(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
         except Exception as exc:
             log.exception("export job %s failed", job_id)
             session.rollback()
-            job_service.finish(session, job_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
-            return {"job_id": job_id, "status": "failed"}
+            job_service.finish(session, job_id, JobStatus.FAILED, error=f"{exc.__class__.__name__}: {exc}")
+            return {"job_id": job_id, "status": JobStatus.FAILED}
         job_service.finish(
             session,
             job_id,
-            "succeeded",
+            JobStatus.SUCCEEDED,
             result={"bytes": built["bytes"], "format": params["format"], "model_id": params["model_id"]},
             result_key=built["key"],
             result_sha256=built["sha256"],
         )
-    return {"job_id": job_id, "status": "succeeded"}
+    return {"job_id": job_id, "status": JobStatus.SUCCEEDED}
 
 
 def _decode(max_pixels: int):
@@ -134,15 +134,15 @@ def predict_batch(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
         log.exception("batch prediction job %s failed", job_id)
         _drop_input(ctx, job_id, params["input_key"])
         with ctx.session() as session:
-            job_service.finish(session, job_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
-        return {"job_id": job_id, "status": "failed"}
+            job_service.finish(session, job_id, JobStatus.FAILED, error=f"{exc.__class__.__name__}: {exc}")
+        return {"job_id": job_id, "status": JobStatus.FAILED}
 
     _drop_input(ctx, job_id, params["input_key"])
     with ctx.session() as session:
         job_service.finish(
             session,
             job_id,
-            "succeeded",
+            JobStatus.SUCCEEDED,
             result={
                 "predicted": result.predicted,
                 "failed": len(result.failed),
@@ -152,4 +152,4 @@ def predict_batch(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
             result_key=result_key,
             result_sha256=digest.hexdigest(),
         )
-    return {"job_id": job_id, "status": "succeeded", "predicted": result.predicted}
+    return {"job_id": job_id, "status": JobStatus.SUCCEEDED, "predicted": result.predicted}

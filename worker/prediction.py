@@ -17,7 +17,7 @@ from app.imaging import decode_image
 from app.services import images as image_service
 from app.services import model_versions as model_service
 from app.services import predictions as prediction_service
-from app.tables import Image, ModelVersion, TrainingRun
+from app.tables import Image, ModelVersion, RunStatus, TrainingRun
 from sage.imageio import render_8bit
 from worker import registry
 from worker.context import WorkerContext
@@ -259,7 +259,8 @@ def realign_image(ctx: WorkerContext, image_id: int) -> dict[str, Any]:
 
 def _run_waiting(session) -> bool:
     waiting = (
-        session.scalar(select(TrainingRun.id).where(TrainingRun.status == "queued").limit(1)) is not None
+        session.scalar(select(TrainingRun.id).where(TrainingRun.status == RunStatus.QUEUED).limit(1))
+        is not None
     )
     session.rollback()
     return waiting

@@ -26,7 +26,7 @@ from app.queue import (
 from app.services import jobs as job_service
 from app.services import objects, runs
 from app.settings import Settings
-from app.tables import ModelVersion
+from app.tables import ModelVersion, RunStatus
 from worker import registry
 from worker.context import WorkerContext
 
@@ -86,7 +86,9 @@ def reap(ctx: WorkerContext, celery: runs.TaskSender) -> dict[str, Any]:
     with ctx.session() as session:
         before = {
             run.id: run.worker_id
-            for run in session.scalars(select(runs.TrainingRun).where(runs.TrainingRun.status == "running"))
+            for run in session.scalars(
+                select(runs.TrainingRun).where(runs.TrainingRun.status == RunStatus.RUNNING)
+            )
         }
         session.rollback()
         report = runs.reap_stale_runs(session, ctx.settings, celery)

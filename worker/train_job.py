@@ -20,7 +20,7 @@ from typing import Any
 
 from app.services import model_versions as model_service
 from app.services import runs
-from app.tables import Project, TrainingRun
+from app.tables import Project, RunStatus, TrainingRun
 from worker import registry
 from worker.context import WorkerContext
 
@@ -188,7 +188,9 @@ def _incumbent_on_same_val(ctx: WorkerContext, project_id: int, data_dir: Path) 
     }
 
 
-def _finish(ctx: WorkerContext, run_id: int, worker_id: str, status: str, **kwargs: Any) -> dict[str, Any]:
+def _finish(
+    ctx: WorkerContext, run_id: int, worker_id: str, status: RunStatus, **kwargs: Any
+) -> dict[str, Any]:
     with ctx.session() as session:
         owned = runs.finish_run(session, run_id, worker_id, status, **kwargs)
     if not owned:
@@ -264,15 +266,15 @@ def _train_claimed(
     except Cancelled:
         if heartbeat.lost.is_set():
             return {"run_id": run_id, "claimed": True, "status": "lost"}
-        return _finish(ctx, run_id, worker_id, "cancelled")
+        return _finish(ctx, run_id, worker_id, RunStatus.CANCELLED)
     except Exception as exc:  # any failure fails the run, with the reason shown in the API
         log.exception("run %s failed", run_id)
-        return _finish(ctx, run_id, worker_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        return _finish(ctx, run_id, worker_id, RunStatus.FAILED, error=f"{exc.__class__.__name__}: {exc}")
 
     if heartbeat.should_stop():  # cancelled or reaped between the last step and here
         if heartbeat.lost.is_set():
             return {"run_id": run_id, "claimed": True, "status": "lost"}
-        return _finish(ctx, run_id, worker_id, "cancelled")
+        return _finish(ctx, run_id, worker_id, RunStatus.CANCELLED)
 
     metrics = _jsonable(metrics)
     incumbent = _incumbent_on_same_val(ctx, project_id, data_dir)
@@ -290,7 +292,7 @@ def _train_claimed(
         )
     except Exception as exc:
         log.exception("run %s: publishing the artifact failed", run_id)
-        return _finish(ctx, run_id, worker_id, "failed", error=f"could not store the model: {exc}")
+        return _finish(ctx, run_id, worker_id, RunStatus.FAILED, error=f"could not store the model: {exc}")
     try:
         with ctx.session() as session:
             registered = model_service.register_model(
@@ -306,7 +308,7 @@ def _train_claimed(
     except Exception as exc:
         registry.remove_artifact(ctx.storage, ctx.settings.resolved_data_dir, artifact)
         log.exception("run %s: registering the model failed", run_id)
-        return _finish(ctx, run_id, worker_id, "failed", error=f"could not register the model: {exc}")
+        return _finish(ctx, run_id, worker_id, RunStatus.FAILED, error=f"could not register the model: {exc}")
     if registered is None:
         registry.remove_artifact(ctx.storage, ctx.settings.resolved_data_dir, artifact)
         return {"run_id": run_id, "claimed": True, "status": "lost"}
@@ -316,7 +318,7 @@ def _train_claimed(
     return {
         "run_id": run_id,
         "claimed": True,
-        "status": "succeeded",
+        "status": RunStatus.SUCCEEDED,
         "model_id": model.id,
         "version": model.version,
         "activated": activated,

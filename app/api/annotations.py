@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from sqlalchemy import select
@@ -30,7 +30,7 @@ from app.schemas import (
 from app.services import annotations as annotation_service
 from app.services import model_versions as model_service
 from app.services import reading
-from app.tables import Image, Project, User
+from app.tables import Image, Project, ReadingStatus, User
 
 router = APIRouter(tags=["annotations"])
 
@@ -67,9 +67,9 @@ def put_annotation(
     ] = None,
     if_match: Annotated[str | None, Header(max_length=64)] = None,
     status_: Annotated[
-        Literal["done", "skipped", "unsure", "flagged"],
+        ReadingStatus,
         Form(alias="status", description="skipped: no label or map, the image comes back later"),
-    ] = "done",
+    ] = ReadingStatus.DONE,
     comment: Annotated[
         str | None, Form(max_length=2000, description="why unsure or flagged (required for those)")
     ] = None,
@@ -174,7 +174,7 @@ def list_revisions(annotation: AnnotationViewer, user: CurrentUser, session: Ses
             saliency_url=f"{API}/annotations/{annotation.id}/saliency.png?revision={r.revision}"
             if r.saliency_key
             else None,
-            status=r.status or "done",
+            status=r.status or ReadingStatus.DONE,
             comment=r.comment,
             author_id=r.author_id,
             created_at=r.created_at,

@@ -35,7 +35,7 @@ from app.services import images as image_service
 from app.services import model_versions as model_service
 from app.services.errors import Forbidden, TooLarge
 from app.storage import CHUNK, LocalStorage
-from app.tables import Project, User
+from app.tables import Project, ReadingStatus, User
 
 router = APIRouter(tags=["images"])
 
@@ -162,7 +162,7 @@ def list_images(
         str | None, Query(max_length=64, pattern=NoControl, description="read by this username")
     ] = None,
     reading_status: Annotated[
-        Literal["done", "skipped", "unsure", "flagged"] | None,
+        ReadingStatus | None,
         Query(alias="status", description="has a reading with this status"),
     ] = None,
     label_disagreement: Annotated[bool | None, Query(description="its readers' labels differ")] = None,

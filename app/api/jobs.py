@@ -32,13 +32,13 @@ from app.schemas import API
 from app.services import jobs as job_service
 from app.services import model_versions as model_service
 from app.services.errors import Invalid, TooLarge, Unsupported
-from app.tables import Job, ModelVersion, as_utc
+from app.tables import Job, JobStatus, ModelVersion, Role, as_utc
 
 router = APIRouter(tags=["jobs"])
 
 JobIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
 ModelIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="model version id")]
-ROLE_OF_KIND = {"export": "manager", "sanity_check": "manager", "predict_batch": "viewer"}
+ROLE_OF_KIND = {"export": Role.MANAGER, "sanity_check": Role.MANAGER, "predict_batch": Role.VIEWER}
 ZIP = {"content": {"application/zip": {}}}
 
 
@@ -60,7 +60,7 @@ class JobOut(BaseModel):
 
 def job_out(job: Job) -> JobOut:
     result_url = None
-    if job.status == "succeeded" and job.result_key:
+    if job.status == JobStatus.SUCCEEDED and job.result_key:
         if job.kind == "export":
             result_url = f"{API}/models/{job.params['model_id']}/download?format={job.params['format']}"
         else:
@@ -87,7 +87,7 @@ def _visible_job(session, user, jid: int) -> Job:
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {jid}")
     try:
-        check_project_access(session, user, job.project_id, ROLE_OF_KIND.get(job.kind, "manager"))
+        check_project_access(session, user, job.project_id, ROLE_OF_KIND.get(job.kind, Role.MANAGER))
     except HTTPException as exc:
         if exc.status_code == 404:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {jid}") from None
@@ -151,7 +151,7 @@ def download_model(
     if model is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
     try:
-        check_project_access(session, user, model.project_id, "manager")
+        check_project_access(session, user, model.project_id, Role.MANAGER)
     except HTTPException as exc:
         if exc.status_code == 404:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
@@ -159,7 +159,7 @@ def download_model(
     job, created = job_service.request_export(
         session, model, format, user, retry=retry, limit=settings.max_queued_jobs_per_project
     )
-    if job.status == "succeeded" and job.result_key:
+    if job.status == JobStatus.SUCCEEDED and job.result_key:
         return _zip_response(
             storage, settings, job.result_key, job_service.export_filename(model, format), job.result_sha256
         )
@@ -197,14 +197,14 @@ def job_result(
 ) -> Response:
     """The job's result zip (a batch prediction: predictions.csv, heatmaps/, errors.csv)."""
     job = _visible_job(session, user, jid)
-    if job.status == "expired":
+    if job.status == JobStatus.EXPIRED:
         raise HTTPException(
             status.HTTP_410_GONE,
             detail=f"the result of job {jid} expired on {(job.result or {}).get('expired_at', 'an earlier date')} "
             f"and was deleted (results are kept {settings.job_result_ttl_s / 86400:g} days after the job "
             "finished, SAGE_JOB_RESULT_TTL_S); submit the batch again",
         )
-    if job.status != "succeeded" or not job.result_key:
+    if job.status != JobStatus.SUCCEEDED or not job.result_key:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             detail=f"job {jid} is {job.status}"
@@ -352,7 +352,7 @@ class SanityCheckOut(BaseModel):
     comparison: dict[str, Any] | None  # {metric, original, inverted, drop, maps_matter, reading}
 
 
-def _model_for(session, user, mid: int, role: str) -> ModelVersion:
+def _model_for(session, user, mid: int, role: Role) -> ModelVersion:
     model = session.get(ModelVersion, mid)
     if model is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
@@ -383,7 +383,7 @@ def start_sanity_check(
     never activated and is shown beside the model with a one-line reading."""
     from app.services.runs import enqueue_run
 
-    model = _model_for(session, user, mid, "manager")
+    model = _model_for(session, user, mid, Role.MANAGER)
     _, run_id = job_service.start_sanity_check(session, model, user)
     enqueue_run(request.app.state.celery, run_id)
     return SanityCheckOut(**job_service.sanity_report(session, model))
@@ -396,7 +396,7 @@ def start_sanity_check(
 )
 def get_sanity_check(mid: ModelIdPath, user: CurrentUser, session: SessionDep) -> SanityCheckOut:
     """The latest sanity check of this model: status, both results side by side and the reading."""
-    model = _model_for(session, user, mid, "viewer")
+    model = _model_for(session, user, mid, Role.VIEWER)
     report = job_service.sanity_report(session, model)
     if report is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"model {mid} has no sanity check yet")

@@ -22,7 +22,7 @@ from app.schemas import UtcDateTime
 from app.services import model_versions as model_service
 from app.services.lookups import get_or_404
 from app.storage import CHUNK, LocalStorage, make_key
-from app.tables import ModelVersion
+from app.tables import ModelVersion, Role
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["models"])
@@ -82,7 +82,7 @@ def activate_model(mid: ModelId, user: CurrentUser, session: SessionDep, request
     The project's images are then predicted with it unless that was already done."""
     model = get_or_404(session, ModelVersion, mid, "model")
     try:
-        check_project_access(session, user, model.project_id, "manager")
+        check_project_access(session, user, model.project_id, Role.MANAGER)
     except HTTPException as exc:
         if exc.status_code == 404:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
@@ -118,7 +118,7 @@ def model_weights(
     if model is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
     try:
-        check_project_access(session, user, model.project_id, "manager")
+        check_project_access(session, user, model.project_id, Role.MANAGER)
     except HTTPException as exc:
         if exc.status_code == 404:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None

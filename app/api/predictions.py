@@ -39,7 +39,7 @@ from app.services import model_versions as model_service
 from app.services import predictions as prediction_service
 from app.services import reading
 from app.storage import Storage
-from app.tables import Image, ModelVersion, Prediction, Project
+from app.tables import Image, ModelVersion, Prediction, Project, Role
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["predictions"])
@@ -231,7 +231,7 @@ def predict_job(job_id: JobId, user: CurrentUser, session: SessionDep, request: 
     poll_url = f"{API}/predict-jobs/{job_id}"
     if state == "SUCCESS":
         answer = result.result
-        check_project_access(session, user, int(answer["project_id"]), "viewer")
+        check_project_access(session, user, int(answer["project_id"]), Role.VIEWER)
         return PredictJob(
             job_id=job_id, status="succeeded", poll_url=poll_url, result=PredictAnswer(**answer)
         )

@@ -38,6 +38,7 @@ from app.services import model_versions as model_service
 from app.services import projects as project_service
 from app.services import runs as run_service
 from app.services.errors import TooLarge
+from app.tables import Role
 
 router = APIRouter(tags=["projects"])
 
@@ -65,7 +66,7 @@ def create_project(
     run_service.check_project_training(fields, settings)
     fields["blind_mode"] = BLIND_MODE_VALUES[body.blind_mode]
     project = project_service.create_project(session, user, **fields)
-    return _out(session, project, "manager")
+    return _out(session, project, Role.MANAGER)
 
 
 @router.get("/projects/{pid}", response_model=ProjectOut)

@@ -18,7 +18,7 @@ from app.services import annotations as annotation_service
 from app.services import model_versions as model_service
 from app.services import reading
 from app.services.errors import Forbidden
-from app.tables import Project, User, as_utc
+from app.tables import Project, ReadingStatus, User, as_utc
 
 router = APIRouter(tags=["reading"])
 
@@ -62,7 +62,7 @@ def attention(
     (managers and adjudicators)."""
     if not reading.is_privileged(session, project.id, user):
         raise Forbidden("only the project's managers and adjudicators see the readings that need attention")
-    rows = reading.attention(session, project, statuses=status or ("unsure", "flagged"), limit=limit)
+    rows = reading.attention(session, project, statuses=status or ReadingStatus.NEEDS_COMMENT, limit=limit)
     return [
         AttentionItem(image_id=im.id, image_name=im.original_name, annotation=annotation_out(a, author))
         for a, author, im in rows

@@ -26,7 +26,7 @@ from app.run_events import RunEventHub
 from app.schemas import API, UtcDateTime
 from app.services import runs as run_service
 from app.services.lookups import get_or_404
-from app.tables import TrainingRun, User
+from app.tables import Role, RunStatus, TrainingRun, User
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["training"])
@@ -97,10 +97,10 @@ def run_out(run: TrainingRun, *, lineage: bool = False, joined: bool | None = No
     )
 
 
-def run_for(session: Session, user: User, run_id: int, role: str) -> TrainingRun:
+def run_for(session: Session, user: User, run_id: int, role: Role) -> TrainingRun:
     run = get_or_404(session, TrainingRun, run_id, "training run")
     try:
-        check_project_access(session, user, run.project_id, role)  # type: ignore[arg-type]
+        check_project_access(session, user, run.project_id, role)
     except HTTPException as exc:
         if exc.status_code == 404:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no training run {run_id}") from None
@@ -155,13 +155,13 @@ def list_training_runs(
 @router.get("/training-runs/{rid}", response_model=TrainingRunOut)
 def get_training_run(rid: RunId, user: CurrentUser, session: SessionDep) -> TrainingRunOut:
     """One run with its lineage: the exact annotation revisions it trained on."""
-    return run_out(run_for(session, user, rid, "viewer"), lineage=True)
+    return run_out(run_for(session, user, rid, Role.VIEWER), lineage=True)
 
 
 @router.post("/training-runs/{rid}/cancel", response_model=TrainingRunOut)
 def cancel_training_run(rid: RunId, user: CurrentUser, session: SessionDep) -> TrainingRunOut:
     """A queued run is cancelled at once; a running one stops within seconds. 409 when finished."""
-    run = run_for(session, user, rid, "manager")
+    run = run_for(session, user, rid, Role.MANAGER)
     return run_out(run_service.request_cancel(session, run), lineage=True)
 
 
@@ -185,7 +185,7 @@ def training_run_events(
 ) -> StreamingResponse:
     """Server-sent events of a run (`status`, `progress`, `epoch`, `log`), from the start or after
     `Last-Event-ID`; the stream ends after the run's final status."""
-    run_for(session, user, rid, "viewer")
+    run_for(session, user, rid, Role.VIEWER)
     session.close()
     factory = request.app.state.session_factory
     try:
@@ -198,7 +198,7 @@ def training_run_events(
             # Status first: a final status commits together with its event, so once the status
             # read is final, the events read next include the last one.
             run = s.get(TrainingRun, rid)
-            run_status = run.status if run else "cancelled"
+            run_status = run.status if run else RunStatus.CANCELLED
             events = [(e.id, e.kind, e.data) for e in run_service.events_after(s, rid, after_id, SSE_BATCH)]
             return events, run_status
 
@@ -217,7 +217,7 @@ def training_run_events(
                 idle = 0.0
                 if len(events) >= SSE_BATCH:
                     continue  # drain a backlog before waiting
-            if run_status in run_service.FINISHED_STATUSES:
+            if run_status in RunStatus.FINISHED:
                 yield _sse(None, "end", {"status": run_status})
                 return
             if await request.is_disconnected():

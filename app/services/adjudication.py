@@ -27,7 +27,7 @@ from app.services.annotations import ANY_REVISION, read_mask, resolve_label, sof
 from app.services.errors import Conflict, Forbidden, Invalid
 from app.services.reading import is_privileged
 from app.storage import Storage
-from app.tables import Adjudication, AdjudicationRevision, Annotation, Image, Project, User
+from app.tables import Adjudication, AdjudicationRevision, Annotation, Image, Project, ReadingStatus, User
 
 
 def check_adjudicator(session: Session, project: Project, user: User) -> None:
@@ -49,7 +49,7 @@ def disagreements(
             Annotation.image_id.label("image_id"),
             func.count(func.distinct(Annotation.label)).label("n_labels"),
         )
-        .where(Annotation.project_id == project.id, Annotation.status != "skipped")
+        .where(Annotation.project_id == project.id, Annotation.status != ReadingStatus.SKIPPED)
         .group_by(Annotation.image_id)
         .subquery()
     )
@@ -73,7 +73,7 @@ def disagreements(
     if ids:
         for image_id, label in session.execute(
             select(Annotation.image_id, Annotation.label).where(
-                Annotation.image_id.in_(ids), Annotation.status != "skipped"
+                Annotation.image_id.in_(ids), Annotation.status != ReadingStatus.SKIPPED
             )
         ):
             votes.setdefault(image_id, Counter())[label or ""] += 1
@@ -266,7 +266,7 @@ def reader_agreement(
         session.execute(
             select(Annotation.image_id, User.username, Annotation.label, Annotation.saliency_key)
             .join(User, User.id == Annotation.author_id)
-            .where(Annotation.image_id.in_(image_ids), Annotation.status != "skipped")
+            .where(Annotation.image_id.in_(image_ids), Annotation.status != ReadingStatus.SKIPPED)
         )
         if image_ids
         else []

@@ -26,17 +26,11 @@ from sqlalchemy.orm import Session
 from app.imaging import decode_mask, encode_mask
 from app.services.errors import Conflict, Invalid
 from app.storage import Storage
-from app.tables import Adjudication, Annotation, AnnotationRevision, Image, Project, User
+from app.tables import Adjudication, Annotation, AnnotationRevision, Image, Project, ReadingStatus, User
 from sage.agreement import pearson, soft_iou, unit_map
 
 ANY_REVISION = -1  # If-Match: *
 
-# An annotation's status. `skipped` is a pass (no label, no map; the image comes back at the end of
-# the reader's queue) and is not a read; the others are reads. `unsure` and `flagged` carry a comment
-# and are listed for the project's managers.
-STATUSES = ("done", "skipped", "unsure", "flagged")
-READ_STATUSES = ("done", "unsure", "flagged")
-COMMENT_STATUSES = ("unsure", "flagged")
 MAX_COMMENT = 2000
 
 
@@ -143,7 +137,7 @@ def refresh_image(
     pending = pending or {}
     rows = session.execute(
         select(Annotation.label, Annotation.saliency_key)
-        .where(Annotation.image_id == image.id, Annotation.status != "skipped")
+        .where(Annotation.image_id == image.id, Annotation.status != ReadingStatus.SKIPPED)
         .order_by(Annotation.id)
     ).all()
     maps = []
@@ -190,8 +184,8 @@ def check_annotation(
     Raises Conflict (409) for an unknown label; Invalid (422) for an unknown status, a bad map, a skip that carries a label or
     map, an unsure or flagged status without a comment, or a done annotation with neither a label
     nor a painted map."""
-    if status not in STATUSES:
-        raise Invalid(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+    if status not in tuple(ReadingStatus):
+        raise Invalid(f"unknown status {status!r}; use one of {', '.join(ReadingStatus)}")
     if label is not None and label not in project.labels:
         raise Conflict(f"unknown label {label!r}; the project's labels are {project.labels}")
     if label is not None and label in (project.retired_labels or []):
@@ -204,12 +198,12 @@ def check_annotation(
         arr = decode_mask(saliency_png, image.width, image.height, what="the saliency map")
         if not arr.any():
             arr = None  # nothing painted: label only, no map
-    if status == "skipped":
+    if status == ReadingStatus.SKIPPED:
         if label is not None or arr is not None:
             raise Invalid("a skipped image carries no label and no map; send status=skipped alone")
-    elif status in COMMENT_STATUSES:
+    elif status in ReadingStatus.NEEDS_COMMENT:
         if comment is None:
-            raise Invalid(f"status {status!r} needs a comment saying why")
+            raise Invalid(f"status '{status}' needs a comment saying why")
     elif label is None and arr is None:
         if saliency_png is not None:
             raise Invalid("the map is empty (zero everywhere) and there is no label: pick a label or paint")
@@ -227,7 +221,7 @@ def put_annotation(
     label: str | None,
     saliency_png: bytes | None,
     if_match: int | None,
-    status: str = "done",
+    status: str = ReadingStatus.DONE,
     comment: str | None = None,
 ) -> tuple[Annotation, bool]:
     """Store the author's label, saliency map and status for the image as a new revision (commits).

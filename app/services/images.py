@@ -34,6 +34,7 @@ from app.tables import (
     ModelVersion,
     Prediction,
     Project,
+    ReadingStatus,
     User,
 )
 from sage import imageio
@@ -369,7 +370,9 @@ def list_images(
         q = q.where(Image.split == check_split(split))
     if label is not None and blind:
         read = exists().where(
-            Annotation.author_id == user.id, Annotation.image_id == Image.id, Annotation.status != "skipped"
+            Annotation.author_id == user.id,
+            Annotation.image_id == Image.id,
+            Annotation.status != ReadingStatus.SKIPPED,
         )
         q = q.where(or_(and_(read, Image.label == label), and_(not_(read), Image.import_label == label)))
     elif label is not None:
@@ -399,7 +402,7 @@ def _study_filters(
     if label_disagreement is not None:
         n_labels = (
             select(func.count(func.distinct(Annotation.label)))
-            .where(Annotation.image_id == Image.id, Annotation.status != "skipped")
+            .where(Annotation.image_id == Image.id, Annotation.status != ReadingStatus.SKIPPED)
             .scalar_subquery()
         )
         q = q.where(n_labels > 1 if label_disagreement else n_labels <= 1)
@@ -449,7 +452,7 @@ def _first_skipped(session: Session, project: Project, user: User, after: int | 
         .join(Annotation, and_(Annotation.image_id == Image.id, Annotation.author_id == user.id))
         .where(
             Image.project_id == project.id,
-            Annotation.status == "skipped",
+            Annotation.status == ReadingStatus.SKIPPED,
             Image.annotation_count < _wanted(project),
         )
     )
@@ -645,7 +648,9 @@ def set_image_fields(
     elif import_label is not None:
         image.import_label = check_label(project, import_label)
     votes = session.scalars(
-        select(Annotation.label).where(Annotation.image_id == image.id, Annotation.status != "skipped")
+        select(Annotation.label).where(
+            Annotation.image_id == image.id, Annotation.status != ReadingStatus.SKIPPED
+        )
     ).all()
     adjudicated = session.scalar(select(Adjudication.label).where(Adjudication.image_id == image.id))
     image.label = adjudicated or resolve_label(votes, image.import_label, project.labels)

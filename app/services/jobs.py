@@ -30,7 +30,8 @@ from app.services.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.services.model_versions import SANITY_CHECK_REASON
 from app.services.runs import TaskSender, create_or_join_run
 from app.storage import Storage
-from app.tables import Job, ModelVersion, Project, TrainingRun, User, utcnow
+from app.tables import Job, JobStatus, ModelVersion, Project, RunStatus, TrainingRun, User, utcnow
+from sage.config import Method
 
 EXPORT_FORMATS = ("torchscript", "onnx", "state_dict")
 KINDS = ("export", "predict_batch", "sanity_check")
@@ -52,7 +53,7 @@ def create_job(
     job = Job(
         project_id=project_id,
         kind=kind,
-        status="queued",
+        status=JobStatus.QUEUED,
         params=params,
         progress={},
         result={},
@@ -82,7 +83,7 @@ def queued_jobs(session: Session, project_id: int) -> int:
         session.scalar(
             select(func.count(Job.id)).where(
                 Job.project_id == project_id,
-                Job.status.in_(("queued", "running")),
+                Job.status.in_(JobStatus.ACTIVE),
                 Job.updated_at >= utcnow() - STALE_AFTER,
             )
         )
@@ -125,7 +126,9 @@ def expire_results(
     expired: list[Job] = []
     for job in session.scalars(
         select(Job).where(
-            Job.status == "succeeded", Job.result_key.is_not(None), Job.kind.in_(("export", "predict_batch"))
+            Job.status == JobStatus.SUCCEEDED,
+            Job.result_key.is_not(None),
+            Job.kind.in_(("export", "predict_batch")),
         )
     ):
         if job.kind == "export":
@@ -137,7 +140,7 @@ def expire_results(
             expired.append(job)
     keys = {job.result_key for job in expired if job.result_key}
     for job in expired:
-        job.status, job.result_key = "expired", None
+        job.status, job.result_key = JobStatus.EXPIRED, None
         job.result = {**(job.result or {}), "expired_at": now.isoformat()}
     session.commit()
     from app.services.objects import used_keys
@@ -161,7 +164,7 @@ def is_stale(job: Job) -> bool:
     from app.tables import as_utc
 
     updated = as_utc(job.updated_at)
-    return job.status in ("queued", "running") and updated is not None and utcnow() - updated > STALE_AFTER
+    return job.status in JobStatus.ACTIVE and updated is not None and utcnow() - updated > STALE_AFTER
 
 
 # --- worker side -------------------------------------------------------------------------------------
@@ -171,8 +174,8 @@ def claim(session: Session, job_id: int) -> Job | None:
     """Mark the job running; None when it is already finished (a duplicate delivery) or gone."""
     done = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
-        .values(status="running", updated_at=utcnow())
+        .where(Job.id == job_id, Job.status.in_(JobStatus.ACTIVE))
+        .values(status=JobStatus.RUNNING, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -184,7 +187,7 @@ def claim(session: Session, job_id: int) -> Job | None:
 def report_progress(session: Session, job_id: int, progress: dict[str, Any]) -> None:
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running")
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
         .values(progress=progress, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
@@ -194,7 +197,7 @@ def report_progress(session: Session, job_id: int, progress: dict[str, Any]) -> 
 def finish(
     session: Session,
     job_id: int,
-    status: str,
+    status: JobStatus,
     *,
     result: dict[str, Any] | None = None,
     result_key: str | None = None,
@@ -209,7 +212,7 @@ def finish(
     job.result_key = result_key
     job.result_sha256 = result_sha256
     job.error = error
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         job.progress = {**(job.progress or {}), "done": True}
     session.commit()
 
@@ -240,7 +243,7 @@ def input_still_needed(session: Session, job: Job) -> bool:
     key = (job.params or {}).get("input_key")
     others = session.scalars(
         select(Job).where(
-            Job.project_id == job.project_id, Job.id != job.id, Job.status.in_(("queued", "running"))
+            Job.project_id == job.project_id, Job.id != job.id, Job.status.in_(JobStatus.ACTIVE)
         )
     )
     return any((o.params or {}).get("input_key") == key for o in others)
@@ -261,15 +264,16 @@ def request_export(
     jobs queued or running at most; 429 otherwise)."""
     check_format(fmt)
     job = latest_export(session, model, fmt)
-    if job is not None and job.status == "failed" and not retry:
+    if job is not None and job.status == JobStatus.FAILED and not retry:
         raise Conflict(
             f"exporting model version {model.version} as {fmt} failed: {job.error}; "
             "request it again with retry=true"
         )
-    if job is not None and job.status not in ("failed", "expired") and not is_stale(job):
+    if job is not None and job.status not in (JobStatus.FAILED, JobStatus.EXPIRED) and not is_stale(job):
         return job, False
-    if job is not None and job.status not in ("failed", "expired"):  # stale: the worker died; supersede it
-        job.status, job.error = "failed", "abandoned: no worker finished it"
+    if job is not None and job.status not in (JobStatus.FAILED, JobStatus.EXPIRED):
+        # stale: the worker died; supersede it
+        job.status, job.error = JobStatus.FAILED, "abandoned: no worker finished it"
     check_queue_room(session, model.project_id, limit)
     return create_job(session, model.project_id, "export", {"model_id": model.id, "format": fmt}, user), True
 
@@ -353,6 +357,13 @@ def export_filename(model: ModelVersion, fmt: str) -> str:
 
 # --- the inverted-saliency sanity check ----------------------------------------------------------
 
+# A sanity check job follows its run; a failed, cancelled or deleted run fails it.
+JOB_STATUS_OF_RUN: dict[str, JobStatus] = {
+    RunStatus.QUEUED: JobStatus.QUEUED,
+    RunStatus.RUNNING: JobStatus.RUNNING,
+    RunStatus.SUCCEEDED: JobStatus.SUCCEEDED,
+}
+
 # The reading says "the maps matter" when training on inverted maps costs at least this much
 # accuracy (the benchmark's own bar: sage-inverted within 5 points of ce fails it, bench/ml.md).
 SANITY_MARGIN = 0.05
@@ -363,7 +374,7 @@ def start_sanity_check(session: Session, model: ModelVersion, user: User | None)
     sage-inverted) on the project's current data; the resulting version is never activated.
     Returns (the job, the run id to enqueue); commits."""
     method = (model.config or {}).get("method")
-    if method != "sage":
+    if method != Method.SAGE:
         raise Invalid(
             f"the sanity check trains SAGE with inverted maps; model version {model.version} was trained "
             f"with {method!r}, which has no inverted variant"
@@ -377,7 +388,7 @@ def start_sanity_check(session: Session, model: ModelVersion, user: User | None)
         if run is not None
         else {k: v for k, v in (model.config or {}).items() if v is not None}
     )
-    options = {**given, "method": "sage-inverted"}
+    options = {**given, "method": Method.SAGE_INVERTED}
     request = create_or_join_run(session, project, user, options, reason=SANITY_CHECK_REASON)
     assert request is not None  # force=True (the default) always starts or joins a run
     if not request.created:
@@ -460,7 +471,7 @@ def sanity_report(session: Session, model: ModelVersion) -> dict[str, Any] | Non
     if job is None:
         return None
     run = session.get(TrainingRun, job.params.get("run_id"))
-    status = run.status if run else "failed"
+    status = run.status if run else RunStatus.FAILED
     out: dict[str, Any] = {
         "job_id": job.id,
         "model_id": model.id,
@@ -479,7 +490,7 @@ def sanity_report(session: Session, model: ModelVersion) -> dict[str, Any] | Non
             out["inverted_model_id"] = twin.id
             out["inverted"] = metrics_summary(twin.metrics or {})
             out["comparison"] = sanity_reading(model.metrics or {}, twin.metrics or {})
-    job_status = {"queued": "queued", "running": "running", "succeeded": "succeeded"}.get(status, "failed")
+    job_status = JOB_STATUS_OF_RUN.get(status, JobStatus.FAILED)
     if job.status != job_status:
         job.status = job_status
         session.commit()

@@ -17,7 +17,7 @@ from app.queue import TASK_PREDICT_MISSING, TASK_PREDICT_PROJECT, TASK_REALIGN
 from app.services.errors import Conflict
 from app.services.lookups import active_model
 from app.services.runs import TaskSender, TrainingError, add_event, finish_run, lock_project
-from app.tables import ModelVersion, Prediction, Project, TrainingRun, utcnow
+from app.tables import ModelVersion, Prediction, Project, RunStatus, TrainingRun, utcnow
 
 log = logging.getLogger(__name__)
 # TrainingRun.reason of the run an inverted-saliency sanity check trains (app.services.jobs)
@@ -119,7 +119,7 @@ def register_model(
         session,
         run_id,
         worker_id,
-        "succeeded",
+        RunStatus.SUCCEEDED,
         metrics=metrics,
         model_id=model.id,
         commit=False,
@@ -127,7 +127,7 @@ def register_model(
     ):
         # Reaped, or a cancel arrived while publishing: the cancel wins, nothing is activated.
         session.rollback()
-        finish_run(session, run_id, worker_id, "cancelled", error="cancelled while publishing")
+        finish_run(session, run_id, worker_id, RunStatus.CANCELLED, error="cancelled while publishing")
         return None
     add_event(
         session,

@@ -12,9 +12,8 @@ from app.services.errors import Conflict, Invalid, NotFound
 from app.services.images import delete_unreferenced
 from app.services.users import get_by_username
 from app.storage import Storage
-from app.tables import Annotation, AnnotationRevision, Image, Project, ProjectMember, User
+from app.tables import Annotation, AnnotationRevision, Image, Project, ProjectMember, Role, User
 
-ROLES = ("viewer", "annotator", "manager")
 PROJECT_FIELDS = (
     "name",
     "description",
@@ -56,7 +55,7 @@ def create_project(session: Session, owner: User | None, **fields: Any) -> Proje
     try:
         session.flush()
         if owner is not None:
-            session.add(ProjectMember(project_id=project.id, user_id=owner.id, role="manager"))
+            session.add(ProjectMember(project_id=project.id, user_id=owner.id, role=Role.MANAGER))
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -141,7 +140,7 @@ def delete_project(session: Session, storage: Storage, project: Project) -> None
 def visible_projects(session: Session, user: User) -> list[tuple[Project, str]]:
     """Projects the user may see with the user's role (site admins: all, as manager)."""
     if user.is_admin:
-        return [(p, "manager") for p in session.scalars(select(Project).order_by(Project.id))]
+        return [(p, Role.MANAGER) for p in session.scalars(select(Project).order_by(Project.id))]
     rows = session.execute(
         select(Project, ProjectMember.role)
         .join(ProjectMember, ProjectMember.project_id == Project.id)
@@ -214,7 +213,7 @@ def _managers(session: Session, project: Project) -> int:
     return session.execute(
         select(func.count())
         .select_from(ProjectMember)
-        .where(ProjectMember.project_id == project.id, ProjectMember.role == "manager")
+        .where(ProjectMember.project_id == project.id, ProjectMember.role == Role.MANAGER)
     ).scalar_one()
 
 
@@ -226,8 +225,8 @@ def set_member(
 
     The last manager cannot be demoted (Conflict): someone must be able to manage the project.
     """
-    if role not in ROLES:
-        raise Invalid(f"role must be one of {ROLES}")
+    if role not in tuple(Role):
+        raise Invalid(f"role must be one of {tuple(r.value for r in Role)}")
     user = get_by_username(session, username)
     if user is None or not user.is_active:
         raise NotFound(f"no active user named {username!r}")
@@ -241,7 +240,7 @@ def set_member(
         )
         session.add(member)
     else:
-        if member.role == "manager" and role != "manager" and _managers(session, project) <= 1:
+        if member.role == Role.MANAGER and role != Role.MANAGER and _managers(session, project) <= 1:
             raise Conflict(f"{user.username} is the project's last manager; make someone else manager first")
         member.role = role
         if adjudicator is not None:
@@ -268,7 +267,7 @@ def remove_member(session: Session, project: Project, username: str) -> None:
     )
     if user is None or member is None:
         raise NotFound(f"{username!r} is not a member of this project")
-    if member.role == "manager" and _managers(session, project) <= 1:
+    if member.role == Role.MANAGER and _managers(session, project) <= 1:
         raise Conflict(f"{user.username} is the project's last manager; make someone else manager first")
     session.delete(member)
     session.commit()

@@ -17,9 +17,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.services.annotations import COMMENT_STATUSES
 from app.services.errors import Forbidden
-from app.tables import Annotation, Image, Project, ProjectMember, User
+from app.tables import Annotation, Image, Project, ProjectMember, ReadingStatus, Role, User
 
 BLIND_DETAIL = (
     "blind reading: other readers' labels and maps of this image stay hidden until you have saved "
@@ -36,7 +35,7 @@ def is_privileged(session: Session, project_id: int, user: User) -> bool:
             ProjectMember.project_id == project_id, ProjectMember.user_id == user.id
         )
     ).first()
-    return row is not None and (row[0] == "manager" or bool(row[1]))
+    return row is not None and (row[0] == Role.MANAGER or bool(row[1]))
 
 
 def read_image_ids(session: Session, user: User, image_ids: Iterable[int]) -> set[int]:
@@ -49,7 +48,7 @@ def read_image_ids(session: Session, user: User, image_ids: Iterable[int]) -> se
             select(Annotation.image_id).where(
                 Annotation.author_id == user.id,
                 Annotation.image_id.in_(ids),
-                Annotation.status != "skipped",
+                Annotation.status != ReadingStatus.SKIPPED,
             )
         )
     )
@@ -117,7 +116,11 @@ def coverage(session: Session, project: Project) -> dict[str, Any]:
 
 
 def attention(
-    session: Session, project: Project, *, statuses: Iterable[str] = COMMENT_STATUSES, limit: int = 200
+    session: Session,
+    project: Project,
+    *,
+    statuses: Iterable[str] = ReadingStatus.NEEDS_COMMENT,
+    limit: int = 200,
 ) -> list[tuple[Annotation, str, Image]]:
     """The project's annotations marked unsure or flagged (or `statuses`), newest first, with the
     reader's name and the image: what a manager should look at."""

@@ -31,6 +31,8 @@ from app.tables import (
     Annotation,
     Image,
     Project,
+    ReadingStatus,
+    RunStatus,
     TrainingEvent,
     TrainingRun,
     User,
@@ -39,9 +41,6 @@ from app.tables import (
 )
 
 log = logging.getLogger(__name__)
-
-ACTIVE_STATUSES = ("queued", "running")
-FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 class TaskSender(Protocol):
@@ -182,7 +181,7 @@ def lock_project(session: Session, project_id: int) -> None:
 def active_run(session: Session, project_id: int) -> TrainingRun | None:
     return session.scalars(
         select(TrainingRun)
-        .where(TrainingRun.project_id == project_id, TrainingRun.status.in_(ACTIVE_STATUSES))
+        .where(TrainingRun.project_id == project_id, TrainingRun.status.in_(RunStatus.ACTIVE))
         .order_by(TrainingRun.id)
         .limit(1)
     ).first()
@@ -232,7 +231,7 @@ def create_or_join_run(
         raise TrainingError(f"project {project.id} has no labelled images yet: label some images, then train")
     run = TrainingRun(
         project_id=project.id,
-        status="queued",
+        status=RunStatus.QUEUED,
         options=resolved,
         reason=reason,
         created_by_id=user.id if user else None,
@@ -240,7 +239,7 @@ def create_or_join_run(
     )
     session.add(run)
     session.flush()
-    add_event(session, run.id, "status", {"status": "queued", "reason": reason})
+    add_event(session, run.id, "status", {"status": RunStatus.QUEUED, "reason": reason})
     session.commit()
     return RunRequest(run, created=True)
 
@@ -255,16 +254,21 @@ def request_cancel(session: Session, run: TrainingRun) -> TrainingRun:
     now = utcnow()
     result = session.execute(
         update(TrainingRun)
-        .where(TrainingRun.id == run.id, TrainingRun.status == "queued")
-        .values(status="cancelled", cancel_requested=True, finished_at=now, progress={"phase": "cancelled"})
+        .where(TrainingRun.id == run.id, TrainingRun.status == RunStatus.QUEUED)
+        .values(
+            status=RunStatus.CANCELLED,
+            cancel_requested=True,
+            finished_at=now,
+            progress={"phase": "cancelled"},
+        )
         .execution_options(synchronize_session=False)
     )
     if result.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult
-        add_event(session, run.id, "status", {"status": "cancelled"})
+        add_event(session, run.id, "status", {"status": RunStatus.CANCELLED})
     else:
         result = session.execute(
             update(TrainingRun)
-            .where(TrainingRun.id == run.id, TrainingRun.status == "running")
+            .where(TrainingRun.id == run.id, TrainingRun.status == RunStatus.RUNNING)
             .values(cancel_requested=True)
             .execution_options(synchronize_session=False)
         )
@@ -316,11 +320,11 @@ def claim_run(session: Session, run_id: int, worker_id: str) -> bool:
         update(TrainingRun)
         .where(
             TrainingRun.id == run_id,
-            TrainingRun.status == "queued",
+            TrainingRun.status == RunStatus.QUEUED,
             TrainingRun.cancel_requested.is_(False),
         )
         .values(
-            status="running",
+            status=RunStatus.RUNNING,
             worker_id=worker_id,
             heartbeat_at=now,
             started_at=now,
@@ -334,13 +338,17 @@ def claim_run(session: Session, run_id: int, worker_id: str) -> bool:
     if result.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
         session.rollback()
         return False
-    add_event(session, run_id, "status", {"status": "running", "worker": worker_id})
+    add_event(session, run_id, "status", {"status": RunStatus.RUNNING, "worker": worker_id})
     session.commit()
     return True
 
 
 def _owned(run_id: int, worker_id: str):
-    return (TrainingRun.id == run_id, TrainingRun.worker_id == worker_id, TrainingRun.status == "running")
+    return (
+        TrainingRun.id == run_id,
+        TrainingRun.worker_id == worker_id,
+        TrainingRun.status == RunStatus.RUNNING,
+    )
 
 
 def heartbeat(session: Session, run_id: int, worker_id: str, *, beat: bool = True) -> tuple[bool, bool]:
@@ -395,7 +403,7 @@ def finish_run(
     session: Session,
     run_id: int,
     worker_id: str,
-    status: str,
+    status: RunStatus,
     *,
     metrics: dict[str, Any] | None = None,
     error: str | None = None,
@@ -406,7 +414,7 @@ def finish_run(
     """Move an owned run to a final status. False (and nothing written) when the run was taken
     away from this worker meanwhile (reaped), or, with `unless_cancelled`, when a cancel was
     requested: the caller must then discard what it produced."""
-    assert status in FINISHED_STATUSES, status
+    assert status in RunStatus.FINISHED, status
     owned = _owned(run_id, worker_id)
     if unless_cancelled:
         owned = (*owned, TrainingRun.cancel_requested.is_(False))
@@ -452,7 +460,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
     stale = session.scalars(
         select(TrainingRun)
         .where(
-            TrainingRun.status == "running",
+            TrainingRun.status == RunStatus.RUNNING,
             (TrainingRun.heartbeat_at.is_(None)) | (TrainingRun.heartbeat_at < stale_before),
         )
         .execution_options(populate_existing=True)
@@ -460,7 +468,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
     for run in stale:
         where = (
             TrainingRun.id == run.id,
-            TrainingRun.status == "running",
+            TrainingRun.status == RunStatus.RUNNING,
             TrainingRun.worker_id == run.worker_id,
         )
         last_seen = as_utc(run.heartbeat_at)
@@ -469,7 +477,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
                 update(TrainingRun)
                 .where(*where)
                 .values(
-                    status="queued",
+                    status=RunStatus.QUEUED,
                     worker_id=None,
                     progress={"phase": "queued", "enqueued_at": now.isoformat(), "requeued": True},
                 )
@@ -481,7 +489,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
                     run.id,
                     "status",
                     {
-                        "status": "queued",
+                        "status": RunStatus.QUEUED,
                         "requeued": True,
                         "attempts": run.attempts,
                         "message": f"worker {run.worker_id} stopped responding (last heartbeat "
@@ -495,7 +503,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
                 f"worker {run.worker_id} stopped responding (last heartbeat "
                 f"{last_seen.isoformat() if last_seen else 'never'}) and {why}; not retried"
             )
-            status = "cancelled" if run.cancel_requested else "failed"
+            status = RunStatus.CANCELLED if run.cancel_requested else RunStatus.FAILED
             result = session.execute(
                 update(TrainingRun)
                 .where(*where)
@@ -511,7 +519,9 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
     # projects' long runs would otherwise collect a duplicate every stale period (each a no-op
     # claim, but each costs a recycled train process), so the wait doubles with every re-send.
     queued = (
-        select(TrainingRun).where(TrainingRun.status == "queued").execution_options(populate_existing=True)
+        select(TrainingRun)
+        .where(TrainingRun.status == RunStatus.QUEUED)
+        .execution_options(populate_existing=True)
     )
     for run in session.scalars(queued).all():
         enqueued_at = _parse_time((run.progress or {}).get("enqueued_at")) or as_utc(run.created_at)
@@ -522,7 +532,7 @@ def reap_stale_runs(session: Session, settings: Settings, celery: TaskSender) ->
         progress = {**(run.progress or {}), "enqueued_at": now.isoformat(), "resends": resends + 1}
         result = session.execute(
             update(TrainingRun)
-            .where(TrainingRun.id == run.id, TrainingRun.status == "queued")
+            .where(TrainingRun.id == run.id, TrainingRun.status == RunStatus.QUEUED)
             .values(progress=progress)
             .execution_options(synchronize_session=False)
         )
@@ -556,7 +566,7 @@ def last_snapshot_at(session: Session, project_id: int) -> datetime | None:
     """
     runs = session.scalars(
         select(TrainingRun)
-        .where(TrainingRun.project_id == project_id, TrainingRun.status.in_(FINISHED_STATUSES))
+        .where(TrainingRun.project_id == project_id, TrainingRun.status.in_(RunStatus.FINISHED))
         .order_by(TrainingRun.id.desc())
         .limit(20)
         .execution_options(populate_existing=True)
@@ -577,7 +587,7 @@ def changed_annotations(session: Session, project_id: int, since: datetime | Non
     query = (
         select(func.count())
         .select_from(Annotation)
-        .where(Annotation.project_id == project_id, Annotation.status != "skipped")
+        .where(Annotation.project_id == project_id, Annotation.status != ReadingStatus.SKIPPED)
     )
     adjudications = (
         select(func.count()).select_from(Adjudication).where(Adjudication.project_id == project_id)

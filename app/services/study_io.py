@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.imaging import ImageError, decode_mask, encode_mask
-from app.services.annotations import STATUSES, consensus_of, refresh_image
+from app.services.annotations import consensus_of, refresh_image
 from app.services.errors import Invalid, TooLarge
 from app.services.images import safe_name
 from app.storage import Storage
@@ -43,6 +43,7 @@ from app.tables import (
     AnnotationRevision,
     Image,
     Project,
+    ReadingStatus,
     User,
 )
 
@@ -196,14 +197,14 @@ def import_study(
         ):
             name, reader = row["image"].strip(), row["reader"].strip()
             label = (row.get("label") or "").strip() or None
-            status = (row.get("status") or "done").strip() or "done"
+            status = (row.get("status") or "").strip() or ReadingStatus.DONE
             comment = (row.get("comment") or "").strip() or None
             image = images_by_name.get(name)
             if image is None:
                 continue  # an image already in the project (or not listed): its readings stay as they are
-            if status not in STATUSES:
+            if status not in tuple(ReadingStatus):
                 problems.add(
-                    READINGS_CSV, f"unknown status {status!r}; use one of {', '.join(STATUSES)}", line
+                    READINGS_CSV, f"unknown status {status!r}; use one of {', '.join(ReadingStatus)}", line
                 )
                 continue
             if label is not None and label not in project.labels:

@@ -151,3 +151,24 @@ def test_summary_counts(client, make_user, make_project, auth_headers):
     assert s["images"] == 3 and s["labelled"] == 2 and s["annotated"] == 2 and s["annotations"] == 3
     assert s["labels"] == {"cat": 1, "dog": 1}
     assert s["agreement"] == {"iou": 1.0, "pearson": 1.0, "images": 1}  # identical maps (sage.agreement)
+
+
+def test_training_method_by_name_and_an_unknown_one_is_422_naming_the_methods(
+    client, make_user, auth_headers
+):
+    h = auth_headers(make_user())
+    body = {"name": "x", "labels": ["a", "b"], "training": {"method": "magic"}}
+    r = client.post("/api/v1/projects", headers=h, json=body)
+    assert r.status_code == 422
+    (error,) = r.json()["detail"]
+    assert error["loc"][-1] == "method"
+    assert error["msg"] == (
+        "Input should be 'ce', 'blur', 'cyborg', 'rrr', 'gradia', 'ce-swap', 'ce-jsd', 'sage-paper', 'sage' "
+        "or 'sage-inverted'"
+    )
+    r = client.post("/api/v1/projects", headers=h, json={**body, "training": {"method": "ce-swap"}})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    r = client.patch(f"/api/v1/projects/{pid}", headers=h, json={"training": {"method": "sage-paper"}})
+    assert r.status_code == 200, r.text
+    assert client.get(f"/api/v1/projects/{pid}", headers=h).json()["training"] == {"method": "sage-paper"}
