@@ -134,8 +134,8 @@ class Role(StrEnum):
     """A member's role in a project, lowest first: viewer (view and predict), annotator (also
     annotate), manager (also settings, members, training and model activation)."""
 
-    # The docstring is the API's description of the schema. In code, `<`, `>=` and `at_least` compare
-    # by that order (`rank`), not by the alphabet; `ProjectMember.role` holds the value.
+    # The docstring is the API's description of the schema. In code, `at_least` compares by that
+    # order (`rank`), not by the alphabet; `ProjectMember.role` holds the value.
     VIEWER = "viewer"
     ANNOTATOR = "annotator"
     MANAGER = "manager"
@@ -147,18 +147,6 @@ class Role(StrEnum):
 
     def at_least(self, other: str) -> bool:
         """Whether this role may do what `other` (a Role or its name) may."""
-        return self.rank >= Role(other).rank
-
-    def __lt__(self, other: str) -> bool:
-        return self.rank < Role(other).rank
-
-    def __le__(self, other: str) -> bool:
-        return self.rank <= Role(other).rank
-
-    def __gt__(self, other: str) -> bool:
-        return self.rank > Role(other).rank
-
-    def __ge__(self, other: str) -> bool:
         return self.rank >= Role(other).rank
 
 

@@ -366,7 +366,3 @@ def create_task(model: Classifier, config: TrainConfig) -> Task:
     if config.method not in TASKS:
         raise ValueError(f"unknown method {config.method!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[config.method](model, config)
-
-
-def uses_saliency(method: str) -> bool:
-    return method != Method.CE
