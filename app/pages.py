@@ -154,8 +154,9 @@ class ProjectAccess:
 
 
 def project_access(pid: int, user: OptionalUser, session: SessionDep) -> ProjectAccess:
-    """The project `{pid}` of the path for a member (site admins: as manager). LoginRequired for
-    anonymous callers (checked after `pid` is validated, as before), 404 for non-members."""
+    """The project `{pid}` of the path for a member (site admins: as manager); 404 for non-members.
+    The caller is checked here rather than through `PageUser` so that a malformed `{pid}` answers
+    422 before an anonymous caller is sent to /login."""
     if user is None:
         raise LoginRequired
     project = session.get(Project, pid)
