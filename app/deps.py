@@ -22,8 +22,6 @@ from app.settings import Settings
 from app.storage import Storage, get_storage
 from app.tables import Annotation, Image, Project, ProjectMember, Role, User
 
-# Role.rank by name, for app.pages until it uses Role.at_least (issue 16).
-ROLE_RANK: dict[str, int] = {role: role.rank for role in Role}
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
 
 

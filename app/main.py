@@ -121,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(pages.router)
+    pages.install_error_pages(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_openapi(app)
     return app

@@ -5,34 +5,42 @@ to /login) and what they may see (a project the caller is not a member of answer
 REST API does), render the page's frame with the facts it needs to paint immediately, and leave
 every change to the REST API, which the page scripts call with the session cookie and the
 `X-CSRF-Token` header. The only form posts are /login and /logout, checked with `verify_csrf`.
+
+Access is checked by dependencies, as in the API (`PageUser`, `ProjectPage`, `AnnotatorPage`, ...):
+they raise `LoginRequired` or `PageError`, which the handlers `install_error_pages` registers turn
+into the redirect to /login and the error page. Only page dependencies and routes raise them, so
+API routes keep their JSON errors. A route lists its role dependency before `ProjectImage`, so a
+caller below the role hears about the role, not about the image.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import object_session
 
 from app import security
 from app.api.model_versions import model_out
 from app.api.runs import run_out
-from app.deps import ROLE_RANK, OptionalUser, SessionDep, SettingsDep, member_role
+from app.deps import OptionalUser, SessionDep, SettingsDep, member_role
 from app.schemas import API, pixel_info_out
 from app.services import adjudication as adjudication_service
 from app.services import projects as project_service
 from app.services import reading
-from app.services.images import next_image
+from app.services.annotations import annotation_of, images_annotated_by
+from app.services.images import neighbours, next_image, recent_images
 from app.services.login import login_with_password
 from app.services.lookups import active_model
-from app.tables import Annotation, Image, ModelVersion, Prediction, Project, ProjectMember, TrainingRun, User
+from app.services.predictions import prediction_for
+from app.services.runs import latest_run
+from app.tables import Image, ModelVersion, Project, Role, TrainingRun, User
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
@@ -49,15 +57,6 @@ def _tojson_script(value: Any) -> Markup:
 
 
 templates.env.filters["json_script"] = _tojson_script
-
-
-class LoginRequired(Exception):
-    """Raised by page helpers; turned into a redirect to /login?next=... ."""
-
-
-def _login_redirect(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
 
 
 def _safe_next(target: str | None) -> str:
@@ -85,100 +84,150 @@ def error_page(
     )
 
 
-def _not_found(request: Request, user: User | None, what: str = "page") -> HTMLResponse:
-    return error_page(
-        request, user, 404, "Not found", f"There is no such {what}, or you are not a member of it."
-    )
+# --- access: page exceptions, their handlers and the dependencies that raise them -----------------
+
+
+class LoginRequired(Exception):
+    """The caller is not signed in: answered with a redirect to /login?next=<this page>."""
+
+
+class PageError(Exception):
+    """The signed-in caller may not see this page: answered with error.html (status, title, message).
+
+    The user is taken out of the request's database session, with the attributes it has loaded:
+    the session rolls back (expiring what it holds) and closes before the handler renders the page,
+    whose header shows who is signed in."""
+
+    def __init__(self, user: User, status_code: int, title: str, message: str) -> None:
+        super().__init__(message)
+        session = object_session(user)
+        if session is not None:
+            session.expunge(user)
+        self.user = user
+        self.status_code = status_code
+        self.title = title
+        self.message = message
+
+
+def not_found(user: User, what: str = "page") -> PageError:
+    """404 for what does not exist and for what the caller may not know exists."""
+    return PageError(user, 404, "Not found", f"There is no such {what}, or you are not a member of it.")
+
+
+def _login_redirect(request: Request, exc: Exception) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+
+
+def _error_page(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PageError)
+    return error_page(request, exc.user, exc.status_code, exc.title, exc.message)
+
+
+def install_error_pages(app: FastAPI) -> None:
+    """Answer the page exceptions (raised only by page dependencies and routes) with the login
+    redirect and the error page."""
+    app.add_exception_handler(LoginRequired, _login_redirect)
+    app.add_exception_handler(PageError, _error_page)
+
+
+def page_user(user: OptionalUser) -> User:
+    """The signed-in caller, else LoginRequired."""
+    if user is None:
+        raise LoginRequired
+    return user
+
+
+PageUser = Annotated[User, Depends(page_user)]
 
 
 class ProjectAccess:
-    """A project page's subject: the project and the caller's role in it (None: not a member)."""
+    """A project page's subject: the project, the caller and the caller's role in it."""
 
-    def __init__(self, project: Project, role: str) -> None:
+    def __init__(self, project: Project, user: User, role: Role) -> None:
         self.project = project
+        self.user = user
         self.role = role
 
-    def at_least(self, role: str) -> bool:
-        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+    def at_least(self, role: Role) -> bool:
+        return self.role.at_least(role)
 
 
-def _project_access(session: Session, user: User, pid: int) -> ProjectAccess | None:
+def project_access(pid: int, user: OptionalUser, session: SessionDep) -> ProjectAccess:
+    """The project `{pid}` of the path for a member (site admins: as manager); 404 for non-members.
+    The caller is checked here rather than through `PageUser` so that a malformed `{pid}` answers
+    422 before an anonymous caller is sent to /login."""
+    if user is None:
+        raise LoginRequired
     project = session.get(Project, pid)
-    if project is None:
-        return None
-    role = member_role(session, user, pid)
-    return ProjectAccess(project, role) if role else None
+    role = member_role(session, user, pid) if project is not None else None
+    if project is None or role is None:
+        raise not_found(user, "project")
+    return ProjectAccess(project, user, role)
 
 
-def _page_context(user: User, access: ProjectAccess | None = None, nav: str = "") -> dict[str, Any]:
-    ctx: dict[str, Any] = {"user": user, "nav": nav}
-    if access is not None:
-        p = access.project
-        ctx.update(
-            project=p,
-            role=access.role,
-            can_annotate=access.at_least("annotator"),
-            can_manage=access.at_least("manager"),
+ProjectPage = Annotated[ProjectAccess, Depends(project_access)]
+
+
+def annotator_page(access: ProjectPage) -> ProjectAccess:
+    """The project for its annotators and managers; 403 for viewers."""
+    if not access.at_least(Role.ANNOTATOR):
+        raise PageError(
+            access.user,
+            403,
+            "Annotators only",
+            "Your role in this project is viewer: you can look, not paint.",
         )
-    return ctx
+    return access
+
+
+def adjudicator_page(access: ProjectPage, session: SessionDep) -> ProjectAccess:
+    """The project for its managers and adjudicators (and site admins); 403 for other members."""
+    if not reading.is_privileged(session, access.project.id, access.user):
+        raise PageError(
+            access.user,
+            403,
+            "Adjudicators only",
+            "Only the project's managers and members with the adjudicator flag settle disagreements.",
+        )
+    return access
+
+
+def manager_page(access: ProjectPage) -> ProjectAccess:
+    """The project for its managers; 403 for other members."""
+    if not access.at_least(Role.MANAGER):
+        raise PageError(access.user, 403, "Managers only", "Only the project's managers change its settings.")
+    return access
+
+
+AnnotatorPage = Annotated[ProjectAccess, Depends(annotator_page)]
+AdjudicatorPage = Annotated[ProjectAccess, Depends(adjudicator_page)]
+ManagerPage = Annotated[ProjectAccess, Depends(manager_page)]
+
+
+def project_image(iid: int, access: ProjectPage, session: SessionDep) -> Image:
+    """The image `{iid}` of the path if it belongs to the page's project; 404 otherwise."""
+    image = session.get(Image, iid)
+    if image is None or image.project_id != access.project.id:
+        raise not_found(access.user, "image")
+    return image
+
+
+ProjectImage = Annotated[Image, Depends(project_image)]
+
+
+def _page_context(access: ProjectAccess, nav: str = "") -> dict[str, Any]:
+    return {
+        "user": access.user,
+        "nav": nav,
+        "project": access.project,
+        "role": access.role,
+        "can_annotate": access.at_least(Role.ANNOTATOR),
+        "can_manage": access.at_least(Role.MANAGER),
+    }
 
 
 # --- read models for pages -------------------------------------------------------------------------
-
-
-def project_counts(session: Session, project_id: int, user: User | None = None) -> dict[str, Any]:
-    """Counts for the overview and the project list (denormalised columns: index-only at 100k images)."""
-    row = session.execute(
-        select(
-            func.count(Image.id),
-            func.count(Image.label),
-            func.sum(case((Image.annotation_count > 0, 1), else_=0)),
-            func.avg(Image.agreement_iou),
-            func.count(Image.agreement_iou),
-        ).where(Image.project_id == project_id)
-    ).one()
-    counts = {
-        "images": row[0] or 0,
-        "labelled": row[1] or 0,
-        "annotated": int(row[2] or 0),
-        "agreement": float(row[3]) if row[3] is not None else None,
-        "agreement_images": row[4] or 0,
-    }
-    if user is not None:
-        counts["mine"] = session.scalar(
-            select(func.count(Annotation.id)).where(
-                Annotation.project_id == project_id, Annotation.author_id == user.id
-            )
-        )
-    return counts
-
-
-def latest_run(session: Session, project_id: int) -> TrainingRun | None:
-    return session.scalar(
-        select(TrainingRun)
-        .where(TrainingRun.project_id == project_id)
-        .order_by(TrainingRun.id.desc())
-        .limit(1)
-    )
-
-
-def neighbours(session: Session, project_id: int, image_id: int) -> dict[str, Any]:
-    prev_id = session.scalar(
-        select(Image.id)
-        .where(Image.project_id == project_id, Image.id < image_id)
-        .order_by(Image.id.desc())
-        .limit(1)
-    )
-    next_id = session.scalar(
-        select(Image.id)
-        .where(Image.project_id == project_id, Image.id > image_id)
-        .order_by(Image.id)
-        .limit(1)
-    )
-    position = session.scalar(
-        select(func.count(Image.id)).where(Image.project_id == project_id, Image.id <= image_id)
-    )
-    return {"prev": prev_id, "next": next_id, "position": position}
 
 
 def image_json(image: Image) -> dict[str, Any]:
@@ -281,60 +330,23 @@ def logout_submit(
 
 
 @router.get("/", response_class=HTMLResponse)
-def projects_page(request: Request, user: OptionalUser, session: SessionDep):
-    if user is None:
-        return _login_redirect(request)
-    query = select(Project).order_by(Project.name)
-    if not user.is_admin:
-        query = query.join(ProjectMember, ProjectMember.project_id == Project.id).where(
-            ProjectMember.user_id == user.id
-        )
-    projects = []
-    for project in session.scalars(query):
-        model = active_model(session, project.id)
-        projects.append(
-            {
-                "project": project,
-                "role": member_role(session, user, project.id),
-                "counts": project_counts(session, project.id, user),
-                "model": model,
-            }
-        )
+def projects_page(request: Request, user: PageUser, session: SessionDep):
+    projects = project_service.project_cards(session, user)
     return render(request, "projects.html", {"user": user, "nav": "projects", "projects": projects})
 
 
-def _with_project(request: Request, user: User | None, session: Session, pid: int):
-    """(access, None) for a member, else (None, the response to send: login redirect or 404)."""
-    if user is None:
-        return None, _login_redirect(request)
-    access = _project_access(session, user, pid)
-    if access is None:
-        return None, _not_found(request, user, "project")
-    return access, None
-
-
 @router.get("/projects/{pid}", response_class=HTMLResponse)
-def project_page(request: Request, pid: int, user: OptionalUser, session: SessionDep):
-    access, response = _with_project(request, user, session, pid)
-    if response:
-        return response
-    project = access.project
-    counts = project_counts(session, pid, user)
-    model = active_model(session, pid)
-    run = latest_run(session, pid)
-    recent = list(
-        session.scalars(select(Image).where(Image.project_id == pid).order_by(Image.id.desc()).limit(60))
-    )
-    mine = set(
-        session.scalars(
-            select(Annotation.image_id).where(
-                Annotation.author_id == user.id, Annotation.image_id.in_([i.id for i in recent])
-            )
-        )
-    )
-    hidden = reading.hidden_image_ids(session, project, user, [i.id for i in recent])
-    privileged = reading.is_privileged(session, pid, user)
-    study = reading_study_context(session, project, privileged)
+def project_page(request: Request, access: ProjectPage, session: SessionDep):
+    project, user = access.project, access.user
+    counts = project_service.project_counts(session, project.id, user)
+    model = active_model(session, project.id)
+    run = latest_run(session, project.id)
+    recent = recent_images(session, project.id, limit=60)
+    recent_ids = [i.id for i in recent]
+    mine = images_annotated_by(session, user.id, recent_ids)
+    hidden = reading.hidden_image_ids(session, project, user, recent_ids)
+    privileged = reading.is_privileged(session, project.id, user)
+    study = reading.study_context(session, project, privileged)
     boot = {
         "project": {
             "id": project.id,
@@ -351,7 +363,7 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
         request,
         "project.html",
         {
-            **_page_context(user, access, "overview"),
+            **_page_context(access, "overview"),
             "counts": counts,
             "model": model,
             "run": run,
@@ -364,17 +376,6 @@ def project_page(request: Request, pid: int, user: OptionalUser, session: Sessio
             "weights": _registered_weights(),
         },
     )
-
-
-def reading_study_context(session: Session, project: Project, privileged: bool) -> dict[str, Any]:
-    """The project page's reading-study facts: coverage for everyone; the unsure and flagged
-    readings for managers and adjudicators."""
-    return {
-        "coverage": reading.coverage(session, project),
-        "blind": project.blind,
-        "privileged": privileged,
-        "attention": reading.attention(session, project) if privileged else [],
-    }
 
 
 def _registered_weights() -> list[dict[str, Any]]:
@@ -393,60 +394,35 @@ def _registered_weights() -> list[dict[str, Any]]:
 # --- annotate ----------------------------------------------------------------------------------------
 
 
-def _annotators_only(request: Request, user) -> HTMLResponse:
-    return error_page(
-        request, user, 403, "Annotators only", "Your role in this project is viewer: you can look, not paint."
-    )
-
-
 @router.get("/projects/{pid}/annotate", response_class=HTMLResponse)
-def annotate_next(
-    request: Request, pid: int, user: OptionalUser, session: SessionDep, after: int | None = None
-):
-    access, response = _with_project(request, user, session, pid)
-    if response:
-        return response
-    if not access.at_least("annotator"):
-        return _annotators_only(request, user)
-    image, _policy = next_image(session, access.project, user, after=after)
+def annotate_next(request: Request, access: AnnotatorPage, session: SessionDep, after: int | None = None):
+    project, user = access.project, access.user
+    image, _policy = next_image(session, project, user, after=after)
     if image is None:
         return render(
             request,
             "queue_done.html",
-            {**_page_context(user, access, "annotate"), "counts": project_counts(session, pid, user)},
+            {
+                **_page_context(access, "annotate"),
+                "counts": project_service.project_counts(session, project.id, user),
+            },
         )
-    return RedirectResponse(f"/projects/{pid}/annotate/{image.id}", status_code=303)
+    return RedirectResponse(f"/projects/{project.id}/annotate/{image.id}", status_code=303)
 
 
 @router.get("/projects/{pid}/annotate/{iid}", response_class=HTMLResponse)
-def annotate_page(request: Request, pid: int, iid: int, user: OptionalUser, session: SessionDep):
-    access, response = _with_project(request, user, session, pid)
-    if response:
-        return response
-    if not access.at_least("annotator"):
-        return _annotators_only(request, user)
-    image = session.get(Image, iid)
-    if image is None or image.project_id != pid:
-        return _not_found(request, user, "image")
-    mine = session.scalar(
-        select(Annotation).where(Annotation.image_id == iid, Annotation.author_id == user.id)
-    )
-    model = active_model(session, pid)
-    has_prediction = bool(
-        model
-        and session.scalar(
-            select(func.count(Prediction.id)).where(
-                Prediction.image_id == iid, Prediction.model_id == model.id
-            )
-        )
-    )
-    counts = project_counts(session, pid, user)
+def annotate_page(request: Request, access: AnnotatorPage, image: ProjectImage, session: SessionDep):
+    project, user = access.project, access.user
+    mine = annotation_of(session, image.id, user.id)
+    model = active_model(session, project.id)
+    has_prediction = model is not None and prediction_for(session, image.id, model.id) is not None
+    counts = project_service.project_counts(session, project.id, user)
     image_facts = image_json(image)
-    if reading.hidden_image_ids(session, access.project, user, [iid]):
+    if reading.hidden_image_ids(session, project, user, [image.id]):
         image_facts["label"] = image.import_label  # blind reading: not the other readers' majority
     boot = {
         "user": {"id": user.id, "username": user.username},
-        "project": {"id": pid, "name": access.project.name, "labels": active_labels(access.project)},
+        "project": {"id": project.id, "name": project.name, "labels": active_labels(project)},
         "image": image_facts,
         "annotation": (
             {
@@ -463,14 +439,14 @@ def annotate_page(request: Request, pid: int, iid: int, user: OptionalUser, sess
         ),
         "model": model_json(model),
         "has_prediction": has_prediction,
-        "nav": neighbours(session, pid, iid),
+        "nav": neighbours(session, project.id, image.id),
         "counts": counts,
     }
     return render(
         request,
         "annotate.html",
         {
-            **_page_context(user, access, "annotate"),
+            **_page_context(access, "annotate"),
             "image": image,
             "boot": boot,
             "body_class": "annotate",
@@ -489,77 +465,44 @@ def active_labels(project: Project) -> list[str]:
 
 
 @router.get("/projects/{pid}/review/{iid}", response_class=HTMLResponse)
-def review_page(request: Request, pid: int, iid: int, user: OptionalUser, session: SessionDep):
-    access, response = _with_project(request, user, session, pid)
-    if response:
-        return response
-    image = session.get(Image, iid)
-    if image is None or image.project_id != pid:
-        return _not_found(request, user, "image")
-    if reading.hidden_image_ids(session, access.project, user, [iid]):
-        return error_page(
-            request,
-            user,
+def review_page(request: Request, access: ProjectPage, image: ProjectImage, session: SessionDep):
+    project = access.project
+    if reading.hidden_image_ids(session, project, access.user, [image.id]):
+        raise PageError(
+            access.user,
             403,
             "Blind reading",
             "Other readers' labels and maps of this image stay hidden until you have saved your own reading.",
         )
-    model = active_model(session, pid)
+    model = active_model(session, project.id)
     boot = {
-        "project": {"id": pid, "labels": access.project.labels},
+        "project": {"id": project.id, "labels": project.labels},
         "image": image_json(image),
         "model": model_json(model),
-        "nav": neighbours(session, pid, iid),
+        "nav": neighbours(session, project.id, image.id),
     }
-    return render(
-        request, "review.html", {**_page_context(user, access, "review"), "image": image, "boot": boot}
-    )
+    return render(request, "review.html", {**_page_context(access, "review"), "image": image, "boot": boot})
 
 
 # --- adjudication (issue 12) -------------------------------------------------------------------------
 
 
-def _adjudicators_only(request: Request, user) -> HTMLResponse:
-    return error_page(
-        request,
-        user,
-        403,
-        "Adjudicators only",
-        "Only the project's managers and members with the adjudicator flag settle disagreements.",
-    )
-
-
 @router.get("/projects/{pid}/adjudicate", response_class=HTMLResponse)
-def adjudicate_list_page(
-    request: Request, pid: int, user: OptionalUser, session: SessionDep, offset: int = 0
-):
-    access, response = _with_project(request, user, session, pid)
-    if response:
-        return response
-    if not reading.is_privileged(session, pid, user):
-        return _adjudicators_only(request, user)
+def adjudicate_list_page(request: Request, access: AdjudicatorPage, session: SessionDep, offset: int = 0):
     offset = max(0, min(offset, 10_000_000))
     rows = adjudication_service.disagreements(session, access.project, limit=100, offset=offset)
     return render(
         request,
         "adjudicate_list.html",
-        {**_page_context(user, access, "adjudicate"), "rows": rows, "offset": offset},
+        {**_page_context(access, "adjudicate"), "rows": rows, "offset": offset},
     )
 
 
 @router.get("/projects/{pid}/adjudicate/{iid}", response_class=HTMLResponse)
-def adjudicate_page(request: Request, pid: int, iid: int, user: OptionalUser, session: SessionDep):
-    access, response = _with_project(request, user, session, pid)
-    if response:
-        return response
-    if not reading.is_privileged(session, pid, user):
-        return _adjudicators_only(request, user)
-    image = session.get(Image, iid)
-    if image is None or image.project_id != pid:
-        return _not_found(request, user, "image")
-    adj = adjudication_service.get_adjudication(session, iid)
+def adjudicate_page(request: Request, access: AdjudicatorPage, image: ProjectImage, session: SessionDep):
+    adj = adjudication_service.get_adjudication(session, image.id)
     boot = {
-        "project": {"id": pid, "labels": access.project.labels},
+        "project": {"id": access.project.id, "labels": access.project.labels},
         "image": image_json(image),
         "adjudication": {
             "label": adj.label,
@@ -573,7 +516,7 @@ def adjudicate_page(request: Request, pid: int, iid: int, user: OptionalUser, se
         request,
         "adjudicate.html",
         {
-            **_page_context(user, access, "adjudicate"),
+            **_page_context(access, "adjudicate"),
             "image": image,
             "boot": boot,
             "body_class": "adjudicate",
@@ -584,17 +527,8 @@ def adjudicate_page(request: Request, pid: int, iid: int, user: OptionalUser, se
 # --- settings and the image browser (issue 12) ----------------------------------------------------
 
 
-def _managers_only(request: Request, user) -> HTMLResponse:
-    return error_page(request, user, 403, "Managers only", "Only the project's managers change its settings.")
-
-
 @router.get("/projects/{pid}/settings", response_class=HTMLResponse)
-def settings_page(request: Request, pid: int, user: OptionalUser, session: SessionDep):
-    access, response = _with_project(request, user, session, pid)
-    if response:
-        return response
-    if not access.at_least("manager"):
-        return _managers_only(request, user)
+def settings_page(request: Request, access: ManagerPage, session: SessionDep):
     from sage.config import METHODS  # torch-free: the option names the API validates
 
     project = access.project
@@ -612,59 +546,50 @@ def settings_page(request: Request, pid: int, user: OptionalUser, session: Sessi
             "training": project.training or {},
         },
         "members": members,
-        "me": user.username,
+        "me": access.user.username,
     }
     return render(
         request,
         "settings.html",
-        {**_page_context(user, access, "settings"), "boot": boot, "methods": METHODS, "members": members},
+        {**_page_context(access, "settings"), "boot": boot, "methods": METHODS, "members": members},
     )
 
 
 @router.get("/projects/{pid}/images", response_class=HTMLResponse)
-def images_page(request: Request, pid: int, user: OptionalUser, session: SessionDep):
-    access, response = _with_project(request, user, session, pid)
-    if response:
-        return response
+def images_page(request: Request, access: ProjectPage, session: SessionDep):
     project = access.project
-    privileged = reading.is_privileged(session, pid, user)
+    privileged = reading.is_privileged(session, project.id, access.user)
     readers = [u.username for _, u in project_service.list_members(session, project)]
     boot = {
-        "project": {"id": pid, "labels": project.labels},
-        "can_manage": access.at_least("manager"),
+        "project": {"id": project.id, "labels": project.labels},
+        "can_manage": access.at_least(Role.MANAGER),
         "can_filter_others": privileged or not project.blind,
-        "me": user.username,
+        "me": access.user.username,
         "readers": readers,
     }
     return render(
-        request, "images.html", {**_page_context(user, access, "images"), "boot": boot, "readers": readers}
+        request, "images.html", {**_page_context(access, "images"), "boot": boot, "readers": readers}
     )
 
 
 @router.get("/projects/{pid}/models", response_class=HTMLResponse)
-def models_page(request: Request, pid: int, user: OptionalUser, session: SessionDep):
-    access, response = _with_project(request, user, session, pid)
-    if response:
-        return response
-    boot = {"project": {"id": pid, "labels": access.project.labels}, "role": access.role}
-    return render(request, "models.html", {**_page_context(user, access, "models"), "boot": boot})
+def models_page(request: Request, access: ProjectPage):
+    boot = {"project": {"id": access.project.id, "labels": access.project.labels}, "role": access.role}
+    return render(request, "models.html", {**_page_context(access, "models"), "boot": boot})
 
 
 @router.get("/projects/{pid}/predictions", response_class=HTMLResponse)
-def predictions_page(request: Request, pid: int, user: OptionalUser, session: SessionDep):
-    access, response = _with_project(request, user, session, pid)
-    if response:
-        return response
-    model = active_model(session, pid)
+def predictions_page(request: Request, access: ProjectPage, session: SessionDep):
+    model = active_model(session, access.project.id)
     boot = {
-        "project": {"id": pid, "labels": access.project.labels},
+        "project": {"id": access.project.id, "labels": access.project.labels},
         "model": model_json(model),
         "role": access.role,
     }
     return render(
         request,
         "predictions.html",
-        {**_page_context(user, access, "predictions"), "model": model, "boot": boot},
+        {**_page_context(access, "predictions"), "model": model, "boot": boot},
     )
 
 
@@ -672,12 +597,10 @@ def predictions_page(request: Request, pid: int, user: OptionalUser, session: Se
 
 
 @router.get("/admin", response_class=HTMLResponse)
-def admin_page(request: Request, user: OptionalUser, session: SessionDep):
-    if user is None:
-        return _login_redirect(request)
+def admin_page(request: Request, user: PageUser, session: SessionDep):
     if not user.is_admin:
-        return _not_found(request, user)
-    projects = list(session.scalars(select(Project).order_by(Project.name)))
+        raise not_found(user)
+    projects = [p for p, _role in project_service.visible_projects(session, user, by_name=True)]
     boot = {
         "me": {"id": user.id, "username": user.username},
         "projects": [{"id": p.id, "name": p.name} for p in projects],
@@ -686,9 +609,7 @@ def admin_page(request: Request, user: OptionalUser, session: SessionDep):
 
 
 @router.get("/tokens", response_class=HTMLResponse)
-def tokens_page(request: Request, user: OptionalUser):
-    if user is None:
-        return _login_redirect(request)
+def tokens_page(request: Request, user: PageUser):
     return render(request, "tokens.html", {"user": user, "nav": "tokens", "boot": {"me": {"id": user.id}}})
 
 

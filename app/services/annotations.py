@@ -327,6 +327,26 @@ def put_annotation(
     return annotation, created
 
 
+def annotation_of(session: Session, image_id: int, author_id: int) -> Annotation | None:
+    """The author's annotation of the image (any status), or None."""
+    return session.scalar(
+        select(Annotation).where(Annotation.image_id == image_id, Annotation.author_id == author_id)
+    )
+
+
+def images_annotated_by(session: Session, author_id: int, image_ids: Sequence[int]) -> set[int]:
+    """Those of `image_ids` the author has an annotation of (any status, `skipped` included)."""
+    if not image_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(Annotation.image_id).where(
+                Annotation.author_id == author_id, Annotation.image_id.in_(image_ids)
+            )
+        )
+    )
+
+
 def list_annotations(session: Session, image: Image) -> list[Annotation]:
     return list(
         session.scalars(select(Annotation).where(Annotation.image_id == image.id).order_by(Annotation.id))

@@ -387,6 +387,36 @@ def list_images(
     return rows[:limit], next_cursor
 
 
+def recent_images(session: Session, project_id: int, limit: int) -> list[Image]:
+    """The project's `limit` newest images, newest first."""
+    return list(
+        session.scalars(
+            select(Image).where(Image.project_id == project_id).order_by(Image.id.desc()).limit(limit)
+        )
+    )
+
+
+def neighbours(session: Session, project_id: int, image_id: int) -> dict[str, int | None]:
+    """The ids of the project's images before and after `image_id` (None at either end) and the
+    image's 1-based position in id order: the painter's and the review page's previous/next."""
+    prev_id = session.scalar(
+        select(Image.id)
+        .where(Image.project_id == project_id, Image.id < image_id)
+        .order_by(Image.id.desc())
+        .limit(1)
+    )
+    next_id = session.scalar(
+        select(Image.id)
+        .where(Image.project_id == project_id, Image.id > image_id)
+        .order_by(Image.id)
+        .limit(1)
+    )
+    position = session.scalar(
+        select(func.count(Image.id)).where(Image.project_id == project_id, Image.id <= image_id)
+    )
+    return {"prev": prev_id, "next": next_id, "position": position}
+
+
 def _study_filters(
     session, project, q, reader_id, status, label_disagreement, max_agreement, prediction, min_uncertainty
 ):

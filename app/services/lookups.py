@@ -1,4 +1,4 @@
-"""Lookups every layer repeats: a row by id or 404, and a project's active model.
+"""Lookups every layer repeats: a row by id or 404, and a project's (or several projects') active model.
 
 Plain queries with no other service behind them, so any service (training, models, images) and
 any route or page can use them without an import cycle.
@@ -6,6 +6,7 @@ any route or page can use them without an import cycle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeVar
 
 from sqlalchemy import select
@@ -30,3 +31,18 @@ def active_model(session: Session, project_id: int) -> ModelVersion | None:
     return session.scalars(
         select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.active.is_(True))
     ).first()
+
+
+def active_models(session: Session, project_ids: Sequence[int]) -> dict[int, ModelVersion]:
+    """The active model version of each of the projects that has one, in one query."""
+    if not project_ids:
+        return {}
+    rows = session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.project_id.in_(project_ids), ModelVersion.active.is_(True))
+        .order_by(ModelVersion.id)
+    )
+    models: dict[int, ModelVersion] = {}
+    for model in rows:
+        models.setdefault(model.project_id, model)
+    return models

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -10,9 +12,10 @@ from sqlalchemy.orm import Session
 
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.images import delete_unreferenced
+from app.services.lookups import active_models
 from app.services.users import get_by_username
 from app.storage import Storage
-from app.tables import Annotation, AnnotationRevision, Image, Project, ProjectMember, Role, User
+from app.tables import Annotation, AnnotationRevision, Image, ModelVersion, Project, ProjectMember, Role, User
 
 PROJECT_FIELDS = (
     "name",
@@ -137,21 +140,28 @@ def delete_project(session: Session, storage: Storage, project: Project) -> None
     delete_unreferenced(session, storage, keys)
 
 
-def visible_projects(session: Session, user: User) -> list[tuple[Project, str]]:
-    """Projects the user may see with the user's role (site admins: all, as manager)."""
+def visible_projects(session: Session, user: User, *, by_name: bool = False) -> list[tuple[Project, str]]:
+    """Projects the user may see with the user's role (site admins: all, as manager), in id order
+    or, `by_name`, in name order; one query."""
+    order = Project.name if by_name else Project.id
     if user.is_admin:
-        return [(p, Role.MANAGER) for p in session.scalars(select(Project).order_by(Project.id))]
+        return [(p, Role.MANAGER) for p in session.scalars(select(Project).order_by(order))]
     rows = session.execute(
         select(Project, ProjectMember.role)
         .join(ProjectMember, ProjectMember.project_id == Project.id)
         .where(ProjectMember.user_id == user.id)
-        .order_by(Project.id)
+        .order_by(order)
     )
     return [(p, role) for p, role in rows]
 
 
-def summaries(session: Session, project_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """Summary counts for several projects in a handful of grouped queries."""
+def summaries(
+    session: Session, project_ids: Sequence[int], user: User | None = None
+) -> dict[int, dict[str, Any]]:
+    """For each project: images, labelled images, images read by at least one reader, readings,
+    images per label and the readers' mean agreement (the API's `ProjectSummary`); with `user`, also
+    `mine`, the user's readings. Grouped queries on the images' denormalised columns (index-only at
+    100k images), as many whatever the number of projects: two, three with `user`."""
     out: dict[int, dict[str, Any]] = {
         pid: {
             "images": 0,
@@ -192,7 +202,43 @@ def summaries(session: Session, project_ids: list[int]) -> dict[int, dict[str, A
         .group_by(Image.project_id, Image.label)
     ):
         out[pid]["labels"][label] = n
+    if user is not None:
+        for summary in out.values():
+            summary["mine"] = 0
+        for pid, mine in session.execute(
+            select(Annotation.project_id, func.count(Annotation.id))
+            .where(Annotation.project_id.in_(project_ids), Annotation.author_id == user.id)
+            .group_by(Annotation.project_id)
+        ):
+            out[pid]["mine"] = mine
     return out
+
+
+def project_counts(session: Session, project_id: int, user: User | None = None) -> dict[str, Any]:
+    """The summary of one project (see `summaries`)."""
+    return summaries(session, [project_id], user)[project_id]
+
+
+@dataclass
+class ProjectCard:
+    """A project as the projects page lists it: the caller's role, its counts and its active model."""
+
+    project: Project
+    role: str
+    counts: dict[str, Any]
+    model: ModelVersion | None
+
+
+def project_cards(session: Session, user: User) -> list[ProjectCard]:
+    """The projects the user may see, by name, each with the user's role, summary (`summaries`)
+    and active model: five queries whatever the number of projects."""
+    visible = visible_projects(session, user, by_name=True)
+    ids = [project.id for project, _ in visible]
+    counts = summaries(session, ids, user)
+    models = active_models(session, ids)
+    return [
+        ProjectCard(project, role, counts[project.id], models.get(project.id)) for project, role in visible
+    ]
 
 
 # --- members -------------------------------------------------------------------------------------

@@ -115,6 +115,17 @@ def coverage(session: Session, project: Project) -> dict[str, Any]:
     return {"readers_per_image": k, "images_by_readers": counts, "complete": counts[k], "images": sum(counts)}
 
 
+def study_context(session: Session, project: Project, privileged: bool) -> dict[str, Any]:
+    """The project page's reading-study facts: coverage for everyone; the unsure and flagged
+    readings (`attention`) for the `privileged` (managers and adjudicators)."""
+    return {
+        "coverage": coverage(session, project),
+        "blind": project.blind,
+        "privileged": privileged,
+        "attention": attention(session, project) if privileged else [],
+    }
+
+
 def attention(
     session: Session,
     project: Project,

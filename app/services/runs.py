@@ -187,6 +187,16 @@ def active_run(session: Session, project_id: int) -> TrainingRun | None:
     ).first()
 
 
+def latest_run(session: Session, project_id: int) -> TrainingRun | None:
+    """The project's newest training run, whatever its status (None before the first)."""
+    return session.scalar(
+        select(TrainingRun)
+        .where(TrainingRun.project_id == project_id)
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+    )
+
+
 def labelled_image_count(session: Session, project_id: int) -> int:
     return session.execute(
         select(func.count())
