@@ -60,9 +60,9 @@ def test_upload_and_zip_import_add_images_and_a_bad_zip_changes_nothing(new_page
         path.write_bytes(_png(100 + i, size=(64, 48)))
         files.append(str(path))
     page.select_option("#upload-label", "square")
-    page.set_input_files("#upload-files", files)
-    page.wait_for_selector("#upload-status:has-text('Added 2 images')")
-    page.wait_for_load_state("load")
+    with page.expect_navigation():  # the page reloads itself after saying so
+        page.set_input_files("#upload-files", files)
+        page.wait_for_selector("#upload-status:has-text('Added 2 images')")
     images = _images(world, pid)
     assert sorted(im["label"] for im in images) == ["square", "square"]
 
@@ -83,9 +83,9 @@ def test_upload_and_zip_import_add_images_and_a_bad_zip_changes_nothing(new_page
     good = tmp_path / "good.zip"
     rows = [("a.png", "round", "train"), ("b.png", "square", "val"), ("c.png", "round", "test")]
     good.write_bytes(_dataset_zip(rows, 7))
-    page.set_input_files("#import-zip", str(good))
-    page.wait_for_selector("#upload-status:has-text('Imported 3 images')")
-    page.wait_for_load_state("load")
+    with page.expect_navigation():
+        page.set_input_files("#import-zip", str(good))
+        page.wait_for_selector("#upload-status:has-text('Imported 3 images')")
     images = _images(world, pid)
     assert len(images) == 5
     imported = {
