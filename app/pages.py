@@ -27,10 +27,8 @@ from markupsafe import Markup
 from sqlalchemy.orm import object_session
 
 from app import security
-from app.api.model_versions import model_out
-from app.api.runs import run_out
 from app.deps import OptionalUser, SessionDep, SettingsDep, member_role
-from app.schemas import API, pixel_info_out
+from app.schemas import ImageOut, ModelOut, TrainingRunOut
 from app.services import adjudication as adjudication_service
 from app.services import projects as project_service
 from app.services import reading
@@ -231,29 +229,31 @@ def _page_context(access: ProjectAccess, nav: str = "") -> dict[str, Any]:
 
 
 def image_json(image: Image) -> dict[str, Any]:
+    """The image facts the annotation and review pages paint first, read as the REST API's ImageOut."""
+    out = ImageOut.model_validate(image)
     return {
-        "id": image.id,
-        "width": image.width,
-        "height": image.height,
-        "name": image.original_name,
-        "split": image.split,
-        "label": image.label,
-        "import_label": image.import_label,
-        "annotation_count": image.annotation_count,
-        "file_url": f"{API}/images/{image.id}/file",
-        "display_url": f"{API}/images/{image.id}/display.png",
-        "pixels": pixel_info_out(image).model_dump(),
+        "id": out.id,
+        "width": out.width,
+        "height": out.height,
+        "name": out.original_name,
+        "split": out.split,
+        "label": out.label,
+        "import_label": out.import_label,
+        "annotation_count": out.annotation_count,
+        "file_url": out.file_url,
+        "display_url": out.display_url,
+        "pixels": out.pixels.model_dump(),
     }
 
 
 def model_json(model: ModelVersion | None) -> dict[str, Any] | None:
     """The model as the REST API gives it, so a page's first paint and its later fetches agree."""
-    return None if model is None else model_out(model).model_dump(mode="json")
+    return None if model is None else ModelOut.model_validate(model).model_dump(mode="json")
 
 
 def run_json(run: TrainingRun | None) -> dict[str, Any] | None:
     """The training run as the REST API gives it."""
-    return None if run is None else run_out(run).model_dump(mode="json")
+    return None if run is None else TrainingRunOut.model_validate(run).model_dump(mode="json")
 
 
 # --- login -------------------------------------------------------------------------------------------

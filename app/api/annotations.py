@@ -18,15 +18,7 @@ from app.deps import (
     SettingsDep,
     StorageDep,
 )
-from app.schemas import (
-    API,
-    Agreement,
-    AnnotationOut,
-    Consensus,
-    ImageAnnotations,
-    RevisionOut,
-    annotation_out,
-)
+from app.schemas import AnnotationOut, ImageAnnotations, RevisionOut
 from app.services import annotations as annotation_service
 from app.services import model_versions as model_service
 from app.services import reading
@@ -101,7 +93,7 @@ def put_annotation(
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["ETag"] = f'"{annotation.revision}"'
     model_service.after_consensus_changed(session, request.app.state.celery, image.project_id, image.id)
-    return annotation_out(annotation, user.username)
+    return AnnotationOut.from_row(annotation, author=user.username)
 
 
 @router.get("/images/{iid}/annotation", response_model=AnnotationOut)
@@ -112,7 +104,7 @@ def get_my_annotation(
     for a in annotation_service.list_annotations(session, image):
         if a.author_id == user.id:
             response.headers["ETag"] = f'"{a.revision}"'
-            return annotation_out(a, user.username)
+            return AnnotationOut.from_row(a, author=user.username)
     raise HTTPException(status.HTTP_404_NOT_FOUND, detail="you have not annotated this image yet")
 
 
@@ -126,20 +118,8 @@ def list_annotations(image: ImageViewer, user: CurrentUser, session: SessionDep)
     names = {
         uid: name for uid, name in session.execute(select(User.id, User.username).where(User.id.in_(ids)))
     }
-    n_maps = sum(1 for a in annotations if a.saliency_key)
-    source = "annotators" if n_maps else ("import" if image.import_saliency_key else "none")
-    return ImageAnnotations(
-        image_id=image.id,
-        label=image.label,
-        annotations=[annotation_out(a, names.get(a.author_id, "")) for a in annotations],
-        consensus=Consensus(
-            available=source != "none",
-            maps=n_maps or (1 if source == "import" else 0),
-            source=source,
-            url=f"{API}/images/{image.id}/saliency.png" if source != "none" else None,
-        ),
-        agreement=Agreement(iou=image.agreement_iou, pearson=image.agreement_r),
-        pairs=n_maps * (n_maps - 1) // 2,
+    return ImageAnnotations.from_row(
+        image, annotations=[AnnotationOut.from_row(a, author=names.get(a.author_id, "")) for a in annotations]
     )
 
 
@@ -166,21 +146,7 @@ async def consensus_png(
 def list_revisions(annotation: AnnotationViewer, user: CurrentUser, session: SessionDep) -> list[RevisionOut]:
     """Every revision of an annotation, oldest first."""
     _check_blind_for(session, annotation, user)
-    return [
-        RevisionOut(
-            revision=r.revision,
-            label=r.label,
-            has_saliency=r.saliency_key is not None,
-            saliency_url=f"{API}/annotations/{annotation.id}/saliency.png?revision={r.revision}"
-            if r.saliency_key
-            else None,
-            status=r.status or ReadingStatus.DONE,
-            comment=r.comment,
-            author_id=r.author_id,
-            created_at=r.created_at,
-        )
-        for r in annotation_service.list_revisions(session, annotation)
-    ]
+    return [RevisionOut.model_validate(r) for r in annotation_service.list_revisions(session, annotation)]
 
 
 @router.get("/annotations/{aid}/saliency.png", response_class=Response, responses={200: PNG, **BLIND})

@@ -28,7 +28,6 @@ from app.schemas import (
     ImageUpdate,
     UploadedImage,
     UploadResult,
-    image_out,
 )
 from app.services import browse, reading
 from app.services import images as image_service
@@ -130,7 +129,7 @@ def upload_images(
     else:
         model_service.after_images_added(session, request.app.state.celery, project.id)
     return UploadResult(
-        images=[UploadedImage(**image_out(img).model_dump(), created=c) for img, c in results],
+        images=[UploadedImage.from_row(img, created=c) for img, c in results],
         created=created,
         existing=len(results) - created,
     )
@@ -210,7 +209,8 @@ def list_images(
         min_uncertainty=min_uncertainty,
     )
     hidden = reading.hidden_image_ids(session, project, user, [r.id for r in rows])
-    items = [reading.redact_image(image_out(r)) if r.id in hidden else image_out(r) for r in rows]
+    items = [ImageOut.model_validate(r) for r in rows]
+    items = [reading.redact_image(out) if out.id in hidden else out for out in items]
     return ImagePage(items=items, next_cursor=next_cursor)
 
 
@@ -218,7 +218,7 @@ def list_images(
 def get_image(image: ImageViewer, user: CurrentUser, session: SessionDep) -> ImageOut:
     """The image's facts; a blind reader who has not read it sees its import label and no agreement."""
     project = session.get(Project, image.project_id)
-    out = image_out(image)
+    out = ImageOut.model_validate(image)
     return reading.redact_image(out) if reading.hidden_image_ids(session, project, user, [image.id]) else out
 
 
@@ -332,7 +332,7 @@ def update_image(body: ImageUpdate, image: ImageManager, session: SessionDep) ->
         import_label=body.import_label,
         clear_import_label=body.clear_import_label,
     )
-    return image_out(image)
+    return ImageOut.model_validate(image)
 
 
 @router.delete("/images/{iid}", status_code=status.HTTP_204_NO_CONTENT)

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import io
 import zipfile
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile, status
 from fastapi.responses import RedirectResponse, StreamingResponse
-from pydantic import BaseModel
 
 from app.deps import (
     MAX_ID,
@@ -28,11 +26,11 @@ from app.deps import (
     StorageDep,
     check_project_access,
 )
-from app.schemas import API
+from app.schemas import JobOut, RepredictOut, SanityCheckOut
 from app.services import jobs as job_service
 from app.services import model_versions as model_service
 from app.services.errors import Invalid, TooLarge, Unsupported
-from app.tables import Job, JobStatus, ModelVersion, Role, as_utc
+from app.tables import Job, JobStatus, ModelVersion, Role
 
 router = APIRouter(tags=["jobs"])
 
@@ -40,46 +38,6 @@ JobIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
 ModelIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="model version id")]
 ROLE_OF_KIND = {"export": Role.MANAGER, "sanity_check": Role.MANAGER, "predict_batch": Role.VIEWER}
 ZIP = {"content": {"application/zip": {}}}
-
-
-class JobOut(BaseModel):
-    id: int
-    project_id: int
-    kind: str  # export | predict_batch | sanity_check
-    status: str  # queued | running | succeeded | failed | expired (its result was deleted)
-    params: dict[str, Any]
-    progress: dict[str, Any]  # {"done", "total"} while a batch runs
-    result: dict[str, Any]
-    result_sha256: str | None
-    result_url: str | None  # where the result zip is served once the job succeeded
-    poll_url: str
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-def job_out(job: Job) -> JobOut:
-    result_url = None
-    if job.status == JobStatus.SUCCEEDED and job.result_key:
-        if job.kind == "export":
-            result_url = f"{API}/models/{job.params['model_id']}/download?format={job.params['format']}"
-        else:
-            result_url = f"{API}/jobs/{job.id}/result"
-    return JobOut(
-        id=job.id,
-        project_id=job.project_id,
-        kind=job.kind,
-        status=job.status,
-        params={k: v for k, v in (job.params or {}).items() if k != "input_key"},
-        progress=job.progress or {},
-        result=job.result or {},
-        result_sha256=job.result_sha256,
-        result_url=result_url,
-        poll_url=f"{API}/jobs/{job.id}",
-        error=job.error,
-        created_at=as_utc(job.created_at),
-        updated_at=as_utc(job.updated_at),
-    )
 
 
 def _visible_job(session, user, jid: int) -> Job:
@@ -166,19 +124,19 @@ def download_model(
     session.commit()
     if created:
         job_service.enqueue(request.app.state.celery, job)
-    body = job_out(job).model_dump(mode="json")
+    out = JobOut.model_validate(job)
     return Response(
-        content=JobOut(**body).model_dump_json(),
+        content=out.model_dump_json(),
         status_code=status.HTTP_202_ACCEPTED,
         media_type="application/json",
-        headers={"Retry-After": "2", "Location": body["poll_url"]},
+        headers={"Retry-After": "2", "Location": out.poll_url},
     )
 
 
 @router.get("/jobs/{jid}", response_model=JobOut, responses={404: {"description": "no such job"}})
 def get_job(jid: JobIdPath, user: CurrentUser, session: SessionDep) -> JobOut:
     """A job's status and progress; `result_url` once it succeeded."""
-    return job_out(_visible_job(session, user, jid))
+    return JobOut.model_validate(_visible_job(session, user, jid))
 
 
 @router.get(
@@ -309,14 +267,7 @@ def predict_batch(
     )
     session.commit()
     job_service.enqueue(request.app.state.celery, job)
-    return job_out(job)
-
-
-class RepredictOut(BaseModel):
-    project_id: int
-    model_id: int
-    model_version: int
-    status: str  # queued
+    return JobOut.model_validate(job)
 
 
 @router.post(
@@ -334,22 +285,7 @@ def repredict_all(project: ProjectManager, session: SessionDep, request: Request
     images or the heatmap code changed; stored predictions are replaced image by image."""
     model = model_service.require_active_model(session, project.id)
     model_service.enqueue_project_predictions(request.app.state.celery, model.id)
-    return RepredictOut(
-        project_id=project.id, model_id=model.id, model_version=model.version, status="queued"
-    )
-
-
-class SanityCheckOut(BaseModel):
-    job_id: int
-    model_id: int
-    run_id: int | None
-    status: str  # the training run's: queued | running | succeeded | failed | cancelled
-    progress: dict[str, Any]
-    error: str | None
-    inverted_model_id: int | None  # the version trained on inverted maps (never activated)
-    original: dict[str, Any]  # val/test accuracy, val loss, AUROC, EER, alignment
-    inverted: dict[str, Any]
-    comparison: dict[str, Any] | None  # {metric, original, inverted, drop, maps_matter, reading}
+    return RepredictOut.from_row(model, status="queued")
 
 
 def _model_for(session, user, mid: int, role: Role) -> ModelVersion:

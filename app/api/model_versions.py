@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
-from pydantic import BaseModel
 
 from app.deps import (
     MAX_ID,
@@ -18,7 +17,7 @@ from app.deps import (
     StorageDep,
     check_project_access,
 )
-from app.schemas import UtcDateTime
+from app.schemas import ModelOut
 from app.services import model_versions as model_service
 from app.services.lookups import get_or_404
 from app.storage import CHUNK, LocalStorage, make_key
@@ -30,42 +29,10 @@ router = APIRouter(tags=["models"])
 ModelId = Annotated[int, Path(ge=1, le=MAX_ID, description="model version id")]
 
 
-class ModelOut(BaseModel):
-    id: int
-    project_id: int
-    version: int
-    active: bool
-    run_id: int | None
-    backbone: str
-    labels: list[str]
-    metrics: dict[str, Any]
-    config: dict[str, Any]
-    checksum: str
-    created_at: UtcDateTime
-    activated_at: UtcDateTime | None
-
-
-def model_out(model: ModelVersion) -> ModelOut:
-    return ModelOut(
-        id=model.id,
-        project_id=model.project_id,
-        version=model.version,
-        active=model.active,
-        run_id=model.run_id,
-        backbone=model.backbone,
-        labels=list(model.labels or []),
-        metrics=model.metrics or {},
-        config=model.config or {},
-        checksum=model.checksum,
-        created_at=model.created_at,
-        activated_at=model.activated_at,
-    )
-
-
 @router.get("/projects/{pid}/models", response_model=list[ModelOut])
 def list_models(project: ProjectViewer, session: SessionDep) -> list[ModelOut]:
     """The project's model versions, newest first; `active` marks the one serving predictions."""
-    return [model_out(m) for m in model_service.list_models(session, project.id)]
+    return [ModelOut.model_validate(m) for m in model_service.list_models(session, project.id)]
 
 
 @router.post(
@@ -93,7 +60,7 @@ def activate_model(mid: ModelId, user: CurrentUser, session: SessionDep, request
             model_service.enqueue_project_predictions(request.app.state.celery, model.id)
         except Exception:  # activation stands; predictions can be re-triggered
             log.exception("could not enqueue predictions for model %s", model.id)
-    return model_out(model)
+    return ModelOut.model_validate(model)
 
 
 @router.get(

@@ -18,7 +18,6 @@ import numpy as np
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile, status
-from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -33,7 +32,7 @@ from app.deps import (
 )
 from app.imaging import ImageError, decode_image
 from app.queue import TASK_PREDICT
-from app.schemas import API, UtcDateTime
+from app.schemas import API, PredictAnswer, PredictJob, StoredPrediction
 from app.services import jobs as job_service
 from app.services import model_versions as model_service
 from app.services import predictions as prediction_service
@@ -46,68 +45,6 @@ router = APIRouter(tags=["predictions"])
 
 ASYNC_JOB_EXPIRES_S = 600.0
 JobId = Annotated[str, Path(min_length=8, max_length=64, pattern=r"^[0-9a-fA-F-]+$")]
-
-
-class PredictAnswer(BaseModel):
-    label: str
-    probabilities: dict[str, float]
-    confidence: float
-    uncertainty: float
-    model_id: int
-    model_version: int
-    project_id: int
-    heatmap_png: str | None = None  # base64 PNG: the heatmap blended over the image
-    # base64 8-bit grayscale PNG of the heatmap itself at the image's size (heatmap=raw or both)
-    raw_heatmap_png: str | None = None
-    worker_ms: float | None = None
-
-
-class PredictJob(BaseModel):
-    job_id: str
-    status: str  # pending | running | succeeded | failed
-    poll_url: str
-    result: PredictAnswer | None = None
-    error: str | None = None
-
-
-class StoredPrediction(BaseModel):
-    image_id: int
-    model_id: int
-    model_version: int
-    label: str
-    confidence: float
-    uncertainty: float
-    probabilities: dict[str, float]
-    alignment: float | None  # soft IoU of the heatmap with the consensus saliency
-    alignment_detail: dict[str, Any]
-    # True when blind reading hides the alignment (and the readers' label) until the caller has
-    # read the image: alignment is null and alignment_detail empty then
-    alignment_hidden: bool = False
-    heatmap_url: str | None
-    overlay_url: str | None
-    image_url: str
-    image_label: str | None = None
-    created_at: UtcDateTime
-
-
-def stored_out(p: Prediction, model: ModelVersion, image: Image) -> StoredPrediction:
-    base = f"{API}/images/{p.image_id}/prediction"
-    return StoredPrediction(
-        image_id=p.image_id,
-        model_id=p.model_id,
-        model_version=model.version,
-        label=p.label,
-        confidence=p.confidence,
-        uncertainty=p.uncertainty,
-        probabilities=p.probabilities or {},
-        alignment=p.alignment,
-        alignment_detail=p.alignment_detail or {},
-        heatmap_url=f"{base}/heatmap.png" if p.heatmap_key else None,
-        overlay_url=f"{base}/overlay.png" if p.heatmap_key else None,
-        image_url=f"{API}/images/{p.image_id}/display.png",  # the default window: DICOM shows too
-        image_label=image.label,
-        created_at=p.created_at,
-    )
 
 
 def _active_model_or_409(session: Session, project_id: int) -> ModelVersion:
@@ -257,7 +194,7 @@ def image_prediction(image: ImageViewer, user: CurrentUser, session: SessionDep)
     """The stored prediction of the project's active model for this image, with heatmap URLs.
     Blind reading: no alignment (nor the readers' label) until the caller has read the image."""
     row, model = _stored_for_image(session, image)
-    out = stored_out(row, model, image)
+    out = StoredPrediction.from_row(row, model_version=model.version, image_label=image.label)
     if reading.hidden_image_ids(session, session.get(Project, image.project_id), user, [image.id]):
         reading.redact_prediction(out, image.import_label)
     return out
@@ -342,9 +279,8 @@ def list_predictions(
         session, project.id, model.id, sort=sort, limit=limit, offset=offset, label=label
     )
     hidden = reading.hidden_image_ids(session, project, user, [image.id for _, image in rows])
-    return [
-        reading.redact_prediction(stored_out(p, model, image), image.import_label)
-        if image.id in hidden
-        else stored_out(p, model, image)
-        for p, image in rows
-    ]
+    answers = []
+    for p, image in rows:
+        out = StoredPrediction.from_row(p, model_version=model.version, image_label=image.label)
+        answers.append(reading.redact_prediction(out, image.import_label) if image.id in hidden else out)
+    return answers

@@ -19,6 +19,7 @@ from app.deps import (
 )
 from app.schemas import (
     BLIND_MODE_VALUES,
+    ImageOut,
     ImportReport,
     LabelRename,
     LabelRenameResult,
@@ -29,8 +30,6 @@ from app.schemas import (
     ProjectCreate,
     ProjectOut,
     ProjectUpdate,
-    image_out,
-    project_out,
 )
 from app.services import datasets, reading
 from app.services import images as image_service
@@ -44,7 +43,9 @@ router = APIRouter(tags=["projects"])
 
 
 def _out(session, project, role: str) -> ProjectOut:
-    return project_out(project, role, project_service.summaries(session, [project.id])[project.id])
+    """One project as a member with `role` sees it, with its summary."""
+    summary = project_service.summaries(session, [project.id])[project.id]
+    return ProjectOut.from_row(project, role=role, summary=summary)
 
 
 @router.get("/projects", response_model=list[ProjectOut])
@@ -52,7 +53,7 @@ def list_projects(user: CurrentUser, session: SessionDep) -> list[ProjectOut]:
     """The projects you are a member of (site admins: all), with your role and summary counts."""
     visible = project_service.visible_projects(session, user)
     sums = project_service.summaries(session, [p.id for p, _ in visible])
-    return [project_out(p, role, sums[p.id]) for p, role in visible]
+    return [ProjectOut.from_row(p, role=role, summary=sums[p.id]) for p, role in visible]
 
 
 @router.post("/projects", response_model=ProjectOut, status_code=status.HTTP_201_CREATED)
@@ -150,10 +151,7 @@ def rename_label(body: LabelRename, project: ProjectManager, session: SessionDep
 @router.get("/projects/{pid}/members", response_model=list[MemberOut])
 def list_members(project: ProjectViewer, session: SessionDep) -> list[MemberOut]:
     return [
-        MemberOut(
-            user_id=u.id, username=u.username, role=m.role, adjudicator=m.adjudicator, created_at=m.created_at
-        )
-        for m, u in project_service.list_members(session, project)
+        MemberOut.from_row(m, username=u.username) for m, u in project_service.list_members(session, project)
     ]
 
 
@@ -165,13 +163,7 @@ def set_member(body: MemberIn, project: ProjectManager, session: SessionDep, res
         session, project, body.username, body.role, adjudicator=body.adjudicator
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    return MemberOut(
-        user_id=user.id,
-        username=user.username,
-        role=member.role,
-        adjudicator=member.adjudicator,
-        created_at=member.created_at,
-    )
+    return MemberOut.from_row(member, username=user.username)
 
 
 @router.delete("/projects/{pid}/members/{username}", status_code=status.HTTP_204_NO_CONTENT)
@@ -201,7 +193,7 @@ def next_image(
     Policies: sequential (id order, after `after`, wrapping), random, uncertainty and
     misalignment (ordered by the active model's stored predictions; sequential when there are none)."""
     image, used = image_service.next_image(session, project, user, policy=policy, after=after)
-    out = image_out(image) if image else None
+    out = ImageOut.model_validate(image) if image else None
     if out is not None and reading.hidden_image_ids(session, project, user, [image.id]):
         reading.redact_image(out)
     return NextImage(image=out, policy=used, done=image is None)

@@ -3,38 +3,29 @@ the disagreement list, adjudication (a revisioned label and map per image) and r
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
-from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from app.api.images import read_upload
 from app.deps import CurrentUser, ImageViewer, ProjectViewer, SessionDep, SettingsDep, StorageDep
-from app.schemas import API, AnnotationOut, annotation_out
+from app.schemas import (
+    AdjudicationOut,
+    AdjudicationRevisionOut,
+    AgreementReport,
+    AnnotationOut,
+    AttentionItem,
+    Coverage,
+    Disagreement,
+)
 from app.services import adjudication as adjudication_service
 from app.services import annotations as annotation_service
 from app.services import model_versions as model_service
 from app.services import reading
 from app.services.errors import Forbidden
-from app.tables import Project, ReadingStatus, User, as_utc
+from app.tables import Project, ReadingStatus
 
 router = APIRouter(tags=["reading"])
-
-
-class Coverage(BaseModel):
-    readers_per_image: int = Field(description="k: readers wanted per image")
-    images_by_readers: list[int] = Field(description="images with 0, 1, ... k (or more) readers")
-    complete: int = Field(description="images with k readers")
-    images: int
-    blind: bool = Field(description="whether blind reading is in force")
-
-
-class AttentionItem(BaseModel):
-    image_id: int
-    image_name: str
-    annotation: AnnotationOut
 
 
 @router.get("/projects/{pid}/coverage", response_model=Coverage)
@@ -64,7 +55,7 @@ def attention(
         raise Forbidden("only the project's managers and adjudicators see the readings that need attention")
     rows = reading.attention(session, project, statuses=status or ReadingStatus.NEEDS_COMMENT, limit=limit)
     return [
-        AttentionItem(image_id=im.id, image_name=im.original_name, annotation=annotation_out(a, author))
+        AttentionItem.from_row(im, annotation=AnnotationOut.from_row(a, author=author))
         for a, author, im in rows
     ]
 
@@ -75,77 +66,6 @@ ADJ_ERRORS = {
     403: {"description": "managers and adjudicators only (writes); blind reading (reads)"},
     409: {"description": "stale If-Match, or the label is not one of the project's labels"},
 }
-
-
-class Disagreement(BaseModel):
-    image_id: int
-    name: str
-    readers: int
-    labels: dict[str, int] = Field(description="readers per label ('' for a reading without a label)")
-    label_disagreement: bool
-    agreement_iou: float | None = Field(description="mean pairwise soft IoU of the readers' maps")
-    adjudicated: bool
-    adjudication_revision: int | None
-
-
-class AdjudicationOut(BaseModel):
-    id: int
-    image_id: int
-    label: str | None
-    revision: int
-    has_saliency: bool = Field(description="false: the label only was adjudicated; training keeps the mean")
-    saliency_url: str | None
-    author: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-class AdjudicationRevisionOut(BaseModel):
-    revision: int
-    label: str | None
-    has_saliency: bool
-    saliency_url: str | None
-    author_id: int | None
-    created_at: datetime
-
-
-class ReaderAgreement(BaseModel):
-    images: int = Field(description="images both read (or read and adjudicated)")
-    kappa: float | None = Field(description="Cohen's kappa of the labels")
-    labelled: int = Field(description="images both labelled")
-    iou: float | None = Field(description="mean soft IoU of the maps")
-    maps: int = Field(description="images both painted")
-
-
-class PairAgreement(ReaderAgreement):
-    readers: list[str]
-
-
-class VsAdjudication(ReaderAgreement):
-    reader: str
-
-
-class AgreementReport(BaseModel):
-    pairs: list[PairAgreement]
-    vs_adjudication: list[VsAdjudication]
-
-
-def _adjudication_out(session, adj) -> AdjudicationOut:
-    return AdjudicationOut(
-        id=adj.id,
-        image_id=adj.image_id,
-        label=adj.label,
-        revision=adj.revision,
-        has_saliency=adj.saliency_key is not None,
-        saliency_url=f"{API}/images/{adj.image_id}/adjudication/saliency.png?revision={adj.revision}"
-        if adj.saliency_key
-        else None,
-        author=session.scalar(select(User.username).where(User.id == adj.author_id))
-        if adj.author_id
-        else None,
-        created_at=as_utc(adj.created_at),
-        updated_at=as_utc(adj.updated_at),
-    )
 
 
 @router.get(
@@ -194,7 +114,7 @@ def get_adjudication(
     if adj is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this image has not been adjudicated")
     response.headers["ETag"] = f'"{adj.revision}"'
-    return _adjudication_out(session, adj)
+    return AdjudicationOut.from_row(adj, author=adjudication_service.author_name(session, adj))
 
 
 @router.put(
@@ -238,7 +158,7 @@ def put_adjudication(
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["ETag"] = f'"{adj.revision}"'
     model_service.after_consensus_changed(session, request.app.state.celery, image.project_id, image.id)
-    return _adjudication_out(session, adj)
+    return AdjudicationOut.from_row(adj, author=adjudication_service.author_name(session, adj))
 
 
 @router.get(
@@ -253,16 +173,7 @@ def adjudication_revisions(
     if adj is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this image has not been adjudicated")
     return [
-        AdjudicationRevisionOut(
-            revision=r.revision,
-            label=r.label,
-            has_saliency=r.saliency_key is not None,
-            saliency_url=f"{API}/images/{image.id}/adjudication/saliency.png?revision={r.revision}"
-            if r.saliency_key
-            else None,
-            author_id=r.author_id,
-            created_at=as_utc(r.created_at),
-        )
+        AdjudicationRevisionOut.from_row(r, image_id=image.id)
         for r in adjudication_service.list_revisions(session, adj)
     ]
 

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
 from app.deps import (
@@ -23,7 +22,7 @@ from app.deps import (
     check_project_access,
 )
 from app.run_events import RunEventHub
-from app.schemas import API, UtcDateTime
+from app.schemas import TrainingRequest, TrainingRunOut, WeightsOut
 from app.services import runs as run_service
 from app.services.lookups import get_or_404
 from app.tables import Role, RunStatus, TrainingRun, User
@@ -42,59 +41,6 @@ def run_event_hub(app) -> RunEventHub:
     if hub is None:
         hub = app.state.run_event_hub = RunEventHub(app.state.session_factory)
     return hub
-
-
-class TrainingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    training: dict[str, Any] | None = None  # TrainConfig overrides for this run only
-
-
-class TrainingRunOut(BaseModel):
-    id: int
-    project_id: int
-    status: str
-    reason: str
-    options: dict[str, Any]
-    progress: dict[str, Any]
-    metrics: dict[str, Any]
-    error: str | None
-    attempts: int
-    cancel_requested: bool
-    model_id: int | None
-    worker_id: str | None
-    created_by_id: int | None
-    created_at: UtcDateTime
-    started_at: UtcDateTime | None
-    finished_at: UtcDateTime | None
-    heartbeat_at: UtcDateTime | None
-    lineage: dict[str, Any] | None = None  # only in the single-run answers
-    joined: bool | None = None  # POST: true when an existing queued or running run was joined
-    events_url: str
-
-
-def run_out(run: TrainingRun, *, lineage: bool = False, joined: bool | None = None) -> TrainingRunOut:
-    return TrainingRunOut(
-        id=run.id,
-        project_id=run.project_id,
-        status=run.status,
-        reason=run.reason,
-        options=run.options or {},
-        progress=run.progress or {},
-        metrics=run.metrics or {},
-        error=run.error,
-        attempts=run.attempts,
-        cancel_requested=run.cancel_requested,
-        model_id=run.model_id,
-        worker_id=run.worker_id,
-        created_by_id=run.created_by_id,
-        created_at=run.created_at,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-        heartbeat_at=run.heartbeat_at,
-        lineage=(run.lineage or {}) if lineage else None,
-        joined=joined,
-        events_url=f"{API}/training-runs/{run.id}/events",
-    )
 
 
 def run_for(session: Session, user: User, run_id: int, role: Role) -> TrainingRun:
@@ -136,7 +82,7 @@ def start_training(
             run_service.enqueue_run(request.app.state.celery, result.run.id)
         except Exception:  # the run is committed; the reaper re-sends it
             log.exception("could not enqueue run %s now; the scheduler will send it again", result.run.id)
-    return run_out(result.run, lineage=True, joined=not result.created)
+    return TrainingRunOut.from_row(result.run, lineage=True, joined=not result.created)
 
 
 @router.get("/projects/{pid}/training-runs", response_model=list[TrainingRunOut])
@@ -149,20 +95,22 @@ def list_training_runs(
     ] = None,
 ) -> list[TrainingRunOut]:
     """The project's runs, newest first."""
-    return [run_out(r) for r in run_service.list_runs(session, project.id, limit, before_id)]
+    return [
+        TrainingRunOut.model_validate(r) for r in run_service.list_runs(session, project.id, limit, before_id)
+    ]
 
 
 @router.get("/training-runs/{rid}", response_model=TrainingRunOut)
 def get_training_run(rid: RunId, user: CurrentUser, session: SessionDep) -> TrainingRunOut:
     """One run with its lineage: the exact annotation revisions it trained on."""
-    return run_out(run_for(session, user, rid, Role.VIEWER), lineage=True)
+    return TrainingRunOut.from_row(run_for(session, user, rid, Role.VIEWER), lineage=True)
 
 
 @router.post("/training-runs/{rid}/cancel", response_model=TrainingRunOut)
 def cancel_training_run(rid: RunId, user: CurrentUser, session: SessionDep) -> TrainingRunOut:
     """A queued run is cancelled at once; a running one stops within seconds. 409 when finished."""
     run = run_for(session, user, rid, Role.MANAGER)
-    return run_out(run_service.request_cancel(session, run), lineage=True)
+    return TrainingRunOut.from_row(run_service.request_cancel(session, run), lineage=True)
 
 
 def _sse(event_id: int | None, kind: str, data: dict[str, Any]) -> str:
@@ -238,14 +186,6 @@ def training_run_events(
     )
 
 
-class WeightsOut(BaseModel):
-    name: str
-    backbone: str
-    file: str
-    source: str  # "torchvision" or "custom"
-    present: bool  # false: a torchvision file a worker downloads on first use (SAGE_ALLOW_DOWNLOAD=1)
-
-
 @router.get(
     "/weights",
     response_model=list[WeightsOut],
@@ -262,9 +202,5 @@ def list_weights(user: CurrentUser, session: SessionDep) -> list[WeightsOut]:
     names = {w.name for w in out}
     for row in stored(session):
         if row.name not in names:
-            out.append(
-                WeightsOut(
-                    name=row.name, backbone=row.backbone, file=row.file, source=row.source, present=True
-                )
-            )
+            out.append(WeightsOut.from_row(row, present=True))
     return out

@@ -31,7 +31,7 @@ def create_token(
         scope=body.scope,
         default_ttl_days=settings.api_token_default_ttl_days,
     )
-    return ApiTokenCreated(**ApiTokenOut.model_validate(row).model_dump(), token=token)
+    return ApiTokenCreated.from_row(row, token=token)
 
 
 @router.get("/tokens", response_model=list[ApiTokenOut])

@@ -39,6 +39,13 @@ def get_adjudication(session: Session, image_id: int) -> Adjudication | None:
     return session.scalar(select(Adjudication).where(Adjudication.image_id == image_id))
 
 
+def author_name(session: Session, adjudication: Adjudication) -> str | None:
+    """The username of the adjudication's author (None once that account was deleted)."""
+    if not adjudication.author_id:
+        return None
+    return session.scalar(select(User.username).where(User.id == adjudication.author_id))
+
+
 def disagreements(
     session: Session, project: Project, *, limit: int = 200, offset: int = 0
 ) -> list[dict[str, Any]]:
