@@ -37,7 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _database(settings: Settings) -> Iterator[Session]:
+def database(settings: Settings) -> Iterator[Session]:
     """A session in app.db's session scope (commit on success, rollback on error); the engine is
     disposed of afterwards."""
     from app.db import make_engine, make_session_factory, session_scope
@@ -50,7 +50,7 @@ def _database(settings: Settings) -> Iterator[Session]:
         engine.dispose()
 
 
-def _fail(message: str) -> int:
+def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 1
 
@@ -62,11 +62,11 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     from app.services.users import create_user
 
     password = args.password or getpass.getpass("password: ")
-    with _database(get_settings()) as session:
+    with database(get_settings()) as session:
         try:
             user = create_user(session, args.username, password, is_admin=args.admin)
         except ServiceError as exc:
-            return _fail(str(exc))
+            return fail(str(exc))
     print(f"created {'site admin' if user.is_admin else 'user'} {user.username!r} (id {user.id})")
     return 0
 
@@ -75,14 +75,14 @@ def cmd_create_token(args: argparse.Namespace) -> int:
     from app.services.errors import ServiceError
     from app.services.users import create_token, get_by_username
 
-    with _database(get_settings()) as session:
+    with database(get_settings()) as session:
         try:
             user = get_by_username(session, args.username)
             if user is None:
-                return _fail(f"no user named {args.username!r}")
+                return fail(f"no user named {args.username!r}")
             _, token = create_token(session, user, args.name, args.expires_in_days)
         except ServiceError as exc:
-            return _fail(str(exc))
+            return fail(str(exc))
     print(token)  # alone on stdout, for scripts: TOKEN=$(sage-studio create-token ...)
     print("store this token now: it is not shown again", file=sys.stderr)
     return 0
@@ -100,27 +100,27 @@ def cmd_import(args: argparse.Namespace) -> int:
     from sage.labels_csv import parse_labels_csv
 
     settings = get_settings()
-    with _database(settings) as session:
+    with database(settings) as session:
         try:
             user = None
             if args.user:
                 user = get_by_username(session, args.user)
                 if user is None:
-                    return _fail(f"no user named {args.user!r}")
+                    return fail(f"no user named {args.user!r}")
             source = datasets.open_source(Path(args.source), settings)
             try:
                 project = find_project(session, args.project)
             except NotFound:
                 if not args.create:
-                    return _fail(f"no project {args.project!r}; pass --create to make it from labels.csv")
+                    return fail(f"no project {args.project!r}; pass --create to make it from labels.csv")
                 parsed = parse_labels_csv(datasets.read_labels(source), allow_unlabelled=True)
                 for problem in parsed.problems:
                     print(f"  {problem}", file=sys.stderr)
                 if parsed.problems:
-                    return _fail("import rejected; nothing was imported (the project was not created)")
+                    return fail("import rejected; nothing was imported (the project was not created)")
                 labels = parsed.labels
                 if not labels:
-                    return _fail("labels.csv names no label; create the project with its labels first")
+                    return fail("labels.csv names no label; create the project with its labels first")
                 project = create_project(session, user, name=args.project, labels=labels)
                 print(
                     f"created project {project.name!r} (id {project.id}) with labels {labels}",
@@ -133,9 +133,9 @@ def cmd_import(args: argparse.Namespace) -> int:
                     f"  {e['file']}" + (f":{e['line']}" if e.get("line") else "") + f": {e['error']}",
                     file=sys.stderr,
                 )
-            return _fail("import rejected; nothing was imported")
+            return fail("import rejected; nothing was imported")
         except (ServiceError, FileNotFoundError) as exc:
-            return _fail(str(exc))
+            return fail(str(exc))
     report.pop("image_ids", None)
     print(json.dumps(report, indent=2))
     return 0
@@ -153,7 +153,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     storage = get_storage(settings)
-    with _database(settings) as session:
+    with database(settings) as session:
         out = Path(args.out)
         try:
             project = find_project(session, args.project)
@@ -171,7 +171,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     session, storage, project, out, only_labelled=args.only_labelled, study=True
                 )
         except ServiceError as exc:
-            return _fail(str(exc))
+            return fail(str(exc))
     lineage.pop("annotations", None)
     lineage.pop("adjudications", None)
     print(json.dumps({"out": str(out), **lineage}, indent=2))
@@ -188,9 +188,9 @@ def cmd_storage_migrate(args: argparse.Namespace) -> int:
     try:
         target = storage_for_url(args.to, settings)
     except StorageUrlError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if repr(source) == repr(target):
-        return _fail(f"the target {args.to} is the current storage ({source!r})")
+        return fail(f"the target {args.to} is the current storage ({source!r})")
     # Model weights of earlier releases lived in artifact directories next to the objects.
     legacy = [
         (p, ".pt") for p in sorted((settings.resolved_data_dir / "models").glob("project-*/run-*/model.pt"))
@@ -205,7 +205,7 @@ def cmd_storage_migrate(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report, indent=2))
     if report["errors"]:
-        return _fail(f"{len(report['errors'])} object(s) not copied; fix them and run the command again")
+        return fail(f"{len(report['errors'])} object(s) not copied; fix them and run the command again")
     print(f"done: set SAGE_STORAGE_URL={args.to} on every web and worker process", file=sys.stderr)
     return 0
 
@@ -219,34 +219,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     grace = settings.orphan_grace_s if args.grace_s is None else args.grace_s
-    with _database(settings) as session:
+    with database(settings) as session:
         report = objects.sweep_orphans(session, get_storage(settings), grace, dry_run=args.dry_run)
     objects.write_report(settings.resolved_data_dir, report)
     print(json.dumps(asdict(report), indent=2))
-    return 0
-
-
-def cmd_model_export(args: argparse.Namespace) -> int:
-    import json
-
-    from app.services import jobs
-    from app.services.errors import ServiceError
-    from app.storage import get_storage
-    from app.tables import ModelVersion
-
-    settings = get_settings()
-    with _database(settings) as session:
-        model = session.get(ModelVersion, args.mid)
-        if model is None:
-            return _fail(f"no model {args.mid}; `GET /api/v1/projects/{{pid}}/models` lists them")
-        try:
-            card = jobs.write_export(
-                session, settings.resolved_data_dir, model, args.format, Path(args.out), get_storage(settings)
-            )
-        except (ServiceError, ValueError, FileNotFoundError) as exc:
-            return _fail(str(exc))
-    print(json.dumps({"out": args.out, "format": args.format, "sha256": card["archive_sha256"],
-                      "bytes": card["archive_bytes"], "model_version": model.version}))  # fmt: skip
     return 0
 
 
@@ -260,14 +236,14 @@ def cmd_weights_add(args: argparse.Namespace) -> int:
     try:
         entry = add_weights(Path(args.file), args.name, args.backbone)
     except WeightsError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     settings = get_settings()
     try:
-        with _database(settings) as session:
+        with database(settings) as session:
             row = publish(session, get_storage(settings), entry, weights_dir())
             key = row.storage_key
     except Exception as exc:  # noqa: BLE001 - the local copy stands; say why the fleet cannot see it
-        return _fail(f"added {entry.name} to {weights_dir()} but could not store it for other workers: {exc}")
+        return fail(f"added {entry.name} to {weights_dir()} but could not store it for other workers: {exc}")
     print(f"added {entry.name} ({entry.backbone}) as {entry.file}; stored as {key} for every worker")
     return 0
 
@@ -278,7 +254,7 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
     try:
         entries = list_weights()
     except WeightsError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if not entries:
         print(f"no weights registered in {weights_dir()}; add one with `sage-studio weights add FILE`")
     for e in entries:
@@ -356,16 +332,6 @@ def build_parser(add_worker_commands: Callable[[Any], None] | None = None) -> ar
     p.add_argument("--grace-s", type=float, default=None, help="override SAGE_ORPHAN_GRACE_S")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("model", help="model versions: export")
-    model_sub = p.add_subparsers(dest="model_command", required=True)
-    q = model_sub.add_parser(
-        "export", help="write a model version as an archive (model, model.json, SHA256SUMS)"
-    )
-    q.add_argument("mid", type=int, help="model version id")
-    q.add_argument("--format", required=True, choices=("torchscript", "onnx", "state_dict"))
-    q.add_argument("--out", required=True, help="the .zip to write")
-    q.set_defaults(func=cmd_model_export)
-
     p = sub.add_parser("weights", help="the pretrained weights registry (SAGE_WEIGHTS_DIR)")
     wsub = p.add_subparsers(dest="weights_command", required=True)
     w = wsub.add_parser("add", help="copy a weights file into the registry (hash-checked)")
@@ -389,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     `worker` and `beat`."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in WORKER_COMMANDS:
-        return _fail(f"start {argv[0]} with `sage-studio {argv[0]}` or `python -m worker {argv[0]}`")
+        return fail(f"start {argv[0]} with `sage-studio {argv[0]}` or `python -m worker {argv[0]}`")
     args = build_parser().parse_args(argv)
     return args.func(args) or 0
 

@@ -1,7 +1,8 @@
 """`sage-studio` (and `python -m worker`): the composition root of process start-up.
 
 It sits above app/ and worker/: the app's commands (serve, migrate, users, tokens, import, export,
-demo) come from app.cli, and `worker` and `beat` from worker.start. app/ never imports worker/;
+demo) come from app.cli; `worker` and `beat` (worker.start) and `model export` (worker.jobs, which
+needs torch) are added here. app/ never imports worker/;
 `sage-studio serve` starts its workers and beat as `python -m worker ...` child processes.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import sys
 
 from app.cli import build_parser
+from app.services.jobs import EXPORT_FORMATS
 from app.settings import get_settings
 
 
@@ -34,6 +36,34 @@ def cmd_beat(args: argparse.Namespace) -> int:
     return run_beat(get_settings())
 
 
+def cmd_model_export(args: argparse.Namespace) -> int:
+    """Write a model version's archive in this process (no worker needed)."""
+    import json
+    from pathlib import Path
+
+    from app.cli import database, fail
+    from app.services.errors import ServiceError
+    from app.storage import get_storage
+    from app.tables import ModelVersion
+    from worker.jobs import write_export
+    from worker.registry import ArtifactError
+
+    settings = get_settings()
+    with database(settings) as session:
+        model = session.get(ModelVersion, args.mid)
+        if model is None:
+            return fail(f"no model {args.mid}; `GET /api/v1/projects/{{pid}}/models` lists them")
+        try:
+            card = write_export(
+                session, settings.resolved_data_dir, model, args.format, Path(args.out), get_storage(settings)
+            )
+        except (ArtifactError, ServiceError, ValueError, FileNotFoundError) as exc:
+            return fail(str(exc))
+    print(json.dumps({"out": args.out, "format": args.format, "sha256": card["archive_sha256"],
+                      "bytes": card["archive_bytes"], "model_version": model.version}))  # fmt: skip
+    return 0
+
+
 def add_worker_commands(sub) -> None:
     p = sub.add_parser("worker", help="start a Celery worker")
     p.add_argument("--queues", default="train,predict", help="comma-separated: train, predict")
@@ -48,6 +78,16 @@ def add_worker_commands(sub) -> None:
 
     p = sub.add_parser("beat", help="start the periodic scheduler (stale-run reaper, retraining)")
     p.set_defaults(func=cmd_beat)
+
+    p = sub.add_parser("model", help="model versions: export")
+    model_sub = p.add_subparsers(dest="model_command", required=True)
+    q = model_sub.add_parser(
+        "export", help="write a model version as an archive (model, model.json, SHA256SUMS)"
+    )
+    q.add_argument("mid", type=int, help="model version id")
+    q.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    q.add_argument("--out", required=True, help="the .zip to write")
+    q.set_defaults(func=cmd_model_export)
 
 
 def studio_parser() -> argparse.ArgumentParser:

@@ -16,8 +16,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from app.imaging import ImageError, decode_image
 from app.services import jobs as job_service
+from app.storage import Storage
 from app.tables import Job, JobStatus, ModelVersion
 from worker import registry
 from worker.context import WorkerContext
@@ -37,7 +40,7 @@ def export_model(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
             model = session.get(ModelVersion, params["model_id"])
             if model is None:
                 raise ValueError(f"model {params['model_id']} was deleted")
-            built = job_service.build_export(
+            built = build_export(
                 session, ctx.storage, ctx.settings.resolved_data_dir, model, params["format"]
             )
         except Exception as exc:
@@ -54,6 +57,34 @@ def export_model(ctx: WorkerContext, job_id: int) -> dict[str, Any]:
             result_sha256=built["sha256"],
         )
     return {"job_id": job_id, "status": JobStatus.SUCCEEDED}
+
+
+def write_export(
+    session: Session, data_dir: Path, model: ModelVersion, fmt: str, out: Path, storage: Storage
+) -> dict[str, Any]:
+    """Write the archive of a model version to `out` (sage.export) from its verified weights;
+    returns its model card with `archive_sha256` and `archive_bytes`. Raises ValueError for an
+    unknown format and `registry.ArtifactError` for weights that are missing or corrupt."""
+    from sage.export import export_archive
+
+    job_service.check_format(fmt)
+    model_file = registry.verified_model_file(storage, data_dir, model.artifact_key, model.checksum)
+    extra = {"lineage": job_service.lineage_summary(session, model), "model_version": model.version}
+    return export_archive(model_file, out, fmt, extra=extra)
+
+
+def build_export(
+    session: Session, storage: Storage, data_dir: Path, model: ModelVersion, fmt: str
+) -> dict[str, Any]:
+    """Write the archive to a temporary file and stream it into storage (never whole in memory);
+    returns {key, sha256, bytes, card}."""
+    with tempfile.TemporaryDirectory(prefix="sage-export-") as tmp:
+        out = Path(tmp) / "model.zip"
+        card = write_export(session, data_dir, model, fmt, out, storage)
+        size = out.stat().st_size
+        with open(out, "rb") as src:
+            key = storage.put_file(src, ".zip")
+    return {"key": key, "sha256": card["archive_sha256"], "bytes": size, "card": card}
 
 
 def _decode(max_pixels: int):

@@ -120,7 +120,11 @@ def verified_model_file(storage: Storage, data_dir: Path, key: str, checksum: st
     if path is None:
         path = artifact_dir(data_dir, key) / MODEL_FILE
     if not path.is_file():
-        raise ArtifactError(f"model artifact {key} is missing; re-train or activate another version")
+        raise ArtifactError(
+            f"model artifact {key} is missing: no stored weights match its recorded SHA-256 "
+            f"{checksum[:12]}... (neither in the object storage nor as a legacy artifact); re-train or "
+            "activate another version"
+        )
     actual = sha256_file(path)
     if actual != checksum:
         raise ArtifactError(

@@ -9,17 +9,13 @@ the archive's bytes never change for a model version, so the first request build
 job) and every later one streams it at once. A model version's artifact is immutable, so the
 cache never goes stale.
 
-The export body (`build_export`) lives here rather than in the worker so the `sage-studio model
-export` command can run it in-process; it imports torch (through `sage.export`) only when called,
-never at import time, so the web process stays torch-free.
+Building an archive needs torch (`sage.export`), so it lives with the worker (`worker.jobs.build_export`,
+also behind `sage-studio model export`); this module, which the web process imports, never does.
 """
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -298,57 +294,6 @@ def lineage_summary(session: Session, model: ModelVersion) -> dict[str, Any]:
         "with_saliency": lineage.get("with_saliency"),
         "label_counts": lineage.get("labels"),
     }
-
-
-def verified_artifact(data_dir: Path, model: ModelVersion, storage: Storage | None = None) -> Path:
-    """The model.pt of a model version, checked against its recorded SHA-256: the object
-    `<sha256>.pt` in `storage` (downloaded to the scratch cache for S3), else a legacy artifact
-    directory under `data_dir/models`."""
-    object_key = f"{model.checksum}.pt"
-    if storage is not None and storage.exists(object_key):
-        path = storage.path(object_key)
-    else:
-        root = (data_dir / "models").resolve()
-        path = (data_dir / model.artifact_key / "model.pt").resolve()
-        if root not in path.parents:
-            raise Invalid(f"model {model.id}: artifact key {model.artifact_key!r} is outside the registry")
-    if not path.is_file():
-        raise Conflict(
-            f"model {model.id}: no stored weights match its recorded SHA-256 {model.checksum[:12]}... "
-            "(neither in the object storage nor as a legacy artifact); re-train or export another version"
-        )
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != model.checksum:
-        raise Conflict(f"model artifact {path} does not match its recorded SHA-256; re-train this version")
-    return path
-
-
-def write_export(
-    session: Session, data_dir: Path, model: ModelVersion, fmt: str, out: Path, storage: Storage | None = None
-) -> dict[str, Any]:
-    """Write the archive of a model version to `out` (sage.export); returns its model card with
-    `archive_sha256` and `archive_bytes`."""
-    from sage.export import export_archive
-
-    check_format(fmt)
-    model_file = verified_artifact(data_dir, model, storage)
-    extra = {"lineage": lineage_summary(session, model), "model_version": model.version}
-    return export_archive(model_file, out, fmt, extra=extra)
-
-
-def build_export(session: Session, storage, data_dir: Path, model: ModelVersion, fmt: str) -> dict[str, Any]:
-    """Write the archive to a temporary file and stream it into storage (never whole in memory);
-    returns {key, sha256, bytes, card}."""
-    with tempfile.TemporaryDirectory(prefix="sage-export-") as tmp:
-        out = Path(tmp) / "model.zip"
-        card = write_export(session, data_dir, model, fmt, out, storage)
-        size = out.stat().st_size
-        with open(out, "rb") as src:
-            key = storage.put_file(src, ".zip")
-    return {"key": key, "sha256": card["archive_sha256"], "bytes": size, "card": card}
 
 
 def export_filename(model: ModelVersion, fmt: str) -> str:

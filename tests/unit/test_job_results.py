@@ -7,9 +7,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from app.services import jobs as job_service
 from app.settings import Settings
 from app.storage import storage_for_url
+from worker import jobs as worker_jobs
 
 MiB = 1024 * 1024
 
@@ -27,10 +27,10 @@ def test_build_export_streams_the_archive_into_storage(tmp_path, s3_storage_url,
     def refuse(*args, **kwargs):
         raise AssertionError("the archive was read whole into memory")
 
-    monkeypatch.setattr(job_service, "write_export", fake_export)
+    monkeypatch.setattr(worker_jobs, "write_export", fake_export)
     monkeypatch.setattr(Path, "read_bytes", refuse)
     monkeypatch.setattr(type(storage), "put_bytes", refuse)
-    built = job_service.build_export(None, storage, tmp_path, None, "onnx")
+    built = worker_jobs.build_export(None, storage, tmp_path, None, "onnx")
     monkeypatch.undo()
     assert built["bytes"] == 6 * MiB and built["sha256"] == hashlib.sha256(payload).hexdigest()
     assert built["key"] == f"{built['sha256']}.zip"

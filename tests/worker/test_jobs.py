@@ -98,13 +98,13 @@ def test_download_is_built_once_by_a_worker_then_served(world, monkeypatch, tmp_
     assert world.client.get(job["poll_url"], headers=viewer).status_code == 403
 
     # the same archive from the command line, without any worker
-    import app.cli
+    import worker.__main__ as studio
 
-    monkeypatch.setattr(app.cli, "get_settings", lambda: world.stack.settings)
+    monkeypatch.setattr(studio, "get_settings", lambda: world.stack.settings)
     out = tmp_path / "cli.zip"
-    assert app.cli.main(["model", "export", str(model_id), "--format", "torchscript", "--out", str(out)]) == 0
+    assert studio.main(["model", "export", str(model_id), "--format", "torchscript", "--out", str(out)]) == 0
     assert read_archive(out).fmt == "torchscript"
-    assert app.cli.main(["model", "export", "424242", "--format", "onnx", "--out", str(out)]) == 1
+    assert studio.main(["model", "export", "424242", "--format", "onnx", "--out", str(out)]) == 1
 
 
 def test_a_failed_export_answers_409_until_retried(world):
