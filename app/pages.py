@@ -28,7 +28,7 @@ from sqlalchemy.orm import object_session
 
 from app import security
 from app.deps import OptionalUser, SessionDep, SettingsDep, member_role
-from app.schemas import ImageOut, ModelOut, TrainingRunOut
+from app.schemas import AdjudicationOut, AnnotationOut, ImageOut, ModelOut, TrainingRunOut
 from app.services import adjudication as adjudication_service
 from app.services import projects as project_service
 from app.services import reading
@@ -425,17 +425,7 @@ def annotate_page(request: Request, access: AnnotatorPage, image: ProjectImage, 
         "project": {"id": project.id, "name": project.name, "labels": active_labels(project)},
         "image": image_facts,
         "annotation": (
-            {
-                "id": mine.id,
-                "label": mine.label,
-                "revision": mine.revision,
-                "has_saliency": mine.saliency_key is not None,
-                "status": mine.status,
-                "comment": mine.comment,
-                "updated_at": mine.updated_at,
-            }
-            if mine
-            else None
+            AnnotationOut.from_row(mine, author=user.username).model_dump(mode="json") if mine else None
         ),
         "model": model_json(model),
         "has_prediction": has_prediction,
@@ -504,13 +494,13 @@ def adjudicate_page(request: Request, access: AdjudicatorPage, image: ProjectIma
     boot = {
         "project": {"id": access.project.id, "labels": access.project.labels},
         "image": image_json(image),
-        "adjudication": {
-            "label": adj.label,
-            "revision": adj.revision,
-            "has_saliency": adj.saliency_key is not None,
-        }
-        if adj
-        else None,
+        "adjudication": (
+            AdjudicationOut.from_row(adj, author=adjudication_service.author_name(session, adj)).model_dump(
+                mode="json"
+            )
+            if adj
+            else None
+        ),
     }
     return render(
         request,
