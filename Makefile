@@ -32,10 +32,11 @@ test: setup browser-deps
 	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Unit and API tests on SQLite only: no PostgreSQL, Redis, browser or slow test, and not the
-# OpenAPI fuzzer (property-based, ~40 s alone; it runs in make test). Under a minute.
+# Unit and API tests on SQLite only, on every core: no PostgreSQL, Redis, browser or slow test, and
+# not the OpenAPI fuzzer (property-based, over a minute alone; it runs in make test). About a minute
+# on two cores.
 test-fast: setup
-	$(BIN)/pytest -q -m "$(FAST_MARKERS)" --ignore=tests/api/test_fuzz_all.py tests/unit tests/api $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n auto -m "$(FAST_MARKERS)" --ignore=tests/api/test_fuzz_all.py tests/unit tests/api $(PYTEST_ARGS)
 
 # .pre-commit-config.yaml runs the same four commands.
 lint: setup
