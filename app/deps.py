@@ -9,7 +9,7 @@ role is too low gets 403.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request, status
 from sqlalchemy import select
@@ -21,6 +21,8 @@ from app.services.users import api_token_owner
 from app.settings import Settings
 from app.storage import Storage, get_storage
 from app.tables import Annotation, Image, Project, ProjectMember, Role, User
+
+R = TypeVar("R")  # a table with a project_id column
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
 
@@ -198,19 +200,26 @@ def project_for(role: Role) -> Callable[..., Project]:
     return dependency
 
 
+def row_in_project(session: Session, user: User, table: type[R], row_id: int, what: str, role: Role) -> R:
+    """The row `row_id` of `table` (a table with `project_id`) if the caller has at least `role` in
+    its project: 404 "no <what> <id>" when it does not exist or the caller is not a member (who
+    cannot tell the two apart), 403 below `role`."""
+    row = get_or_404(session, table, row_id, what)
+    try:
+        check_project_access(session, user, row.project_id, role)
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no {what} {row_id}") from None
+        raise
+    return row
+
+
 def image_for(role: Role) -> Callable[..., Image]:
     """A dependency: the image `{iid}` of the path if the caller has at least `role` in its project
     (404 for images of projects the caller is not a member of)."""
 
     def dependency(iid: ImageId, user: CurrentUser, session: SessionDep) -> Image:
-        image = get_or_404(session, Image, iid, "image")
-        try:
-            check_project_access(session, user, image.project_id, role)
-        except HTTPException as exc:
-            if exc.status_code == 404:
-                raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no image {iid}") from None
-            raise
-        return image
+        return row_in_project(session, user, Image, iid, "image", role)
 
     dependency.__name__ = f"image_for_{role}"
     return dependency
@@ -230,12 +239,7 @@ def annotation_for_viewer(
     session: SessionDep,
 ) -> Annotation:
     """The annotation `{aid}` if the caller may view its project (404 otherwise)."""
-    annotation = get_or_404(session, Annotation, aid, "annotation")
-    try:
-        check_project_access(session, user, annotation.project_id, Role.VIEWER)
-    except HTTPException:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no annotation {aid}") from None
-    return annotation
+    return row_in_project(session, user, Annotation, aid, "annotation", Role.VIEWER)
 
 
 AnnotationViewer = Annotated[Annotation, Depends(annotation_for_viewer)]

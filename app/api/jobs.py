@@ -24,12 +24,13 @@ from app.deps import (
     SessionDep,
     SettingsDep,
     StorageDep,
-    check_project_access,
+    row_in_project,
 )
 from app.schemas import JobOut, RepredictOut, SanityCheckOut
 from app.services import jobs as job_service
 from app.services import model_versions as model_service
 from app.services.errors import Invalid, TooLarge, Unsupported
+from app.services.lookups import get_or_404
 from app.tables import Job, JobStatus, ModelVersion, Role
 
 router = APIRouter(tags=["jobs"])
@@ -41,16 +42,8 @@ ZIP = {"content": {"application/zip": {}}}
 
 
 def _visible_job(session, user, jid: int) -> Job:
-    job = session.get(Job, jid)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {jid}")
-    try:
-        check_project_access(session, user, job.project_id, ROLE_OF_KIND.get(job.kind, Role.MANAGER))
-    except HTTPException as exc:
-        if exc.status_code == 404:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {jid}") from None
-        raise
-    return job
+    job = get_or_404(session, Job, jid, "job")
+    return row_in_project(session, user, Job, jid, "job", ROLE_OF_KIND.get(job.kind, Role.MANAGER))
 
 
 PRESIGNED = {"description": "S3 storage with SAGE_S3_PRESIGNED_DOWNLOADS: a short-lived presigned URL"}
@@ -105,15 +98,7 @@ def download_model(
 ) -> Response:
     """The model version as a self-contained archive (managers). The first request for a format
     answers 202 with the export job; once it succeeded the same URL answers the zip."""
-    model = session.get(ModelVersion, mid)
-    if model is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
-    try:
-        check_project_access(session, user, model.project_id, Role.MANAGER)
-    except HTTPException as exc:
-        if exc.status_code == 404:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
-        raise
+    model = row_in_project(session, user, ModelVersion, mid, "model", Role.MANAGER)
     job, created = job_service.request_export(
         session, model, format, user, retry=retry, limit=settings.max_queued_jobs_per_project
     )
@@ -289,16 +274,7 @@ def repredict_all(project: ProjectManager, session: SessionDep, request: Request
 
 
 def _model_for(session, user, mid: int, role: Role) -> ModelVersion:
-    model = session.get(ModelVersion, mid)
-    if model is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
-    try:
-        check_project_access(session, user, model.project_id, role)
-    except HTTPException as exc:
-        if exc.status_code == 404:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
-        raise
-    return model
+    return row_in_project(session, user, ModelVersion, mid, "model", role)
 
 
 @router.post(

@@ -15,11 +15,10 @@ from app.deps import (
     SessionDep,
     SettingsDep,
     StorageDep,
-    check_project_access,
+    row_in_project,
 )
 from app.schemas import ModelOut
 from app.services import model_versions as model_service
-from app.services.lookups import get_or_404
 from app.storage import CHUNK, LocalStorage, make_key
 from app.tables import ModelVersion, Role
 
@@ -47,13 +46,7 @@ def list_models(project: ProjectViewer, session: SessionDep) -> list[ModelOut]:
 def activate_model(mid: ModelId, user: CurrentUser, session: SessionDep, request: Request) -> ModelOut:
     """Make this version the active one (activation by hand under the manual policy, or a rollback).
     The project's images are then predicted with it unless that was already done."""
-    model = get_or_404(session, ModelVersion, mid, "model")
-    try:
-        check_project_access(session, user, model.project_id, Role.MANAGER)
-    except HTTPException as exc:
-        if exc.status_code == 404:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
-        raise
+    model = row_in_project(session, user, ModelVersion, mid, "model", Role.MANAGER)
     model = model_service.activate_model(session, model)
     if not model_service.has_predictions(session, model.id):
         try:
@@ -81,15 +74,7 @@ def model_weights(
     """Download a model version's weights (managers of its project): `model.pt`, checked by its
     SHA-256 (`checksum`). With S3 storage and SAGE_S3_PRESIGNED_DOWNLOADS the answer redirects to a
     presigned URL of the bucket, issued only after the permission check."""
-    model = session.get(ModelVersion, mid)
-    if model is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}")
-    try:
-        check_project_access(session, user, model.project_id, Role.MANAGER)
-    except HTTPException as exc:
-        if exc.status_code == 404:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model {mid}") from None
-        raise
+    model = row_in_project(session, user, ModelVersion, mid, "model", Role.MANAGER)
     try:
         key = make_key(model.checksum, ".pt")
     except ValueError:

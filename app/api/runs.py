@@ -8,7 +8,7 @@ import time
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Body, Header, Path, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -19,12 +19,11 @@ from app.deps import (
     ProjectViewer,
     SessionDep,
     SettingsDep,
-    check_project_access,
+    row_in_project,
 )
 from app.run_events import RunEventHub
 from app.schemas import TrainingRequest, TrainingRunOut, WeightsOut
 from app.services import runs as run_service
-from app.services.lookups import get_or_404
 from app.tables import Role, RunStatus, TrainingRun, User
 
 log = logging.getLogger(__name__)
@@ -44,14 +43,7 @@ def run_event_hub(app) -> RunEventHub:
 
 
 def run_for(session: Session, user: User, run_id: int, role: Role) -> TrainingRun:
-    run = get_or_404(session, TrainingRun, run_id, "training run")
-    try:
-        check_project_access(session, user, run.project_id, role)
-    except HTTPException as exc:
-        if exc.status_code == 404:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no training run {run_id}") from None
-        raise
-    return run
+    return row_in_project(session, user, TrainingRun, run_id, "training run", role)
 
 
 @router.post(
